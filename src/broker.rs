@@ -1,0 +1,188 @@
+//! The broker connection: a deadpool-lapin pool with heartbeats, a connection name that shows in
+//! the management UI, and errors that say in one line what is wrong without leaking the password.
+
+use std::time::Duration;
+
+use deadpool_lapin::{Pool, Runtime};
+use lapin::{ConnectionProperties, ErrorKind};
+
+use crate::settings::{AmqpSettings, SecretUrl};
+
+/// Why the broker could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// Nothing answered, or the connection was cut before the handshake finished.
+    #[error("cannot reach RabbitMQ at {url}: {reason}")]
+    Unreachable {
+        /// The URL with its password redacted.
+        url: String,
+        /// Why, in a few words.
+        reason: String,
+    },
+    /// The broker answered but refused the login or the vhost.
+    #[error("RabbitMQ at {url} refused the connection: {reason}")]
+    Refused {
+        /// The URL with its password redacted.
+        url: String,
+        /// Why, in a few words.
+        reason: String,
+    },
+}
+
+impl BrokerError {
+    /// Classifies a lapin connection error.
+    pub fn from_lapin(url: &SecretUrl, error: &lapin::Error) -> Self {
+        let url_text = url.redacted();
+        match error.kind() {
+            ErrorKind::IOError(io) => Self::Unreachable {
+                url: url_text,
+                reason: io_reason(io),
+            },
+            ErrorKind::ProtocolError(amqp) => Self::Refused {
+                url: url_text,
+                reason: amqp.to_string(),
+            },
+            ErrorKind::InvalidConnectionState(_) => Self::Refused {
+                url: url_text,
+                reason: "the broker closed the connection during the handshake (wrong user, password or vhost?)".into(),
+            },
+            _ => Self::Unreachable {
+                url: url_text,
+                reason: crate::settings::redact_url(&error.to_string()),
+            },
+        }
+    }
+
+    /// Whether trying again later can help.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unreachable { .. })
+    }
+}
+
+fn io_reason(io: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match io.kind() {
+        K::ConnectionRefused => "connection refused".into(),
+        K::TimedOut => "timed out".into(),
+        K::ConnectionReset | K::UnexpectedEof | K::ConnectionAborted => {
+            "connection closed by the peer (wrong credentials, vhost or TLS setting?)".into()
+        }
+        _ => io.to_string().to_lowercase(),
+    }
+}
+
+/// The name this process shows in the management UI's Connections tab, e.g.
+/// `burrow worker fulfillment@host#4242`.
+pub fn connection_name(role: &str) -> String {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    format!("burrow {role}@{host}#{}", std::process::id())
+}
+
+/// The URL lapin connects to: the configured one with heartbeat and frame size added, unless the
+/// URL already sets them.
+fn connect_url(settings: &AmqpSettings) -> String {
+    let raw = settings.url.expose();
+    let mut url = match url::Url::parse(raw) {
+        Ok(u) => u,
+        Err(_) => return raw.to_owned(),
+    };
+    let has = |k: &str| url.query_pairs().any(|(key, _)| key == k);
+    let (hb, fm) = (has("heartbeat"), has("frame_max"));
+    {
+        let mut q = url.query_pairs_mut();
+        if !hb {
+            q.append_pair("heartbeat", &settings.heartbeat_secs.to_string());
+        }
+        if !fm {
+            q.append_pair("frame_max", &settings.frame_max.to_string());
+        }
+    }
+    url.to_string()
+}
+
+/// Builds a pool of connections named after `role`. Connections are made lazily; the pool drops
+/// a connection that is no longer connected instead of handing it out.
+///
+/// # Errors
+/// Only a malformed configuration; an unreachable broker shows on first use.
+pub fn pool(settings: &AmqpSettings, role: &str) -> anyhow::Result<Pool> {
+    let name = connection_name(role);
+    let config = deadpool_lapin::Config {
+        url: Some(connect_url(settings)),
+        pool: Some(deadpool_lapin::PoolConfig::new(4)),
+    };
+    let pool = config
+        .builder(
+            move || ConnectionProperties::default().with_connection_name(name.clone().into()),
+            Runtime::Tokio1,
+        )?
+        .create_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
+        .build()?;
+    Ok(pool)
+}
+
+/// Takes a live connection from the pool.
+///
+/// # Errors
+/// [`BrokerError`] when the broker cannot be reached or refuses the login.
+pub async fn connection(
+    pool: &Pool,
+    settings: &AmqpSettings,
+) -> Result<deadpool_lapin::Connection, BrokerError> {
+    match pool.get().await {
+        Ok(conn) => Ok(conn),
+        Err(deadpool_lapin::PoolError::Backend(e)) => Err(BrokerError::from_lapin(&settings.url, &e)),
+        Err(deadpool_lapin::PoolError::Timeout(_)) => Err(BrokerError::Unreachable {
+            url: settings.url.redacted(),
+            reason: "timed out".into(),
+        }),
+        Err(other) => Err(BrokerError::Unreachable {
+            url: settings.url.redacted(),
+            reason: crate::settings::redact_url(&other.to_string()),
+        }),
+    }
+}
+
+/// Connects once, outside a pool (for short-lived tools).
+///
+/// # Errors
+/// [`BrokerError`] when the broker cannot be reached or refuses the login.
+pub async fn connect(settings: &AmqpSettings, role: &str) -> Result<lapin::Connection, BrokerError> {
+    let props = ConnectionProperties::default().with_connection_name(connection_name(role).into());
+    let url = connect_url(settings);
+    let attempt = lapin::Connection::connect(&url, props);
+    match tokio::time::timeout(Duration::from_millis(settings.connect_timeout_ms), attempt).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(BrokerError::from_lapin(&settings.url, &e)),
+        Err(_) => Err(BrokerError::Unreachable {
+            url: settings.url.redacted(),
+            reason: "timed out".into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_name_names_role_host_and_pid() {
+        let name = connection_name("worker fulfillment");
+        assert!(name.starts_with("burrow worker fulfillment@"));
+        assert!(name.ends_with(&format!("#{}", std::process::id())));
+    }
+
+    #[test]
+    fn connect_url_adds_heartbeat_once() {
+        let s = AmqpSettings {
+            url: SecretUrl::new("amqp://u:p@h:5672/%2f?heartbeat=5"),
+            heartbeat_secs: 30,
+            frame_max: 131072,
+            connect_timeout_ms: 100,
+        };
+        let url = connect_url(&s);
+        assert!(url.contains("heartbeat=5"));
+        assert!(!url.contains("heartbeat=30"));
+        assert!(url.contains("frame_max=131072"));
+    }
+}

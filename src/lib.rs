@@ -1,0 +1,11 @@
+//! burrow: work queues and event streams for an online shop, over RabbitMQ.
+//!
+//! # Layout
+//! - [`settings`]: typed, layered configuration; secrets never printed.
+//! - [`broker`]: the connection pool and clear connection errors.
+//! - [`topology`]: exchanges, queues and bindings as data (`topology/shop.toml`).
+//! - [`telemetry`]: the one tracing setup.
+
+pub mod broker;
+pub mod settings;
+pub mod telemetry;

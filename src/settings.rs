@@ -1,0 +1,320 @@
+//! Typed, layered configuration: built-in defaults, then an optional `burrow.toml`, then
+//! `BURROW__SECTION__KEY` environment variables (plus `AMQP_URL` and `RABBITMQ_MANAGEMENT_URL`).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+/// A URL whose password is never shown by `Debug` or `Display`.
+///
+/// Use [`SecretUrl::expose`] only where the URL is handed to a client library.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    /// Wraps a URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL with its password, for the client library only: never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with its password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+
+    /// The user name in the URL, if any.
+    pub fn username(&self) -> Option<String> {
+        url::Url::parse(&self.0)
+            .ok()
+            .map(|u| u.username().to_owned())
+            .filter(|u| !u.is_empty())
+    }
+
+    /// The password in the URL, if any (for HTTP basic auth against the management API).
+    pub fn password(&self) -> Option<String> {
+        url::Url::parse(&self.0)
+            .ok()
+            .and_then(|u| u.password().map(|p| percent_decode(p)))
+    }
+
+    /// The same URL with another vhost path, e.g. for tests in their own vhost.
+    pub fn with_vhost(&self, vhost: &str) -> Self {
+        match url::Url::parse(&self.0) {
+            Ok(mut u) => {
+                u.set_path(&format!("/{}", encode_vhost(vhost)));
+                Self(u.to_string())
+            }
+            Err(_) => self.clone(),
+        }
+    }
+
+    /// The vhost named by the URL's path (`/%2f` and an empty path mean `/`).
+    pub fn vhost(&self) -> String {
+        url::Url::parse(&self.0)
+            .ok()
+            .map(|u| {
+                let path = u.path().trim_start_matches('/');
+                if path.is_empty() {
+                    "/".to_owned()
+                } else {
+                    percent_decode(path)
+                }
+            })
+            .unwrap_or_else(|| "/".to_owned())
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// Percent-encodes a vhost name for use as a URL path segment (`/` becomes `%2f`).
+pub fn encode_vhost(vhost: &str) -> String {
+    url::form_urlencoded::byte_serialize(vhost.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+/// Replaces the password of any URL with `***`; leaves strings that are not URLs alone.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => raw.to_owned(),
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretUrl({:?})", self.redacted())
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Every setting of every burrow program.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    /// The broker connection.
+    pub amqp: AmqpSettings,
+    /// The management HTTP API (status, verify, dlq).
+    pub management: ManagementSettings,
+    /// The worker runtime.
+    pub worker: WorkerSettings,
+    /// The simulated carrier used by the fulfillment service.
+    pub carrier: CarrierSettings,
+    /// Where services keep their state.
+    pub store: StoreSettings,
+    /// Outgoing mail of the notifications service.
+    pub mail: MailSettings,
+    /// The producer.
+    pub producer: ProducerSettings,
+    /// Path of the topology file.
+    pub topology: PathBuf,
+}
+
+/// The broker connection.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AmqpSettings {
+    /// `amqp://user:pass@host:port/vhost` (or `amqps://`).
+    pub url: SecretUrl,
+    /// Heartbeat interval in seconds.
+    pub heartbeat_secs: u16,
+    /// Largest frame, in bytes. Small frames keep an idle connection's buffers small.
+    pub frame_max: u32,
+    /// How long a connection attempt may take.
+    pub connect_timeout_ms: u64,
+}
+
+/// The management HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ManagementSettings {
+    /// e.g. `http://127.0.0.1:15672`; credentials default to those of the AMQP URL.
+    pub url: SecretUrl,
+}
+
+/// The worker runtime.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkerSettings {
+    /// Handlers running at once in one process.
+    pub concurrency: usize,
+    /// Deliveries the broker may send ahead of acks.
+    pub prefetch: u16,
+    /// How long in-flight handlers may run after a shutdown signal.
+    pub grace_ms: u64,
+    /// The back-off ladder in milliseconds; must match the retry queues of the topology.
+    pub retry_delays_ms: Vec<u64>,
+}
+
+impl WorkerSettings {
+    /// The grace period as a duration.
+    pub fn grace(&self) -> Duration {
+        Duration::from_millis(self.grace_ms)
+    }
+}
+
+/// The simulated carrier.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CarrierSettings {
+    /// Latency of one booking, in milliseconds.
+    pub latency_ms: u64,
+    /// Share of bookings that fail transiently, 0.0..=1.0.
+    pub failure_rate: f64,
+    /// SKUs whose bookings always fail (for demos and tests of the retry ladder's end).
+    pub always_fail_skus: Vec<String>,
+    /// SKUs whose bookings make the handler panic.
+    pub panic_skus: Vec<String>,
+}
+
+/// Where services keep their state.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StoreSettings {
+    /// Directory of the SQLite files shared by a service's processes on this host.
+    pub dir: PathBuf,
+    /// Optional PostgreSQL URL for the fulfillment store, when workers span hosts.
+    pub url: Option<SecretUrl>,
+}
+
+/// Outgoing mail.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MailSettings {
+    /// Directory of the file outbox (one `.eml` per mail).
+    pub outbox: PathBuf,
+    /// Optional SMTP URL (`smtp://user:pass@host:587`); the outbox is used when unset.
+    pub smtp_url: Option<SecretUrl>,
+    /// The sender address.
+    pub from: String,
+}
+
+/// The producer.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProducerSettings {
+    /// Unconfirmed publishes in flight at once.
+    pub confirm_window: usize,
+    /// How long to wait for a confirm before counting the publish as failed.
+    pub confirm_timeout_ms: u64,
+}
+
+const DEFAULTS: &str = r#"
+topology = "topology/shop.toml"
+
+[amqp]
+url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+heartbeat_secs = 30
+frame_max = 131072
+connect_timeout_ms = 5000
+
+[management]
+url = "http://127.0.0.1:15672"
+
+[worker]
+concurrency = 16
+prefetch = 64
+grace_ms = 10000
+retry_delays_ms = [1000, 10000, 60000]
+
+[carrier]
+latency_ms = 3
+failure_rate = 0.0
+always_fail_skus = []
+panic_skus = []
+
+[store]
+dir = "var"
+
+[mail]
+outbox = "var/outbox"
+from = "shop@burrow.example"
+
+[producer]
+confirm_window = 512
+confirm_timeout_ms = 30000
+"#;
+
+impl Settings {
+    /// Loads defaults, then `burrow.toml` (or the file named by `BURROW_CONFIG`), then the
+    /// environment.
+    ///
+    /// # Errors
+    /// A malformed file or a value of the wrong type, named by its key.
+    pub fn load() -> anyhow::Result<Self> {
+        let file = std::env::var("BURROW_CONFIG").unwrap_or_else(|_| "burrow.toml".to_owned());
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .add_source(config::File::with_name(&file).required(false))
+            .add_source(
+                config::Environment::with_prefix("BURROW")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .list_separator(",")
+                    .with_list_parse_key("worker.retry_delays_ms")
+                    .with_list_parse_key("carrier.always_fail_skus")
+                    .with_list_parse_key("carrier.panic_skus")
+                    .try_parsing(true),
+            );
+        if let Ok(url) = std::env::var("AMQP_URL") {
+            builder = builder.set_override("amqp.url", url)?;
+        }
+        if let Ok(url) = std::env::var("RABBITMQ_MANAGEMENT_URL") {
+            builder = builder.set_override("management.url", url)?;
+        }
+        let settings: Settings = builder
+            .build()
+            .map_err(|e| anyhow::anyhow!(redact_url(&e.to_string())))
+            .context("reading settings")?
+            .try_deserialize()
+            .map_err(|e| anyhow::anyhow!(redact_url(&e.to_string())))
+            .context("reading settings")?;
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_never_shows_in_debug_or_display() {
+        let url = SecretUrl::new("amqp://ann:s3cret-pw@127.0.0.1:5672/%2f");
+        assert!(!format!("{url:?}").contains("s3cret-pw"));
+        assert!(!format!("{url}").contains("s3cret-pw"));
+        assert!(format!("{url}").contains("ann:***@"));
+        assert_eq!(url.expose(), "amqp://ann:s3cret-pw@127.0.0.1:5672/%2f");
+    }
+
+    #[test]
+    fn vhost_is_read_and_replaced() {
+        let url = SecretUrl::new("amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(url.vhost(), "/");
+        let other = url.with_vhost("test-1");
+        assert_eq!(other.vhost(), "test-1");
+        assert_eq!(other.with_vhost("/").vhost(), "/");
+        assert_eq!(url.password().as_deref(), Some("guest"));
+    }
+
+    #[test]
+    fn defaults_load() {
+        let s = Settings::load().expect("defaults parse");
+        assert_eq!(s.worker.retry_delays_ms, vec![1000, 10000, 60000]);
+        assert!(!format!("{s:?}").contains(":guest@"));
+    }
+}

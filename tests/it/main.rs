@@ -1,0 +1,4 @@
+//! Integration tests against the real RabbitMQ at `AMQP_URL` (default the local node), each in a
+//! vhost of its own that is deleted afterwards.
+
+mod helpers;
