@@ -1,1 +1,97 @@
-fn main(){}
+//! `producer`: the order service and the other publishers of the shop.
+
+use std::process::ExitCode;
+
+use burrow::message::{new_id, Order, OrderItem};
+use burrow::producer::{self, OrderSource};
+use burrow::settings::Settings;
+use burrow::telemetry::LogFormat;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "producer", version, about = "Publish orders and activity events")]
+struct Cli {
+    /// How log lines (on stderr) are written.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Publish one order, wait for the broker's confirm and print its order_id.
+    Order {
+        /// The customer id, e.g. cus_42.
+        #[arg(long)]
+        customer: String,
+        /// The customer's email address.
+        #[arg(long)]
+        email: String,
+        /// A line as SKU:QUANTITY:UNIT_PRICE_CENTS; repeat for more lines.
+        #[arg(long = "item", required = true, value_parser = producer::parse_item)]
+        items: Vec<OrderItem>,
+        /// Three-letter currency code.
+        #[arg(long, default_value = "EUR")]
+        currency: String,
+        /// The order id (default: a fresh ord_<ULID>).
+        #[arg(long)]
+        order_id: Option<String>,
+        /// Do not publish the order.placed activity event.
+        #[arg(long)]
+        no_events: bool,
+    },
+    /// Publish many orders: generated (--count) or read as JSON lines (--file F, or - for stdin).
+    Orders {
+        /// How many orders to generate.
+        #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+        count: Option<u64>,
+        /// JSON-lines file of orders, or - for stdin.
+        #[arg(long)]
+        file: Option<String>,
+        /// Orders per second at most.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Share of generated orders that break a rule (0.0..=1.0).
+        #[arg(long, default_value_t = 0.0)]
+        invalid_ratio: f64,
+        /// Do not publish order.placed activity events.
+        #[arg(long)]
+        no_events: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    burrow::telemetry::init(cli.log_format);
+    match run(cli.command).await {
+        Ok(code) => code,
+        Err(e) => burrow::cli::exit_code(&e),
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load()?;
+    match command {
+        Command::Order { customer, email, items, currency, order_id, no_events } => {
+            let order = Order {
+                order_id: order_id.unwrap_or_else(|| new_id("ord")),
+                customer_id: customer,
+                email,
+                items,
+                currency,
+                placed_at: chrono::Utc::now(),
+            };
+            producer::place_order(&settings, order, !no_events).await
+        }
+        Command::Orders { count, file, rate, invalid_ratio, no_events } => {
+            let source = match (count, file) {
+                (_, Some(path)) => OrderSource::File(path),
+                (Some(count), None) => OrderSource::Generate { count, invalid_ratio },
+                (None, None) => unreachable!("clap requires --count or --file"),
+            };
+            producer::publish_orders(&settings, source, rate, !no_events).await
+        }
+    }
+}

@@ -1,1 +1,67 @@
-fn main(){}
+//! `worker SERVICE`: run one service of the shop; start as many processes as you like.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use burrow::service::{Service, WorkerOptions};
+use burrow::settings::Settings;
+use burrow::telemetry::LogFormat;
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "worker", version, about = "Run a burrow service")]
+struct Cli {
+    /// The service to run.
+    #[arg(value_enum)]
+    service: Service,
+    /// Handlers running at once in this process (default: the worker.concurrency setting).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Deliveries the broker may send ahead of acks (default: the worker.prefetch setting).
+    #[arg(long)]
+    prefetch: Option<u16>,
+    /// Serve /healthz and /metrics (and the service's routes) on this address, e.g. 127.0.0.1:9101.
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Simulated carrier latency in milliseconds (fulfillment).
+    #[arg(long)]
+    carrier_latency_ms: Option<u64>,
+    /// Share of simulated carrier bookings that fail transiently, 0.0..=1.0 (fulfillment).
+    #[arg(long)]
+    carrier_failure_rate: Option<f64>,
+    /// Do not publish events (order.fulfilled).
+    #[arg(long)]
+    no_events: bool,
+    /// How log lines (on stderr) are written.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    burrow::telemetry::init(cli.log_format);
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => burrow::cli::exit_code(&e),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut settings = Settings::load()?;
+    if let Some(n) = cli.concurrency {
+        settings.worker.concurrency = n;
+    }
+    if let Some(n) = cli.prefetch {
+        settings.worker.prefetch = n;
+    }
+    if let Some(ms) = cli.carrier_latency_ms {
+        settings.carrier.latency_ms = ms;
+    }
+    if let Some(rate) = cli.carrier_failure_rate {
+        anyhow::ensure!((0.0..=1.0).contains(&rate), "--carrier-failure-rate must be within 0.0..=1.0, got {rate}");
+        settings.carrier.failure_rate = rate;
+    }
+    let options = WorkerOptions { http: cli.http, events: !cli.no_events };
+    burrow::service::run(settings, cli.service, options, burrow::shutdown::on_signal()).await
+}

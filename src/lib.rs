@@ -6,6 +6,15 @@
 //! - [`topology`]: exchanges, queues and bindings as data (`topology/shop.toml`).
 //! - [`telemetry`]: the one tracing setup.
 
+pub mod backoff;
 pub mod broker;
+pub mod fulfillment;
+pub mod http;
+pub mod message;
+pub mod metrics;
+pub mod producer;
+pub mod publisher;
 pub mod settings;
+pub mod shutdown;
 pub mod telemetry;
+pub mod worker;

@@ -110,3 +110,219 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A shop topology with the same names but a fast retry ladder (100/200/300 ms), for tests.
+pub fn fast_topology_text() -> String {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/topology/shop.toml"))
+        .expect("reading topology/shop.toml");
+    text.replace("x-message-ttl = 60000", "x-message-ttl = 300")
+        .replace("x-message-ttl = 10000", "x-message-ttl = 200")
+        .replace("x-message-ttl = 1000", "x-message-ttl = 100")
+        .replace("delay = \"60s\"", "delay = \"300ms\"")
+        .replace("delay = \"10s\"", "delay = \"200ms\"")
+        .replace("delay = \"1s\"", "delay = \"100ms\"")
+}
+
+impl TestVhost {
+    /// Writes the fast topology into this test's directory, points the settings at it and
+    /// declares it.
+    pub async fn with_fast_topology(mut self) -> Self {
+        let path = self.settings.store.dir.join("shop.toml");
+        std::fs::write(&path, fast_topology_text()).expect("writing test topology");
+        self.settings.topology = path;
+        self.apply_topology().await;
+        self
+    }
+
+    /// Declares the settings' topology in this vhost.
+    pub async fn apply_topology(&self) {
+        let topology = burrow::topology::Topology::load(&self.settings.topology).expect("topology");
+        let conn = self.connect().await;
+        let report = burrow::topology::apply(&conn, &topology).await.expect("apply");
+        assert!(report.drift.is_empty(), "unexpected drift: {:?}", report.drift);
+        let _ = conn.close(200, "done".into()).await;
+    }
+
+    /// A plain lapin connection to this vhost.
+    pub async fn connect(&self) -> lapin::Connection {
+        burrow::broker::connect(&self.settings.amqp, "test").await.expect("connect to test vhost")
+    }
+
+    /// Environment that points a burrow binary at this vhost and directory.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AMQP_URL".into(), self.settings.amqp.url.expose().to_owned()),
+            ("BURROW__TOPOLOGY".into(), self.settings.topology.display().to_string()),
+            ("BURROW__STORE__DIR".into(), self.settings.store.dir.display().to_string()),
+            ("BURROW__MAIL__OUTBOX".into(), self.settings.mail.outbox.display().to_string()),
+            ("RUST_LOG".into(), std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into())),
+        ]
+    }
+
+    /// Starts `worker <service>` against this vhost with extra arguments and environment.
+    pub fn spawn_worker(&self, service: &str, args: &[&str], env: &[(&str, &str)]) -> Worker {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_worker"));
+        cmd.arg(service).args(args).envs(self.env());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        if std::env::var_os("TEST_LOG").is_none() {
+            cmd.stderr(std::process::Stdio::null());
+        }
+        Worker { child: cmd.spawn().expect("spawning worker") }
+    }
+
+    /// Runs `producer` with `args` against this vhost; returns (exit code, stdout, stderr).
+    pub fn producer(&self, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+        use std::io::Write;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_producer"));
+        cmd.args(args)
+            .envs(self.env())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("spawning producer");
+        let mut input = child.stdin.take().expect("stdin");
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).expect("writing stdin");
+        }
+        drop(input);
+        let out = child.wait_with_output().expect("producer output");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Messages ready in `queue` (not counting unacked ones).
+    pub async fn ready(&self, queue: &str) -> u32 {
+        let conn = self.connect().await;
+        let ch = conn.create_channel().await.expect("channel");
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+                Default::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("passive declare of {queue}: {e}"));
+        let _ = conn.close(200, "done".into()).await;
+        q.message_count()
+    }
+
+    /// Takes every message out of `queue` (acking them) and returns them.
+    pub async fn drain(&self, queue: &str) -> Vec<lapin::message::BasicGetMessage> {
+        let conn = self.connect().await;
+        let ch = conn.create_channel().await.expect("channel");
+        let mut out = Vec::new();
+        while let Some(m) = ch
+            .basic_get(queue.into(), lapin::options::BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+        {
+            out.push(m);
+        }
+        let _ = conn.close(200, "done".into()).await;
+        out
+    }
+
+    /// Publishes orders straight to the `orders` exchange as any AMQP client would, confirmed.
+    pub async fn publish_raw(&self, bodies: Vec<(String, Vec<u8>)>) {
+        use burrow::publisher::{BulkPublisher, Fate, Outgoing};
+        let pool = burrow::broker::pool(&self.settings.amqp, "test publisher").expect("pool");
+        let msgs = bodies.into_iter().map(|(id, body)| Outgoing {
+            exchange: "orders".into(),
+            routing_key: "order.placed".into(),
+            body,
+            properties: burrow::message::properties("order", &id),
+            label: 0,
+        });
+        let mut confirmed = 0usize;
+        let mut total = 0usize;
+        BulkPublisher::new(pool, self.settings.amqp.clone(), 256, None)
+            .run(msgs, |_, fate| {
+                total += 1;
+                if *fate == Fate::Confirmed {
+                    confirmed += 1;
+                }
+            })
+            .await
+            .expect("publish");
+        assert_eq!(confirmed, total, "every test publish is confirmed");
+    }
+
+    /// The fulfillment store of this test's directory.
+    pub fn fulfilled_ids(&self) -> Vec<String> {
+        let path = self.settings.store.dir.join("fulfillment.db");
+        if !path.exists() {
+            return Vec::new();
+        }
+        let conn = rusqlite::Connection::open(path).expect("open store");
+        conn.busy_timeout(Duration::from_secs(10)).ok();
+        let mut stmt = match conn.prepare("SELECT order_id FROM fulfillments") {
+            Ok(s) => s,
+            Err(_) => return Vec::new(),
+        };
+        stmt.query_map([], |r| r.get(0)).expect("query").map(|r| r.expect("row")).collect()
+    }
+
+    /// (fulfilled, duplicates suppressed) in this test's store.
+    pub fn store_counts(&self) -> (u64, u64) {
+        let path = self.settings.store.dir.join("fulfillment.db");
+        if !path.exists() {
+            return (0, 0);
+        }
+        let conn = rusqlite::Connection::open(path).expect("open store");
+        conn.busy_timeout(Duration::from_secs(10)).ok();
+        conn.query_row("SELECT COUNT(*), COALESCE(SUM(duplicates),0) FROM fulfillments", [], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+        })
+        .unwrap_or((0, 0))
+    }
+}
+
+/// A worker child process, killed if the test ends without stopping it.
+pub struct Worker {
+    pub child: std::process::Child,
+}
+
+impl Worker {
+    /// Sends a signal (`TERM`, `KILL`) with the `kill` command.
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit, up to `timeout`; returns its exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        wait_for("worker to exit", timeout, || {
+            let r = self.child.try_wait().expect("try_wait");
+            async move { r }
+        })
+        .await
+        .code()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A valid order body with a fresh id.
+pub fn order_body(sku: &str) -> (String, Vec<u8>) {
+    let id = burrow::message::new_id("ord");
+    let order = serde_json::json!({
+        "order_id": id, "customer_id": "cus_42", "email": "ann@example.com",
+        "items": [{"sku": sku, "quantity": 2, "unit_price_cents": 1999}],
+        "currency": "EUR", "placed_at": "2026-11-28T05:00:00Z"
+    });
+    (id, order.to_string().into_bytes())
+}

@@ -1,0 +1,133 @@
+//! The fulfillment service: validate the order, book the shipment with a carrier, record the
+//! fulfillment once per `order_id`, then announce `order.fulfilled`.
+
+mod carrier;
+mod postgres;
+mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::Channel;
+use tokio::sync::Mutex;
+use tracing::{debug, info};
+
+pub use carrier::{Carrier, CarrierError, SimulatedCarrier};
+pub use postgres::PostgresStore;
+pub use store::{FulfillmentStore, Recorded, SqliteStore, StoreCounts};
+
+use crate::message::{properties, ActivityEvent, Order, HEADER_TRACEPARENT};
+use crate::publisher::{self, Fate, Outgoing};
+use crate::worker::{Handler, Incoming, Outcome};
+
+/// The queue the service consumes.
+pub const QUEUE: &str = "orders.fulfillment";
+
+/// Where the fulfillment handler announces `order.fulfilled`.
+pub struct Announcer {
+    pool: deadpool_lapin::Pool,
+    amqp: crate::settings::AmqpSettings,
+    channel: Mutex<Option<Channel>>,
+    timeout: Duration,
+}
+
+impl Announcer {
+    /// Publishes to the `activity` exchange through connections from `pool`.
+    pub fn new(pool: deadpool_lapin::Pool, amqp: crate::settings::AmqpSettings, timeout: Duration) -> Self {
+        Self {
+            pool,
+            amqp,
+            channel: Mutex::new(None),
+            timeout,
+        }
+    }
+
+    async fn channel(&self) -> anyhow::Result<Channel> {
+        let mut guard = self.channel.lock().await;
+        if let Some(ch) = guard.as_ref().filter(|c| c.status().connected()) {
+            return Ok(ch.clone());
+        }
+        let conn = crate::broker::connection(&self.pool, &self.amqp).await?;
+        let ch = publisher::confirm_channel(&conn).await?;
+        *guard = Some(ch.clone());
+        Ok(ch)
+    }
+
+    /// Publishes `event` to `activity` and waits for the confirm.
+    ///
+    /// # Errors
+    /// Not confirmed: nacked, returned, timed out or the channel failed.
+    pub async fn announce(&self, event: &ActivityEvent, traceparent: Option<&str>) -> anyhow::Result<()> {
+        let mut props = properties(event.kind.as_str(), &event.event_id);
+        if let Some(tp) = traceparent {
+            let mut headers = lapin::types::FieldTable::default();
+            headers.insert(HEADER_TRACEPARENT.into(), crate::message::string_value(tp));
+            props = props.with_headers(headers);
+        }
+        let msg = Outgoing {
+            exchange: "activity".into(),
+            routing_key: event.kind.as_str().into(),
+            body: serde_json::to_vec(event)?,
+            properties: props,
+            label: 0,
+        };
+        let channel = self.channel().await?;
+        match publisher::publish_one(&channel, &msg, self.timeout).await {
+            Ok(Fate::Confirmed) => Ok(()),
+            Ok(other) => anyhow::bail!("{} not confirmed: {other:?}", event.kind),
+            Err(e) => {
+                *self.channel.lock().await = None;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The fulfillment handler.
+pub struct Fulfillment<C> {
+    carrier: C,
+    store: Arc<FulfillmentStore>,
+    announcer: Option<Arc<Announcer>>,
+}
+
+impl<C: Carrier> Fulfillment<C> {
+    /// A handler booking with `carrier`, recording in `store` and, when `announcer` is set,
+    /// publishing `order.fulfilled`.
+    pub fn new(carrier: C, store: Arc<FulfillmentStore>, announcer: Option<Arc<Announcer>>) -> Self {
+        Self { carrier, store, announcer }
+    }
+}
+
+impl<C: Carrier> Handler for Fulfillment<C> {
+    async fn handle(&self, msg: &Incoming) -> Outcome {
+        let order = match Order::decode(&msg.body) {
+            Ok(o) => o,
+            Err(e) => return Outcome::Permanent(e.to_string()),
+        };
+        let traceparent = msg.header(HEADER_TRACEPARENT);
+        let shipment = match self.carrier.book(&order).await {
+            Ok(s) => s,
+            Err(e @ CarrierError::Unavailable(_)) => return Outcome::Transient(e.to_string()),
+            Err(e @ CarrierError::Refused(_)) => return Outcome::Permanent(e.to_string()),
+        };
+        let announced = match self.store.record(&order.order_id, &shipment).await {
+            Ok(Recorded::New) => false,
+            Ok(Recorded::Duplicate { announced }) => {
+                debug!(order_id = %order.order_id, "duplicate delivery; already fulfilled");
+                announced
+            }
+            Err(e) => return Outcome::Transient(format!("store: {e:#}")),
+        };
+        if let (Some(announcer), false) = (&self.announcer, announced) {
+            let event = ActivityEvent::order_fulfilled(&order, &shipment);
+            if let Err(e) = announcer.announce(&event, traceparent.as_deref()).await {
+                return Outcome::Transient(format!("announcing order.fulfilled: {e:#}"));
+            }
+            if let Err(e) = self.store.mark_announced(&order.order_id).await {
+                return Outcome::Transient(format!("store: {e:#}"));
+            }
+        }
+        info!(order_id = %order.order_id, %shipment, trace = traceparent.as_deref().unwrap_or("-"), "fulfilled");
+        Outcome::Success
+    }
+}

@@ -1,0 +1,296 @@
+//! The fulfillment record, keyed by `order_id` and shared by every fulfillment process: a SQLite
+//! file in WAL mode on one host, or PostgreSQL when workers span hosts.
+//!
+//! SQLite writes go through one writer thread per process that commits whatever requests have
+//! queued up in one transaction (group commit): one fsync for many orders, and no mutex held
+//! across an await on the hot path.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::oneshot;
+
+/// What recording an order found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// First time: the order is now fulfilled.
+    New,
+    /// Recorded before (a redelivery or a duplicate publish); `announced` tells whether its
+    /// `order.fulfilled` event was confirmed.
+    Duplicate {
+        /// Whether the fulfilment event went out.
+        announced: bool,
+    },
+}
+
+enum Request {
+    Record {
+        order_id: String,
+        shipment_id: String,
+        reply: oneshot::Sender<rusqlite::Result<Recorded>>,
+    },
+    Announced {
+        order_id: String,
+        reply: oneshot::Sender<rusqlite::Result<()>>,
+    },
+}
+
+/// Counts read back from a store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StoreCounts {
+    /// Orders fulfilled.
+    pub fulfilled: u64,
+    /// Deliveries of an order already fulfilled.
+    pub duplicates: u64,
+}
+
+/// The fulfillment store.
+pub enum FulfillmentStore {
+    /// A SQLite file shared by the processes of one host.
+    Sqlite(SqliteStore),
+    /// A PostgreSQL database shared by every host.
+    Postgres(super::postgres::PostgresStore),
+}
+
+impl FulfillmentStore {
+    /// Opens the store the settings name: PostgreSQL when `url` is set, else
+    /// `<dir>/fulfillment.db`.
+    ///
+    /// # Errors
+    /// The database cannot be opened or its schema created.
+    pub async fn open(settings: &crate::settings::StoreSettings) -> anyhow::Result<Self> {
+        match &settings.url {
+            Some(url) => Ok(Self::Postgres(super::postgres::PostgresStore::connect(url).await?)),
+            None => Ok(Self::Sqlite(SqliteStore::open(&settings.dir.join("fulfillment.db"))?)),
+        }
+    }
+
+    /// Records `order_id` as fulfilled unless it already is.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn record(&self, order_id: &str, shipment_id: &str) -> anyhow::Result<Recorded> {
+        match self {
+            Self::Sqlite(s) => s.record(order_id, shipment_id).await,
+            Self::Postgres(p) => p.record(order_id, shipment_id).await,
+        }
+    }
+
+    /// Notes that the `order.fulfilled` event of `order_id` was confirmed.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn mark_announced(&self, order_id: &str) -> anyhow::Result<()> {
+        match self {
+            Self::Sqlite(s) => s.mark_announced(order_id).await,
+            Self::Postgres(p) => p.mark_announced(order_id).await,
+        }
+    }
+
+    /// Counts of fulfilled orders and suppressed duplicates.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn counts(&self) -> anyhow::Result<StoreCounts> {
+        match self {
+            Self::Sqlite(s) => s.counts(),
+            Self::Postgres(p) => p.counts().await,
+        }
+    }
+
+    /// Whether `order_id` is recorded.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn contains(&self, order_id: &str) -> anyhow::Result<bool> {
+        match self {
+            Self::Sqlite(s) => s.contains(order_id),
+            Self::Postgres(p) => p.contains(order_id).await,
+        }
+    }
+}
+
+/// The SQLite store.
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: std_mpsc::Sender<Request>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS fulfillments (
+    order_id     TEXT PRIMARY KEY,
+    shipment_id  TEXT NOT NULL,
+    fulfilled_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+    announced    INTEGER NOT NULL DEFAULT 0,
+    duplicates   INTEGER NOT NULL DEFAULT 0
+);";
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (and creates) the store at `path`, starting its writer thread.
+    ///
+    /// # Errors
+    /// The file cannot be opened or the schema created.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let conn = open_connection(path).with_context(|| format!("opening {}", path.display()))?;
+        conn.execute_batch(SCHEMA).context("creating the fulfillment schema")?;
+        let (tx, rx) = std_mpsc::channel();
+        std::thread::Builder::new()
+            .name("fulfillment-store".into())
+            .spawn(move || writer_loop(conn, rx))
+            .context("starting the store writer")?;
+        Ok(Self { path: path.to_owned(), writer: tx })
+    }
+
+    async fn record(&self, order_id: &str, shipment_id: &str) -> anyhow::Result<Recorded> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(Request::Record {
+                order_id: order_id.to_owned(),
+                shipment_id: shipment_id.to_owned(),
+                reply,
+            })
+            .map_err(|_| anyhow::anyhow!("store writer stopped"))?;
+        Ok(rx.await.context("store writer stopped")??)
+    }
+
+    async fn mark_announced(&self, order_id: &str) -> anyhow::Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(Request::Announced {
+                order_id: order_id.to_owned(),
+                reply,
+            })
+            .map_err(|_| anyhow::anyhow!("store writer stopped"))?;
+        Ok(rx.await.context("store writer stopped")??)
+    }
+
+    fn counts(&self) -> anyhow::Result<StoreCounts> {
+        let conn = open_connection(&self.path)?;
+        let (fulfilled, duplicates): (i64, i64) = conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(duplicates), 0) FROM fulfillments",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(StoreCounts {
+            fulfilled: fulfilled.try_into().unwrap_or(0),
+            duplicates: duplicates.try_into().unwrap_or(0),
+        })
+    }
+
+    fn contains(&self, order_id: &str) -> anyhow::Result<bool> {
+        let conn = open_connection(&self.path)?;
+        Ok(conn
+            .query_row("SELECT 1 FROM fulfillments WHERE order_id = ?1", [order_id], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+}
+
+/// Commits queued requests in batches until every sender is gone.
+fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Request>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 512 {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&mut conn, batch);
+    }
+}
+
+/// Runs every request of `batch` in one transaction and answers each; on a failed commit every
+/// request is answered with the error.
+fn commit_batch(conn: &mut Connection, batch: Vec<Request>) {
+    let mut answers: Vec<rusqlite::Result<Option<Recorded>>> = Vec::with_capacity(batch.len());
+    let tx_result = (|| -> rusqlite::Result<()> {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO fulfillments (order_id, shipment_id) VALUES (?1, ?2) ON CONFLICT(order_id) DO UPDATE SET duplicates = duplicates + 1 RETURNING duplicates, announced",
+            )?;
+            let mut announce = tx.prepare_cached("UPDATE fulfillments SET announced = 1 WHERE order_id = ?1")?;
+            for req in batch.iter() {
+                answers.push(match req {
+                    Request::Record { order_id, shipment_id, .. } => insert
+                        .query_row(params![order_id, shipment_id], |r| {
+                            let dups: i64 = r.get(0)?;
+                            let announced: i64 = r.get(1)?;
+                            Ok(Some(if dups == 0 {
+                                Recorded::New
+                            } else {
+                                Recorded::Duplicate { announced: announced != 0 }
+                            }))
+                        }),
+                    Request::Announced { order_id, .. } => announce.execute([order_id]).map(|_| None),
+                });
+            }
+        }
+        tx.commit()
+    })();
+    for (req, answer) in batch.into_iter().zip(answers.into_iter().chain(std::iter::repeat_with(|| Ok(None)))) {
+        let answer = match &tx_result {
+            Err(e) => Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+                Some(format!("commit failed: {e}")),
+            )),
+            Ok(()) => answer,
+        };
+        match req {
+            Request::Record { reply, .. } => {
+                let _ = reply.send(answer.map(|r| r.unwrap_or(Recorded::New)));
+            }
+            Request::Announced { reply, .. } => {
+                let _ = reply.send(answer.map(|_| ()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_order_is_recorded_once_and_duplicates_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("f.db")).unwrap();
+        assert_eq!(store.record("ord_1", "shp_1").await.unwrap(), Recorded::New);
+        assert_eq!(store.record("ord_1", "shp_1").await.unwrap(), Recorded::Duplicate { announced: false });
+        store.mark_announced("ord_1").await.unwrap();
+        assert_eq!(store.record("ord_1", "shp_1").await.unwrap(), Recorded::Duplicate { announced: true });
+        assert_eq!(store.counts().unwrap(), StoreCounts { fulfilled: 1, duplicates: 2 });
+        assert!(store.contains("ord_1").unwrap());
+        assert!(!store.contains("ord_2").unwrap());
+    }
+
+    #[tokio::test]
+    async fn two_stores_on_one_file_share_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let (a, b) = (SqliteStore::open(&path).unwrap(), SqliteStore::open(&path).unwrap());
+        let mut handles = Vec::new();
+        for i in 0..200 {
+            let store = if i % 2 == 0 { &a } else { &b };
+            handles.push(store.record(&format!("ord_{}", i / 2), "shp"));
+        }
+        let results = futures::future::join_all(handles).await;
+        let new = results.iter().filter(|r| matches!(r, Ok(Recorded::New))).count();
+        assert_eq!(new, 100);
+    }
+}
