@@ -22,10 +22,26 @@ impl TestVhost {
     /// Creates `burrow-test-<label>-<random>` and grants the configured user all rights on it.
     pub async fn new(label: &str) -> Self {
         let mut settings = Settings::load().expect("settings");
-        let name = format!("burrow-test-{label}-{}", ulid::Ulid::new().to_string().to_lowercase());
-        let api = settings.management.url.expose().trim_end_matches('/').to_owned();
-        let user = settings.amqp.url.username().unwrap_or_else(|| "guest".into());
-        let password = settings.amqp.url.password().unwrap_or_else(|| "guest".into());
+        let name = format!(
+            "burrow-test-{label}-{}",
+            ulid::Ulid::new().to_string().to_lowercase()
+        );
+        let api = settings
+            .management
+            .url
+            .expose()
+            .trim_end_matches('/')
+            .to_owned();
+        let user = settings
+            .amqp
+            .url
+            .username()
+            .unwrap_or_else(|| "guest".into());
+        let password = settings
+            .amqp
+            .url
+            .password()
+            .unwrap_or_else(|| "guest".into());
         let http = reqwest::Client::new();
         let vhost = encode_vhost(&name);
         http.put(format!("{api}/api/vhosts/{vhost}"))
@@ -47,7 +63,14 @@ impl TestVhost {
         settings.mail.outbox = settings.store.dir.join("outbox");
         std::fs::create_dir_all(&settings.store.dir).expect("store dir");
         settings.topology = concat!(env!("CARGO_MANIFEST_DIR"), "/topology/shop.toml").into();
-        Self { name, settings, http, api, user, password }
+        Self {
+            name,
+            settings,
+            http,
+            api,
+            user,
+            password,
+        }
     }
 
     /// The AMQP URL of this vhost.
@@ -77,7 +100,9 @@ impl Drop for TestVhost {
         let (user, password) = (self.user.clone(), self.password.clone());
         // Drop cannot be async; a blocking client on its own thread cleans up.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
             if let Ok(rt) = rt {
                 rt.block_on(async {
                     let _ = reqwest::Client::new()
