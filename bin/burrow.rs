@@ -1,1 +1,80 @@
-fn main(){}
+//! `burrow`: operate the shop's RabbitMQ (topology now; status, dlq and demo later).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use burrow::settings::Settings;
+use burrow::telemetry::LogFormat;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "burrow", version, about)]
+struct Cli {
+    /// How log lines (on stderr) are written.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Declare, verify or export the topology.
+    #[command(subcommand)]
+    Topology(TopologyCommand),
+}
+
+#[derive(Subcommand)]
+enum TopologyCommand {
+    /// Declare the topology on the broker; report drift (exit 1), change nothing that exists.
+    Apply {
+        /// The topology file (default: the `topology` setting, `topology/shop.toml`).
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Compare the broker with the topology through the management API (exit 1 on drift).
+    Verify {
+        /// The topology file.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Write the RabbitMQ definitions document of the topology.
+    Export {
+        /// The topology file.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Where to write it.
+        #[arg(long, default_value = "topology/definitions.json")]
+        out: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    burrow::telemetry::init(cli.log_format);
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => burrow::cli::exit_code(&e),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load()?;
+    match cli.command {
+        Command::Topology(command) => {
+            use burrow::topology::command as topology;
+            match command {
+                TopologyCommand::Apply { file } => {
+                    topology::apply(&settings, &file.unwrap_or(settings.topology.clone())).await
+                }
+                TopologyCommand::Verify { file } => {
+                    topology::verify(&settings, &file.unwrap_or(settings.topology.clone())).await
+                }
+                TopologyCommand::Export { file, out } => {
+                    topology::export(&file.unwrap_or(settings.topology.clone()), &out)
+                }
+            }
+        }
+    }
+}

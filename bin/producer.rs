@@ -9,7 +9,11 @@ use burrow::telemetry::LogFormat;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "producer", version, about = "Publish orders and activity events")]
+#[command(
+    name = "producer",
+    version,
+    about = "Publish orders and activity events"
+)]
 struct Cli {
     /// How log lines (on stderr) are written.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -74,7 +78,14 @@ async fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     let settings = Settings::load()?;
     match command {
-        Command::Order { customer, email, items, currency, order_id, no_events } => {
+        Command::Order {
+            customer,
+            email,
+            items,
+            currency,
+            order_id,
+            no_events,
+        } => {
             let order = Order {
                 order_id: order_id.unwrap_or_else(|| new_id("ord")),
                 customer_id: customer,
@@ -85,10 +96,19 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             producer::place_order(&settings, order, !no_events).await
         }
-        Command::Orders { count, file, rate, invalid_ratio, no_events } => {
+        Command::Orders {
+            count,
+            file,
+            rate,
+            invalid_ratio,
+            no_events,
+        } => {
             let source = match (count, file) {
                 (_, Some(path)) => OrderSource::File(path),
-                (Some(count), None) => OrderSource::Generate { count, invalid_ratio },
+                (Some(count), None) => OrderSource::Generate {
+                    count,
+                    invalid_ratio,
+                },
                 (None, None) => unreachable!("clap requires --count or --file"),
             };
             producer::publish_orders(&settings, source, rate, !no_events).await

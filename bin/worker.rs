@@ -59,9 +59,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         settings.carrier.latency_ms = ms;
     }
     if let Some(rate) = cli.carrier_failure_rate {
-        anyhow::ensure!((0.0..=1.0).contains(&rate), "--carrier-failure-rate must be within 0.0..=1.0, got {rate}");
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&rate),
+            "--carrier-failure-rate must be within 0.0..=1.0, got {rate}"
+        );
         settings.carrier.failure_rate = rate;
     }
-    let options = WorkerOptions { http: cli.http, events: !cli.no_events };
-    burrow::service::run(settings, cli.service, options, burrow::shutdown::on_signal()).await
+    let options = WorkerOptions {
+        http: cli.http,
+        events: !cli.no_events,
+    };
+    burrow::service::run(
+        settings,
+        cli.service,
+        options,
+        burrow::shutdown::on_signal(),
+    )
+    .await
 }

@@ -22,7 +22,11 @@ impl Default for Backoff {
 impl Backoff {
     /// Starts at `base`, never waits more than `cap`.
     pub fn new(base: Duration, cap: Duration) -> Self {
-        Self { base, cap, attempts: 0 }
+        Self {
+            base,
+            cap,
+            attempts: 0,
+        }
     }
 
     /// Attempts made so far.
@@ -32,9 +36,14 @@ impl Backoff {
 
     /// The delay before the next attempt.
     pub fn next_delay(&mut self) -> Duration {
-        let nominal = self.base.saturating_mul(1 << self.attempts.min(16)).min(self.cap);
+        let nominal = self
+            .base
+            .saturating_mul(1 << self.attempts.min(16))
+            .min(self.cap);
         self.attempts += 1;
-        let millis = u64::try_from(nominal.as_millis()).unwrap_or(u64::MAX).max(2);
+        let millis = u64::try_from(nominal.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(2);
         Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
     }
 

@@ -131,7 +131,9 @@ pub async fn connection(
 ) -> Result<deadpool_lapin::Connection, BrokerError> {
     match pool.get().await {
         Ok(conn) => Ok(conn),
-        Err(deadpool_lapin::PoolError::Backend(e)) => Err(BrokerError::from_lapin(&settings.url, &e)),
+        Err(deadpool_lapin::PoolError::Backend(e)) => {
+            Err(BrokerError::from_lapin(&settings.url, &e))
+        }
         Err(deadpool_lapin::PoolError::Timeout(_)) => Err(BrokerError::Unreachable {
             url: settings.url.redacted(),
             reason: "timed out".into(),
@@ -147,7 +149,10 @@ pub async fn connection(
 ///
 /// # Errors
 /// [`BrokerError`] when the broker cannot be reached or refuses the login.
-pub async fn connect(settings: &AmqpSettings, role: &str) -> Result<lapin::Connection, BrokerError> {
+pub async fn connect(
+    settings: &AmqpSettings,
+    role: &str,
+) -> Result<lapin::Connection, BrokerError> {
     let props = ConnectionProperties::default().with_connection_name(connection_name(role).into());
     let url = connect_url(settings);
     let attempt = lapin::Connection::connect(&url, props);

@@ -14,18 +14,23 @@ use crate::metrics::WorkerMetrics;
 
 /// The routes every worker has.
 pub fn base_router(metrics: Arc<WorkerMetrics>) -> Router {
-    Router::new().route("/healthz", get(|| async { "ok\n" })).route(
-        "/metrics",
-        get(move || {
-            let metrics = metrics.clone();
-            async move {
-                (
-                    [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-                    metrics.render(),
-                )
-            }
-        }),
-    )
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.render(),
+                    )
+                }
+            }),
+        )
 }
 
 /// Binds `addr` (port 0 picks a free one), logs `http listening on ADDR`, and serves `router`
@@ -33,7 +38,11 @@ pub fn base_router(metrics: Arc<WorkerMetrics>) -> Router {
 ///
 /// # Errors
 /// The address cannot be bound.
-pub async fn serve(addr: SocketAddr, router: Router, shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
+pub async fn serve(
+    addr: SocketAddr,
+    router: Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the HTTP endpoint to {addr}"))?;

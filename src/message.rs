@@ -79,7 +79,8 @@ impl Order {
     /// # Errors
     /// [`InvalidMessage`] naming what is wrong.
     pub fn decode(body: &[u8]) -> Result<Self, InvalidMessage> {
-        let order: Order = serde_json::from_slice(body).map_err(|e| InvalidMessage::Malformed(e.to_string()))?;
+        let order: Order =
+            serde_json::from_slice(body).map_err(|e| InvalidMessage::Malformed(e.to_string()))?;
         order.validate()?;
         Ok(order)
     }
@@ -109,7 +110,10 @@ impl Order {
                 return Err(rule(format!("items[{i}].sku"), "must not be empty"));
             }
             if !(1..=1000).contains(&item.quantity) {
-                return Err(rule(format!("items[{i}].quantity"), format!("must be 1..=1000, got {}", item.quantity)));
+                return Err(rule(
+                    format!("items[{i}].quantity"),
+                    format!("must be 1..=1000, got {}", item.quantity),
+                ));
             }
             if item.unit_price_cents < 0 {
                 return Err(rule(format!("items[{i}].unit_price_cents"), "must be >= 0"));
@@ -120,7 +124,10 @@ impl Order {
 
     /// Total in cents.
     pub fn total_cents(&self) -> i64 {
-        self.items.iter().map(|i| i.unit_price_cents * i64::from(i.quantity)).sum()
+        self.items
+            .iter()
+            .map(|i| i.unit_price_cents * i64::from(i.quantity))
+            .sum()
     }
 }
 
@@ -255,7 +262,8 @@ impl ActivityEvent {
     /// # Errors
     /// [`InvalidMessage`] naming what is wrong.
     pub fn decode(body: &[u8]) -> Result<Self, InvalidMessage> {
-        let e: ActivityEvent = serde_json::from_slice(body).map_err(|e| InvalidMessage::Malformed(e.to_string()))?;
+        let e: ActivityEvent =
+            serde_json::from_slice(body).map_err(|e| InvalidMessage::Malformed(e.to_string()))?;
         e.validate()?;
         Ok(e)
     }
@@ -273,7 +281,10 @@ impl ActivityEvent {
         }
         match self.kind {
             EventKind::ProductViewed | EventKind::ReviewPosted | EventKind::InventoryChanged
-                if self.product_id.as_deref().is_none_or(|p| p.trim().is_empty()) =>
+                if self
+                    .product_id
+                    .as_deref()
+                    .is_none_or(|p| p.trim().is_empty()) =>
             {
                 Err(rule("product_id", format!("required for {}", self.kind)))
             }
@@ -282,7 +293,12 @@ impl ActivityEvent {
             {
                 Err(rule("order_id", format!("required for {}", self.kind)))
             }
-            EventKind::InventoryChanged if !self.data.get("stock").is_some_and(serde_json::Value::is_i64) => {
+            EventKind::InventoryChanged
+                if !self
+                    .data
+                    .get("stock")
+                    .is_some_and(serde_json::Value::is_i64) =>
+            {
                 Err(rule("data.stock", "required integer for inventory.changed"))
             }
             _ => Ok(()),
@@ -291,7 +307,10 @@ impl ActivityEvent {
 
     /// `data.email`, where the event carries one.
     pub fn email(&self) -> Option<&str> {
-        self.data.get("email").and_then(serde_json::Value::as_str).filter(|e| e.contains('@'))
+        self.data
+            .get("email")
+            .and_then(serde_json::Value::as_str)
+            .filter(|e| e.contains('@'))
     }
 }
 
@@ -321,7 +340,11 @@ pub fn header_u32(headers: Option<&FieldTable>, name: &str) -> Option<u32> {
         AMQPValue::LongInt(v) => (*v).into(),
         AMQPValue::LongUInt(v) => (*v).into(),
         AMQPValue::LongLongInt(v) => (*v).into(),
-        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.trim().parse().ok()?,
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?,
         _ => return None,
     };
     u32::try_from(n).ok()
@@ -352,7 +375,11 @@ pub(crate) mod tests_support {
             order_id: order_id.into(),
             customer_id: "cus_42".into(),
             email: "ann@example.com".into(),
-            items: vec![OrderItem { sku: "SKU-1".into(), quantity: 2, unit_price_cents: 1999 }],
+            items: vec![OrderItem {
+                sku: "SKU-1".into(),
+                quantity: 2,
+                unit_price_cents: 1999,
+            }],
             currency: "EUR".into(),
             placed_at: Utc::now(),
         }
@@ -391,8 +418,14 @@ mod tests {
             ("items", Box::new(|o| o.items.clear())),
             ("items[0].sku", Box::new(|o| o.items[0].sku.clear())),
             ("items[0].quantity", Box::new(|o| o.items[0].quantity = 0)),
-            ("items[0].quantity", Box::new(|o| o.items[0].quantity = 1001)),
-            ("items[0].unit_price_cents", Box::new(|o| o.items[0].unit_price_cents = -1)),
+            (
+                "items[0].quantity",
+                Box::new(|o| o.items[0].quantity = 1001),
+            ),
+            (
+                "items[0].unit_price_cents",
+                Box::new(|o| o.items[0].unit_price_cents = -1),
+            ),
         ];
         for (field, break_it) in cases {
             let mut o = sample_order();
@@ -406,8 +439,16 @@ mod tests {
 
     #[test]
     fn garbage_is_malformed() {
-        for body in [&b""[..], b"not json", b"{\"order_id\": 5}", &[0xff, 0xfe, 0x00]] {
-            assert!(matches!(Order::decode(body), Err(InvalidMessage::Malformed(_))));
+        for body in [
+            &b""[..],
+            b"not json",
+            b"{\"order_id\": 5}",
+            &[0xff, 0xfe, 0x00],
+        ] {
+            assert!(matches!(
+                Order::decode(body),
+                Err(InvalidMessage::Malformed(_))
+            ));
         }
     }
 
@@ -416,9 +457,13 @@ mod tests {
         for k in EventKind::ALL {
             assert_eq!(EventKind::parse(k.as_str()), Ok(k));
         }
-        assert!(EventKind::parse("order.cancelled").unwrap_err().contains("order.cancelled"));
+        assert!(EventKind::parse("order.cancelled")
+            .unwrap_err()
+            .contains("order.cancelled"));
         let mut e = ActivityEvent::new(EventKind::ProductViewed, "cus_1");
-        assert!(matches!(e.validate(), Err(InvalidMessage::Rule { ref field, .. }) if field == "product_id"));
+        assert!(
+            matches!(e.validate(), Err(InvalidMessage::Rule { ref field, .. }) if field == "product_id")
+        );
         e.product_id = Some("SKU-1".into());
         let body = serde_json::to_vec(&e).unwrap();
         assert_eq!(ActivityEvent::decode(&body).unwrap(), e);

@@ -54,10 +54,22 @@ impl Default for WorkerMetrics {
         });
         let in_flight = Family::<QueueLabels, Gauge>::default();
         let reconnects = Family::<QueueLabels, Counter>::default();
-        registry.register("messages", "Messages settled, by queue and outcome", messages.clone());
-        registry.register("handler_seconds", "Handler run time", handler_seconds.clone());
+        registry.register(
+            "messages",
+            "Messages settled, by queue and outcome",
+            messages.clone(),
+        );
+        registry.register(
+            "handler_seconds",
+            "Handler run time",
+            handler_seconds.clone(),
+        );
         registry.register("in_flight", "Handlers running now", in_flight.clone());
-        registry.register("reconnects", "Connections re-established after a loss", reconnects.clone());
+        registry.register(
+            "reconnects",
+            "Connections re-established after a loss",
+            reconnects.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             messages,
@@ -86,14 +98,20 @@ impl WorkerMetrics {
 
     /// Registers more metrics (e.g. a service's own) in the same registry.
     pub fn with_registry<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
-        let mut registry = self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut registry = self
+            .registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut registry)
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let registry = self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let registry = self
+            .registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
     }

@@ -52,7 +52,9 @@ pub enum Fate {
 /// The channel could not be opened.
 pub async fn confirm_channel(conn: &Connection) -> Result<Channel, lapin::Error> {
     let channel = conn.create_channel().await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     Ok(channel)
 }
 
@@ -91,7 +93,11 @@ fn fate(c: Confirmation) -> Fate {
 ///
 /// # Errors
 /// The channel failed or the confirm did not come in time.
-pub async fn publish_one(channel: &Channel, msg: &Outgoing, timeout: Duration) -> anyhow::Result<Fate> {
+pub async fn publish_one(
+    channel: &Channel,
+    msg: &Outgoing,
+    timeout: Duration,
+) -> anyhow::Result<Fate> {
     let confirm = send(channel, msg).await?;
     match tokio::time::timeout(timeout, confirm).await {
         Ok(fate) => Ok(fate?),
@@ -123,7 +129,12 @@ type Pending = Pin<Box<dyn Future<Output = (Outgoing, Result<Fate, lapin::Error>
 impl BulkPublisher {
     /// A publisher drawing connections from `pool`, with `window` unconfirmed messages at most
     /// and an optional rate limit in messages per second.
-    pub fn new(pool: deadpool_lapin::Pool, settings: AmqpSettings, window: usize, rate: Option<f64>) -> Self {
+    pub fn new(
+        pool: deadpool_lapin::Pool,
+        settings: AmqpSettings,
+        window: usize,
+        rate: Option<f64>,
+    ) -> Self {
         Self {
             pool,
             settings,
@@ -211,7 +222,11 @@ impl BulkPublisher {
         Ok(report)
     }
 
-    async fn reconnect(&self, report: &mut BulkReport, blocked: &Arc<AtomicBool>) -> Result<Channel, BrokerError> {
+    async fn reconnect(
+        &self,
+        report: &mut BulkReport,
+        blocked: &Arc<AtomicBool>,
+    ) -> Result<Channel, BrokerError> {
         let mut backoff = Backoff::default();
         loop {
             let attempt = async {

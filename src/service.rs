@@ -51,14 +51,21 @@ pub struct WorkerOptions {
 /// # Errors
 /// The queue is not in the topology or has no dead-letter exchange.
 pub fn settle_policy(topology: &Topology, queue: &str) -> anyhow::Result<SettlePolicy> {
-    anyhow::ensure!(topology.queue(queue).is_some(), "queue {queue} is not in the topology");
+    anyhow::ensure!(
+        topology.queue(queue).is_some(),
+        "queue {queue} is not in the topology"
+    );
     let dead_letter_exchange = topology
         .dead_letter_exchange(queue)
         .with_context(|| format!("queue {queue} has no x-dead-letter-exchange in the topology"))?
         .to_owned();
     Ok(SettlePolicy {
         queue: queue.to_owned(),
-        retry_queues: topology.retry_ladder(queue).into_iter().map(|s| s.queue).collect(),
+        retry_queues: topology
+            .retry_ladder(queue)
+            .into_iter()
+            .map(|s| s.queue)
+            .collect(),
         dead_letter_exchange,
     })
 }
@@ -67,9 +74,15 @@ pub fn settle_policy(topology: &Topology, queue: &str) -> anyhow::Result<SettleP
 ///
 /// # Errors
 /// Bad topology or settings, a refused login, or an HTTP address that cannot be bound.
-pub async fn run(settings: Settings, service: Service, options: WorkerOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    service: Service,
+    options: WorkerOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let topology = Arc::new(
-        Topology::load(&settings.topology).with_context(|| format!("loading {}", settings.topology.display()))?,
+        Topology::load(&settings.topology)
+            .with_context(|| format!("loading {}", settings.topology.display()))?,
     );
     let metrics = WorkerMetrics::new();
     let role = format!("worker {}", service.name());
@@ -85,8 +98,15 @@ pub async fn run(settings: Settings, service: Service, options: WorkerOptions, s
                     Duration::from_millis(settings.producer.confirm_timeout_ms),
                 ))
             });
-            let handler = Fulfillment::new(SimulatedCarrier::new(settings.carrier.clone()), store, announcer);
-            serve_and_run(&settings, service, options, router, handler, topology, pool, metrics, shutdown).await
+            let handler = Fulfillment::new(
+                SimulatedCarrier::new(settings.carrier.clone()),
+                store,
+                announcer,
+            );
+            serve_and_run(
+                &settings, service, options, router, handler, topology, pool, metrics, shutdown,
+            )
+            .await
         }
     }
 }
@@ -113,8 +133,14 @@ async fn serve_and_run<H: Handler>(
         grace: settings.worker.grace(),
         confirm_timeout: Duration::from_millis(settings.producer.confirm_timeout_ms),
     };
-    Worker::new(config, Arc::new(handler), pool, settings.amqp.clone(), metrics)
-        .declare(topology)
-        .run(shutdown)
-        .await
+    Worker::new(
+        config,
+        Arc::new(handler),
+        pool,
+        settings.amqp.clone(),
+        metrics,
+    )
+    .declare(topology)
+    .run(shutdown)
+    .await
 }

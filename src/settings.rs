@@ -43,7 +43,7 @@ impl SecretUrl {
     pub fn password(&self) -> Option<String> {
         url::Url::parse(&self.0)
             .ok()
-            .and_then(|u| u.password().map(|p| percent_decode(p)))
+            .and_then(|u| u.password().map(percent_decode))
     }
 
     /// The same URL with another vhost path, e.g. for tests in their own vhost.

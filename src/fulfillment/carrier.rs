@@ -45,13 +45,26 @@ impl Carrier for SimulatedCarrier {
         if self.settings.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.settings.latency_ms)).await;
         }
-        if let Some(item) = order.items.iter().find(|i| self.settings.panic_skus.contains(&i.sku)) {
+        if let Some(item) = order
+            .items
+            .iter()
+            .find(|i| self.settings.panic_skus.contains(&i.sku))
+        {
             panic!("simulated carrier crashed on SKU {}", item.sku);
         }
-        if let Some(item) = order.items.iter().find(|i| self.settings.always_fail_skus.contains(&i.sku)) {
-            return Err(CarrierError::Unavailable(format!("no capacity for SKU {}", item.sku)));
+        if let Some(item) = order
+            .items
+            .iter()
+            .find(|i| self.settings.always_fail_skus.contains(&i.sku))
+        {
+            return Err(CarrierError::Unavailable(format!(
+                "no capacity for SKU {}",
+                item.sku
+            )));
         }
-        if self.settings.failure_rate > 0.0 && rand::rng().random_bool(self.settings.failure_rate.clamp(0.0, 1.0)) {
+        if self.settings.failure_rate > 0.0
+            && rand::rng().random_bool(self.settings.failure_rate.clamp(0.0, 1.0))
+        {
             return Err(CarrierError::Unavailable("simulated timeout".into()));
         }
         Ok(format!("shp_{}", order.order_id.trim_start_matches("ord_")))

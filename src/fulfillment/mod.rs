@@ -33,7 +33,11 @@ pub struct Announcer {
 
 impl Announcer {
     /// Publishes to the `activity` exchange through connections from `pool`.
-    pub fn new(pool: deadpool_lapin::Pool, amqp: crate::settings::AmqpSettings, timeout: Duration) -> Self {
+    pub fn new(
+        pool: deadpool_lapin::Pool,
+        amqp: crate::settings::AmqpSettings,
+        timeout: Duration,
+    ) -> Self {
         Self {
             pool,
             amqp,
@@ -57,7 +61,11 @@ impl Announcer {
     ///
     /// # Errors
     /// Not confirmed: nacked, returned, timed out or the channel failed.
-    pub async fn announce(&self, event: &ActivityEvent, traceparent: Option<&str>) -> anyhow::Result<()> {
+    pub async fn announce(
+        &self,
+        event: &ActivityEvent,
+        traceparent: Option<&str>,
+    ) -> anyhow::Result<()> {
         let mut props = properties(event.kind.as_str(), &event.event_id);
         if let Some(tp) = traceparent {
             let mut headers = lapin::types::FieldTable::default();
@@ -93,8 +101,16 @@ pub struct Fulfillment<C> {
 impl<C: Carrier> Fulfillment<C> {
     /// A handler booking with `carrier`, recording in `store` and, when `announcer` is set,
     /// publishing `order.fulfilled`.
-    pub fn new(carrier: C, store: Arc<FulfillmentStore>, announcer: Option<Arc<Announcer>>) -> Self {
-        Self { carrier, store, announcer }
+    pub fn new(
+        carrier: C,
+        store: Arc<FulfillmentStore>,
+        announcer: Option<Arc<Announcer>>,
+    ) -> Self {
+        Self {
+            carrier,
+            store,
+            announcer,
+        }
     }
 }
 

@@ -41,7 +41,11 @@ impl PostgresStore {
         Ok(Self { client })
     }
 
-    pub(super) async fn record(&self, order_id: &str, shipment_id: &str) -> anyhow::Result<Recorded> {
+    pub(super) async fn record(
+        &self,
+        order_id: &str,
+        shipment_id: &str,
+    ) -> anyhow::Result<Recorded> {
         let row = self
             .client
             .query_one(
@@ -56,13 +60,18 @@ impl PostgresStore {
         Ok(if duplicates == 0 {
             Recorded::New
         } else {
-            Recorded::Duplicate { announced: row.get(1) }
+            Recorded::Duplicate {
+                announced: row.get(1),
+            }
         })
     }
 
     pub(super) async fn mark_announced(&self, order_id: &str) -> anyhow::Result<()> {
         self.client
-            .execute("UPDATE fulfillments SET announced = true WHERE order_id = $1", &[&order_id])
+            .execute(
+                "UPDATE fulfillments SET announced = true WHERE order_id = $1",
+                &[&order_id],
+            )
             .await
             .context("marking a fulfillment announced")?;
         Ok(())
@@ -71,7 +80,10 @@ impl PostgresStore {
     pub(super) async fn counts(&self) -> anyhow::Result<StoreCounts> {
         let row = self
             .client
-            .query_one("SELECT COUNT(*), COALESCE(SUM(duplicates), 0)::BIGINT FROM fulfillments", &[])
+            .query_one(
+                "SELECT COUNT(*), COALESCE(SUM(duplicates), 0)::BIGINT FROM fulfillments",
+                &[],
+            )
             .await?;
         let (f, d): (i64, i64) = (row.get(0), row.get(1));
         Ok(StoreCounts {
@@ -83,7 +95,10 @@ impl PostgresStore {
     pub(super) async fn contains(&self, order_id: &str) -> anyhow::Result<bool> {
         Ok(self
             .client
-            .query_opt("SELECT 1 FROM fulfillments WHERE order_id = $1", &[&order_id])
+            .query_opt(
+                "SELECT 1 FROM fulfillments WHERE order_id = $1",
+                &[&order_id],
+            )
             .await?
             .is_some())
     }

@@ -63,8 +63,12 @@ impl FulfillmentStore {
     /// The database cannot be opened or its schema created.
     pub async fn open(settings: &crate::settings::StoreSettings) -> anyhow::Result<Self> {
         match &settings.url {
-            Some(url) => Ok(Self::Postgres(super::postgres::PostgresStore::connect(url).await?)),
-            None => Ok(Self::Sqlite(SqliteStore::open(&settings.dir.join("fulfillment.db"))?)),
+            Some(url) => Ok(Self::Postgres(
+                super::postgres::PostgresStore::connect(url).await?,
+            )),
+            None => Ok(Self::Sqlite(SqliteStore::open(
+                &settings.dir.join("fulfillment.db"),
+            )?)),
         }
     }
 
@@ -146,13 +150,17 @@ impl SqliteStore {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let conn = open_connection(path).with_context(|| format!("opening {}", path.display()))?;
-        conn.execute_batch(SCHEMA).context("creating the fulfillment schema")?;
+        conn.execute_batch(SCHEMA)
+            .context("creating the fulfillment schema")?;
         let (tx, rx) = std_mpsc::channel();
         std::thread::Builder::new()
             .name("fulfillment-store".into())
             .spawn(move || writer_loop(conn, rx))
             .context("starting the store writer")?;
-        Ok(Self { path: path.to_owned(), writer: tx })
+        Ok(Self {
+            path: path.to_owned(),
+            writer: tx,
+        })
     }
 
     async fn record(&self, order_id: &str, shipment_id: &str) -> anyhow::Result<Recorded> {
@@ -194,7 +202,11 @@ impl SqliteStore {
     fn contains(&self, order_id: &str) -> anyhow::Result<bool> {
         let conn = open_connection(&self.path)?;
         Ok(conn
-            .query_row("SELECT 1 FROM fulfillments WHERE order_id = ?1", [order_id], |_| Ok(()))
+            .query_row(
+                "SELECT 1 FROM fulfillments WHERE order_id = ?1",
+                [order_id],
+                |_| Ok(()),
+            )
             .optional()?
             .is_some())
     }
@@ -224,26 +236,38 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Request>) {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO fulfillments (order_id, shipment_id) VALUES (?1, ?2) ON CONFLICT(order_id) DO UPDATE SET duplicates = duplicates + 1 RETURNING duplicates, announced",
             )?;
-            let mut announce = tx.prepare_cached("UPDATE fulfillments SET announced = 1 WHERE order_id = ?1")?;
+            let mut announce =
+                tx.prepare_cached("UPDATE fulfillments SET announced = 1 WHERE order_id = ?1")?;
             for req in batch.iter() {
                 answers.push(match req {
-                    Request::Record { order_id, shipment_id, .. } => insert
-                        .query_row(params![order_id, shipment_id], |r| {
-                            let dups: i64 = r.get(0)?;
-                            let announced: i64 = r.get(1)?;
-                            Ok(Some(if dups == 0 {
-                                Recorded::New
-                            } else {
-                                Recorded::Duplicate { announced: announced != 0 }
-                            }))
-                        }),
-                    Request::Announced { order_id, .. } => announce.execute([order_id]).map(|_| None),
+                    Request::Record {
+                        order_id,
+                        shipment_id,
+                        ..
+                    } => insert.query_row(params![order_id, shipment_id], |r| {
+                        let dups: i64 = r.get(0)?;
+                        let announced: i64 = r.get(1)?;
+                        Ok(Some(if dups == 0 {
+                            Recorded::New
+                        } else {
+                            Recorded::Duplicate {
+                                announced: announced != 0,
+                            }
+                        }))
+                    }),
+                    Request::Announced { order_id, .. } => {
+                        announce.execute([order_id]).map(|_| None)
+                    }
                 });
             }
         }
         tx.commit()
     })();
-    for (req, answer) in batch.into_iter().zip(answers.into_iter().chain(std::iter::repeat_with(|| Ok(None)))) {
+    for (req, answer) in batch.into_iter().zip(
+        answers
+            .into_iter()
+            .chain(std::iter::repeat_with(|| Ok(None))),
+    ) {
         let answer = match &tx_result {
             Err(e) => Err(rusqlite::Error::SqliteFailure(
                 rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
@@ -271,10 +295,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("f.db")).unwrap();
         assert_eq!(store.record("ord_1", "shp_1").await.unwrap(), Recorded::New);
-        assert_eq!(store.record("ord_1", "shp_1").await.unwrap(), Recorded::Duplicate { announced: false });
+        assert_eq!(
+            store.record("ord_1", "shp_1").await.unwrap(),
+            Recorded::Duplicate { announced: false }
+        );
         store.mark_announced("ord_1").await.unwrap();
-        assert_eq!(store.record("ord_1", "shp_1").await.unwrap(), Recorded::Duplicate { announced: true });
-        assert_eq!(store.counts().unwrap(), StoreCounts { fulfilled: 1, duplicates: 2 });
+        assert_eq!(
+            store.record("ord_1", "shp_1").await.unwrap(),
+            Recorded::Duplicate { announced: true }
+        );
+        assert_eq!(
+            store.counts().unwrap(),
+            StoreCounts {
+                fulfilled: 1,
+                duplicates: 2
+            }
+        );
         assert!(store.contains("ord_1").unwrap());
         assert!(!store.contains("ord_2").unwrap());
     }
@@ -283,14 +319,20 @@ mod tests {
     async fn two_stores_on_one_file_share_the_record() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.db");
-        let (a, b) = (SqliteStore::open(&path).unwrap(), SqliteStore::open(&path).unwrap());
+        let (a, b) = (
+            SqliteStore::open(&path).unwrap(),
+            SqliteStore::open(&path).unwrap(),
+        );
         let mut handles = Vec::new();
         for i in 0..200 {
             let store = if i % 2 == 0 { &a } else { &b };
             handles.push(store.record(&format!("ord_{}", i / 2), "shp"));
         }
         let results = futures::future::join_all(handles).await;
-        let new = results.iter().filter(|r| matches!(r, Ok(Recorded::New))).count();
+        let new = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Recorded::New)))
+            .count();
         assert_eq!(new, 100);
     }
 }

@@ -98,7 +98,11 @@ impl OrderGenerator {
                 let (sku, price) = CATALOGUE[idx.min(CATALOGUE.len() - 1)];
                 OrderItem {
                     sku: sku.into(),
-                    quantity: if self.rng.random_bool(0.8) { 1 } else { self.rng.random_range(2..=5) },
+                    quantity: if self.rng.random_bool(0.8) {
+                        1
+                    } else {
+                        self.rng.random_range(2..=5)
+                    },
                     unit_price_cents: price,
                 }
             })
@@ -129,11 +133,17 @@ mod tests {
                     valid += 1;
                 }
                 Generated::Invalid(what, v) => {
-                    assert!(Order::decode(v.to_string().as_bytes()).is_err(), "{what} decoded");
+                    assert!(
+                        Order::decode(v.to_string().as_bytes()).is_err(),
+                        "{what} decoded"
+                    );
                     invalid += 1;
                 }
             }
         }
-        assert!(valid > 250 && invalid > 80, "valid {valid}, invalid {invalid}");
+        assert!(
+            valid > 250 && invalid > 80,
+            "valid {valid}, invalid {invalid}"
+        );
     }
 }

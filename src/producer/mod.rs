@@ -15,7 +15,10 @@ use lapin::types::FieldTable;
 pub use generate::{Generated, OrderGenerator, CATALOGUE};
 
 use crate::broker;
-use crate::message::{new_id, properties, string_value, ActivityEvent, Order, OrderItem, HEADER_TRACEPARENT, ORDER_PLACED};
+use crate::message::{
+    new_id, properties, string_value, ActivityEvent, Order, OrderItem, HEADER_TRACEPARENT,
+    ORDER_PLACED,
+};
 use crate::publisher::{self, BulkPublisher, Fate, Outgoing};
 use crate::settings::Settings;
 
@@ -34,11 +37,15 @@ const LABEL_EVENT: u8 = 1;
 pub fn parse_item(s: &str) -> Result<OrderItem, String> {
     let parts: Vec<&str> = s.split(':').collect();
     let [sku, qty, price] = parts.as_slice() else {
-        return Err(format!("'{s}': expected SKU:QUANTITY:UNIT_PRICE_CENTS, e.g. SKU-1:2:1999"));
+        return Err(format!(
+            "'{s}': expected SKU:QUANTITY:UNIT_PRICE_CENTS, e.g. SKU-1:2:1999"
+        ));
     };
     Ok(OrderItem {
         sku: (*sku).to_owned(),
-        quantity: qty.parse().map_err(|_| format!("'{s}': quantity '{qty}' is not a whole number"))?,
+        quantity: qty
+            .parse()
+            .map_err(|_| format!("'{s}': quantity '{qty}' is not a whole number"))?,
         unit_price_cents: price
             .parse()
             .map_err(|_| format!("'{s}': unit price '{price}' is not a whole number of cents"))?,
@@ -49,7 +56,11 @@ pub fn parse_item(s: &str) -> Result<OrderItem, String> {
 pub fn new_traceparent() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
-    format!("00-{:032x}-{:016x}-01", rng.random::<u128>(), rng.random::<u64>())
+    format!(
+        "00-{:032x}-{:016x}-01",
+        rng.random::<u128>(),
+        rng.random::<u64>()
+    )
 }
 
 fn headers_with_trace(traceparent: &str) -> FieldTable {
@@ -69,7 +80,10 @@ pub fn order_messages(order: &Order, events: bool) -> Vec<Outgoing> {
         label: LABEL_ORDER,
     }];
     if events {
-        out.push(event_message(&ActivityEvent::order_placed(order), Some(&trace)));
+        out.push(event_message(
+            &ActivityEvent::order_placed(order),
+            Some(&trace),
+        ));
     }
     out
 }
@@ -93,22 +107,35 @@ pub fn event_message(event: &ActivityEvent, traceparent: Option<&str>) -> Outgoi
 ///
 /// # Errors
 /// The broker is unreachable (one clear line).
-pub async fn place_order(settings: &Settings, order: Order, events: bool) -> anyhow::Result<ExitCode> {
+pub async fn place_order(
+    settings: &Settings,
+    order: Order,
+    events: bool,
+) -> anyhow::Result<ExitCode> {
     if let Err(e) = order.validate() {
         eprintln!("error: {e}");
         return Ok(ExitCode::from(2));
     }
     let conn = broker::connect(&settings.amqp, "producer").await?;
-    let channel = publisher::confirm_channel(&conn).await.context("opening a confirm channel")?;
+    let channel = publisher::confirm_channel(&conn)
+        .await
+        .context("opening a confirm channel")?;
     let timeout = Duration::from_millis(settings.producer.confirm_timeout_ms);
     let mut code = ExitCode::SUCCESS;
     for msg in order_messages(&order, events) {
-        let what = if msg.label == LABEL_ORDER { "order" } else { "order.placed event" };
+        let what = if msg.label == LABEL_ORDER {
+            "order"
+        } else {
+            "order.placed event"
+        };
         match publisher::publish_one(&channel, &msg, timeout).await {
             Ok(Fate::Confirmed) if msg.label == LABEL_ORDER => println!("{}", order.order_id),
             Ok(Fate::Confirmed) => {}
             Ok(Fate::Nacked) => {
-                eprintln!("error: the broker refused the {what} {} (nack)", order.order_id);
+                eprintln!(
+                    "error: the broker refused the {what} {} (nack)",
+                    order.order_id
+                );
                 code = ExitCode::FAILURE;
             }
             Ok(Fate::Returned(reason)) => {
@@ -119,7 +146,10 @@ pub async fn place_order(settings: &Settings, order: Order, events: bool) -> any
                 code = ExitCode::FAILURE;
             }
             Err(e) => {
-                eprintln!("error: the {what} {} was not confirmed: {e:#}", order.order_id);
+                eprintln!(
+                    "error: the {what} {} was not confirmed: {e:#}",
+                    order.order_id
+                );
                 code = ExitCode::FAILURE;
             }
         }
@@ -184,14 +214,22 @@ pub async fn publish_orders(
     let pool = broker::pool(&settings.amqp, "producer")?;
     // Fail fast with one line when the broker is not there at all.
     drop(broker::connection(&pool, &settings.amqp).await?);
-    let (total, planned): (Option<u64>, Box<dyn Iterator<Item = Result<Planned, String>> + Send>) = match source {
-        OrderSource::Generate { count, invalid_ratio } => {
+    let (total, planned): (
+        Option<u64>,
+        Box<dyn Iterator<Item = Result<Planned, String>> + Send>,
+    ) = match source {
+        OrderSource::Generate {
+            count,
+            invalid_ratio,
+        } => {
             let mut g = OrderGenerator::new(invalid_ratio);
             let planned = (0..count).map(move |_| {
                 Ok(match g.next_order() {
                     Generated::Valid(o) => Planned::Order(o),
                     Generated::Invalid(_, v) => Planned::Invalid {
-                        order_id: v["order_id"].as_str().map_or_else(|| new_id("ord"), str::to_owned),
+                        order_id: v["order_id"]
+                            .as_str()
+                            .map_or_else(|| new_id("ord"), str::to_owned),
                         body: v.to_string().into_bytes(),
                     },
                 })
@@ -206,7 +244,10 @@ pub async fn publish_orders(
                     std::fs::File::open(&path).with_context(|| format!("opening {path}"))?,
                 ))
             };
-            (None, Box::new(read_orders(reader).map(|r| r.map(Planned::Order))))
+            (
+                None,
+                Box::new(read_orders(reader).map(|r| r.map(Planned::Order))),
+            )
         }
     };
     let bar = match total {
@@ -214,8 +255,10 @@ pub async fn publish_orders(
         None => ProgressBar::new_spinner(),
     };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} orders confirmed ({per_sec}) {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} orders confirmed ({per_sec}) {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let skipped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (skipped_in, bar_in) = (skipped.clone(), bar.clone());
@@ -236,7 +279,12 @@ pub async fn publish_orders(
     });
     let started = Instant::now();
     let mut tally = Tally::default();
-    let publisher = BulkPublisher::new(pool, settings.amqp.clone(), settings.producer.confirm_window, rate);
+    let publisher = BulkPublisher::new(
+        pool,
+        settings.amqp.clone(),
+        settings.producer.confirm_window,
+        rate,
+    );
     let report = publisher
         .run(messages, |msg, fate| match (msg.label, fate) {
             (LABEL_ORDER, Fate::Confirmed) => {
@@ -266,10 +314,17 @@ pub async fn publish_orders(
         secs
     );
     if tally.returned > 0 {
-        eprintln!("error: {} orders were unroutable: run `burrow topology apply`", tally.returned);
+        eprintln!(
+            "error: {} orders were unroutable: run `burrow topology apply`",
+            tally.returned
+        );
     }
     let ok = tally.nacked == 0 && tally.returned == 0 && tally.skipped_lines == 0;
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Reads JSON-lines orders; a line that is not a valid order becomes an error naming its number.
@@ -292,10 +347,18 @@ mod tests {
     fn items_parse_or_say_what_is_wrong() {
         assert_eq!(
             parse_item("SKU-1:2:1999").unwrap(),
-            OrderItem { sku: "SKU-1".into(), quantity: 2, unit_price_cents: 1999 }
+            OrderItem {
+                sku: "SKU-1".into(),
+                quantity: 2,
+                unit_price_cents: 1999
+            }
         );
-        assert!(parse_item("SKU-1:2").unwrap_err().contains("expected SKU:QUANTITY"));
-        assert!(parse_item("SKU-1:x:1").unwrap_err().contains("quantity 'x'"));
+        assert!(parse_item("SKU-1:2")
+            .unwrap_err()
+            .contains("expected SKU:QUANTITY"));
+        assert!(parse_item("SKU-1:x:1")
+            .unwrap_err()
+            .contains("quantity 'x'"));
     }
 
     #[test]
@@ -312,6 +375,9 @@ mod tests {
         let tp = new_traceparent();
         let parts: Vec<_> = tp.split('-').collect();
         assert_eq!(parts.len(), 4);
-        assert_eq!((parts[0], parts[1].len(), parts[2].len(), parts[3]), ("00", 32, 16, "01"));
+        assert_eq!(
+            (parts[0], parts[1].len(), parts[2].len(), parts[3]),
+            ("00", 32, 16, "01")
+        );
     }
 }

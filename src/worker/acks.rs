@@ -86,7 +86,10 @@ mod tests {
             t.ack(tag);
         }
         // 3 is still running; 6 has not finished.
-        assert_eq!(t.flush(), vec![AckFrame::UpTo(2), AckFrame::Single(4), AckFrame::Single(5)]);
+        assert_eq!(
+            t.flush(),
+            vec![AckFrame::UpTo(2), AckFrame::Single(4), AckFrame::Single(5)]
+        );
         t.ack(3);
         assert_eq!(t.flush(), vec![AckFrame::Single(3)]);
     }

@@ -117,7 +117,9 @@ impl<H: Handler> Worker<H> {
             if shutdown.is_cancelled() {
                 break;
             }
-            let end = self.session(&slots, &tasks, &shutdown, &mut backoff, sessions).await;
+            let end = self
+                .session(&slots, &tasks, &shutdown, &mut backoff, sessions)
+                .await;
             match end {
                 Ok(SessionEnd::Shutdown) => break,
                 Ok(SessionEnd::Lost(reason)) => {
@@ -141,7 +143,10 @@ impl<H: Handler> Worker<H> {
             }
         }
         tasks.close();
-        if tokio::time::timeout(self.config.grace, tasks.wait()).await.is_err() {
+        if tokio::time::timeout(self.config.grace, tasks.wait())
+            .await
+            .is_err()
+        {
             warn!(%queue, "handlers still running after the grace period; their messages will be redelivered");
         }
         info!(%queue, "worker stopped");
@@ -158,7 +163,8 @@ impl<H: Handler> Worker<H> {
     ) -> Result<SessionEnd, BrokerError> {
         let queue = self.config.policy.queue.as_str();
         let conn = broker::connection(&self.pool, &self.amqp).await?;
-        let lost = |what: &str, e: &dyn std::fmt::Display| Ok(SessionEnd::Lost(format!("{what}: {e}")));
+        let lost =
+            |what: &str, e: &dyn std::fmt::Display| Ok(SessionEnd::Lost(format!("{what}: {e}")));
         if let Some(topology) = &self.topology {
             match crate::topology::apply(&conn, topology).await {
                 Ok(report) => {
@@ -197,7 +203,12 @@ impl<H: Handler> Worker<H> {
         };
         backoff.reset();
         if sessions > 0 {
-            self.metrics.reconnects.get_or_create(&QueueLabels { queue: queue.to_owned() }).inc();
+            self.metrics
+                .reconnects
+                .get_or_create(&QueueLabels {
+                    queue: queue.to_owned(),
+                })
+                .inc();
             info!(%queue, "reconnected and consuming again");
         } else {
             info!(%queue, concurrency = self.config.concurrency, prefetch = self.config.prefetch, "consuming");
@@ -205,7 +216,11 @@ impl<H: Handler> Worker<H> {
 
         let (settle_tx, settle_rx) = mpsc::unbounded_channel();
         let stop_settling = CancellationToken::new();
-        let settler = tokio::spawn(settle_loop(consume_channel.clone(), settle_rx, stop_settling.clone()));
+        let settler = tokio::spawn(settle_loop(
+            consume_channel.clone(),
+            settle_rx,
+            stop_settling.clone(),
+        ));
         let publish_channel = Arc::new(publish_channel);
 
         let end = loop {
@@ -222,7 +237,11 @@ impl<H: Handler> Worker<H> {
             let delivery = match delivery {
                 Some(Ok(d)) => d,
                 Some(Err(e)) => break SessionEnd::Lost(format!("consumer failed: {e}")),
-                None => break SessionEnd::Lost(format!("the broker cancelled the consumer of {queue} (queue deleted?)")),
+                None => {
+                    break SessionEnd::Lost(format!(
+                        "the broker cancelled the consumer of {queue} (queue deleted?)"
+                    ))
+                }
             };
             let tag = delivery.delivery_tag;
             let _ = settle_tx.send(Settle::Received(tag));
@@ -248,7 +267,8 @@ impl<H: Handler> Worker<H> {
         };
 
         if matches!(end, SessionEnd::Shutdown) {
-            self.drain(&consume_channel, &mut consumer, &settle_tx, tasks).await;
+            self.drain(&consume_channel, &mut consumer, &settle_tx, tasks)
+                .await;
         }
         drop(settle_tx);
         stop_settling.cancel();
@@ -272,7 +292,10 @@ impl<H: Handler> Worker<H> {
     ) {
         let queue = &self.config.policy.queue;
         info!(%queue, "shutting down: no new work; finishing handlers in flight");
-        if let Err(e) = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await {
+        if let Err(e) = channel
+            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+            .await
+        {
             debug!(error = %e, "cancel failed");
         }
         let mut released = 0u32;
@@ -288,7 +311,9 @@ impl<H: Handler> Worker<H> {
         }
         let started = Instant::now();
         tasks.close();
-        let finished = tokio::time::timeout(self.config.grace, tasks.wait()).await.is_ok();
+        let finished = tokio::time::timeout(self.config.grace, tasks.wait())
+            .await
+            .is_ok();
         if !finished {
             warn!(%queue, grace = ?self.config.grace, "grace period over; releasing unfinished deliveries");
         }
@@ -307,14 +332,18 @@ struct Job<H> {
 
 impl<H: Handler> Job<H> {
     async fn run(self, tag: u64, msg: Incoming) {
-        let labels = QueueLabels { queue: self.policy.queue.clone() };
+        let labels = QueueLabels {
+            queue: self.policy.queue.clone(),
+        };
         let in_flight = self.metrics.in_flight.get_or_create(&labels).clone();
         in_flight.inc();
         let started = Instant::now();
         let outcome = std::panic::AssertUnwindSafe(self.handler.handle(&msg))
             .catch_unwind()
             .await
-            .unwrap_or_else(|panic| Outcome::Transient(format!("handler panicked: {}", panic_text(&panic))));
+            .unwrap_or_else(|panic| {
+                Outcome::Transient(format!("handler panicked: {}", panic_text(&panic)))
+            });
         self.metrics
             .handler_seconds
             .get_or_create(&labels)
@@ -327,8 +356,14 @@ impl<H: Handler> Job<H> {
                 self.metrics.count(queue, "success");
                 let _ = self.settle.send(Settle::Ack(tag));
             }
-            Decision::Forward { copy, outcome, reason } => {
-                match publisher::publish_one(&self.publish_channel, &copy, self.confirm_timeout).await {
+            Decision::Forward {
+                copy,
+                outcome,
+                reason,
+            } => {
+                match publisher::publish_one(&self.publish_channel, &copy, self.confirm_timeout)
+                    .await
+                {
                     Ok(Fate::Confirmed) => {
                         if outcome == "dead_lettered" {
                             warn!(%queue, message_id = %id, %reason, "dead-lettered");
@@ -364,7 +399,11 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 /// Owns the acks of one channel: batches them (see [`AckTracker`]) and sends rejects and
 /// releases at once. Errors mean the channel is gone; the broker then redelivers whatever was
 /// not settled, so they are only logged.
-async fn settle_loop(channel: Channel, mut rx: mpsc::UnboundedReceiver<Settle>, stop: CancellationToken) {
+async fn settle_loop(
+    channel: Channel,
+    mut rx: mpsc::UnboundedReceiver<Settle>,
+    stop: CancellationToken,
+) {
     let mut tracker = AckTracker::default();
     let mut dead = false;
     loop {
@@ -386,7 +425,10 @@ async fn settle_loop(channel: Channel, mut rx: mpsc::UnboundedReceiver<Settle>, 
                 }
                 Settle::Release(tag) => {
                     tracker.settled_otherwise(tag);
-                    let opts = BasicNackOptions { multiple: false, requeue: true };
+                    let opts = BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    };
                     dead |= channel.basic_nack(tag, opts).await.is_err();
                 }
             }
@@ -394,8 +436,16 @@ async fn settle_loop(channel: Channel, mut rx: mpsc::UnboundedReceiver<Settle>, 
         }
         for frame in tracker.flush() {
             let result = match frame {
-                AckFrame::Single(tag) => channel.basic_ack(tag, BasicAckOptions { multiple: false }).await,
-                AckFrame::UpTo(tag) => channel.basic_ack(tag, BasicAckOptions { multiple: true }).await,
+                AckFrame::Single(tag) => {
+                    channel
+                        .basic_ack(tag, BasicAckOptions { multiple: false })
+                        .await
+                }
+                AckFrame::UpTo(tag) => {
+                    channel
+                        .basic_ack(tag, BasicAckOptions { multiple: true })
+                        .await
+                }
             };
             dead |= result.is_err();
         }
@@ -403,7 +453,10 @@ async fn settle_loop(channel: Channel, mut rx: mpsc::UnboundedReceiver<Settle>, 
     // Anything still unsettled (handlers past the grace period) goes back to the queue.
     let leftover: Vec<u64> = tracker.unsettled().collect();
     for tag in leftover {
-        let opts = BasicNackOptions { multiple: false, requeue: true };
+        let opts = BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        };
         dead |= channel.basic_nack(tag, opts).await.is_err();
     }
     if dead {

@@ -6,7 +6,9 @@ use chrono::Utc;
 use lapin::types::{AMQPValue, FieldTable};
 
 use super::handler::{Incoming, Outcome};
-use crate::message::{string_value, HEADER_ATTEMPTS, HEADER_ERROR, HEADER_FAILED_AT, HEADER_SOURCE_QUEUE};
+use crate::message::{
+    string_value, HEADER_ATTEMPTS, HEADER_ERROR, HEADER_FAILED_AT, HEADER_SOURCE_QUEUE,
+};
 use crate::publisher::Outgoing;
 
 /// Where failed messages of one queue go.
@@ -45,7 +47,10 @@ impl SettlePolicy {
             Outcome::Transient(reason) => match self.retry_queues.get(attempts as usize - 1) {
                 Some(retry_queue) => {
                     let mut headers = msg.headers().cloned().unwrap_or_default();
-                    headers.insert(HEADER_ATTEMPTS.into(), AMQPValue::LongLongInt(attempts.into()));
+                    headers.insert(
+                        HEADER_ATTEMPTS.into(),
+                        AMQPValue::LongLongInt(attempts.into()),
+                    );
                     headers.insert("x-burrow-last-error".into(), string_value(&reason));
                     Decision::Forward {
                         copy: copy_of(msg, "", retry_queue, headers),
@@ -66,9 +71,15 @@ impl SettlePolicy {
     fn dead_letter(&self, msg: &Incoming, attempts: u32, reason: String) -> Decision {
         let mut headers = msg.headers().cloned().unwrap_or_default();
         headers.insert(HEADER_ERROR.into(), string_value(&reason));
-        headers.insert(HEADER_ATTEMPTS.into(), AMQPValue::LongLongInt(attempts.into()));
+        headers.insert(
+            HEADER_ATTEMPTS.into(),
+            AMQPValue::LongLongInt(attempts.into()),
+        );
         headers.insert(HEADER_SOURCE_QUEUE.into(), string_value(&self.queue));
-        headers.insert(HEADER_FAILED_AT.into(), string_value(&Utc::now().to_rfc3339()));
+        headers.insert(
+            HEADER_FAILED_AT.into(),
+            string_value(&Utc::now().to_rfc3339()),
+        );
         Decision::Forward {
             copy: copy_of(msg, &self.dead_letter_exchange, &msg.routing_key, headers),
             outcome: "dead_lettered",
@@ -82,7 +93,11 @@ fn copy_of(msg: &Incoming, exchange: &str, routing_key: &str, headers: FieldTabl
         exchange: exchange.to_owned(),
         routing_key: routing_key.to_owned(),
         body: msg.body.clone(),
-        properties: msg.properties.clone().with_headers(headers).with_delivery_mode(2),
+        properties: msg
+            .properties
+            .clone()
+            .with_headers(headers)
+            .with_delivery_mode(2),
         label: 0,
     }
 }
@@ -124,32 +139,54 @@ mod tests {
 
     #[test]
     fn success_acks() {
-        assert!(matches!(policy().decide(&msg(None), Outcome::Success), Decision::Ack));
+        assert!(matches!(
+            policy().decide(&msg(None), Outcome::Success),
+            Decision::Ack
+        ));
     }
 
     #[test]
     fn transient_failures_climb_the_ladder_then_dead_letter() {
-        let (copy, outcome) = forwarded(policy().decide(&msg(None), Outcome::Transient("x".into())));
-        assert_eq!((copy.exchange.as_str(), copy.routing_key.as_str(), outcome), ("", "q.retry.1s", "retried"));
+        let (copy, outcome) =
+            forwarded(policy().decide(&msg(None), Outcome::Transient("x".into())));
+        assert_eq!(
+            (copy.exchange.as_str(), copy.routing_key.as_str(), outcome),
+            ("", "q.retry.1s", "retried")
+        );
         let h = copy.properties.headers().as_ref();
         assert_eq!(header_u32(h, HEADER_ATTEMPTS), Some(1));
 
         let (copy, _) = forwarded(policy().decide(&msg(Some(1)), Outcome::Transient("x".into())));
         assert_eq!(copy.routing_key, "q.retry.10s");
 
-        let (copy, outcome) = forwarded(policy().decide(&msg(Some(2)), Outcome::Transient("carrier down".into())));
-        assert_eq!((copy.exchange.as_str(), outcome), ("orders.dlx", "dead_lettered"));
+        let (copy, outcome) =
+            forwarded(policy().decide(&msg(Some(2)), Outcome::Transient("carrier down".into())));
+        assert_eq!(
+            (copy.exchange.as_str(), outcome),
+            ("orders.dlx", "dead_lettered")
+        );
         let h = copy.properties.headers().as_ref();
         assert_eq!(header_u32(h, HEADER_ATTEMPTS), Some(3));
-        assert!(header_str(h, HEADER_ERROR).unwrap().contains("carrier down"));
+        assert!(header_str(h, HEADER_ERROR)
+            .unwrap()
+            .contains("carrier down"));
     }
 
     #[test]
     fn permanent_failure_dead_letters_with_every_header() {
-        let (copy, _) = forwarded(policy().decide(&msg(None), Outcome::Permanent("invalid field `email`".into())));
+        let (copy, _) = forwarded(policy().decide(
+            &msg(None),
+            Outcome::Permanent("invalid field `email`".into()),
+        ));
         let h = copy.properties.headers().as_ref();
-        assert_eq!(header_str(h, HEADER_ERROR).as_deref(), Some("invalid field `email`"));
-        assert_eq!(header_str(h, HEADER_SOURCE_QUEUE).as_deref(), Some("orders.fulfillment"));
+        assert_eq!(
+            header_str(h, HEADER_ERROR).as_deref(),
+            Some("invalid field `email`")
+        );
+        assert_eq!(
+            header_str(h, HEADER_SOURCE_QUEUE).as_deref(),
+            Some("orders.fulfillment")
+        );
         assert_eq!(header_u32(h, HEADER_ATTEMPTS), Some(1));
         assert!(header_str(h, HEADER_FAILED_AT).is_some());
         assert_eq!(copy.routing_key, "order.placed");

@@ -31,7 +31,13 @@ fn compose_file_is_valid_and_loads_the_topology_into_rabbitmq_with_a_healthcheck
     }
     let (ok, services, err) = compose(&["config", "--services"]);
     assert!(ok, "{err}");
-    for s in ["rabbitmq", "fulfillment", "notifications", "analytics", "recommendations"] {
+    for s in [
+        "rabbitmq",
+        "fulfillment",
+        "notifications",
+        "analytics",
+        "recommendations",
+    ] {
         assert!(services.lines().any(|l| l == s), "service {s} missing");
     }
 }
@@ -43,13 +49,20 @@ fn cluster_profile_has_three_rabbitmq_nodes() {
     for s in ["rabbit1", "rabbit2", "rabbit3"] {
         assert!(services.lines().any(|l| l == s), "cluster node {s} missing");
     }
-    let conf = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rabbitmq-cluster.conf")).unwrap();
-    assert!(conf.contains("rabbit@rabbit3") && conf.contains("quorum_queue.initial_cluster_size = 3"));
+    let conf = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/rabbitmq-cluster.conf"
+    ))
+    .unwrap();
+    assert!(
+        conf.contains("rabbit@rabbit3") && conf.contains("quorum_queue.initial_cluster_size = 3")
+    );
 }
 
 #[test]
 fn definitions_file_mounted_by_compose_exists() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/topology/definitions.json");
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     assert!(v["queues"].as_array().is_some_and(|q| !q.is_empty()));
 }

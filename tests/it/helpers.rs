@@ -22,10 +22,26 @@ impl TestVhost {
     /// Creates `burrow-test-<label>-<random>` and grants the configured user all rights on it.
     pub async fn new(label: &str) -> Self {
         let mut settings = Settings::load().expect("settings");
-        let name = format!("burrow-test-{label}-{}", ulid::Ulid::new().to_string().to_lowercase());
-        let api = settings.management.url.expose().trim_end_matches('/').to_owned();
-        let user = settings.amqp.url.username().unwrap_or_else(|| "guest".into());
-        let password = settings.amqp.url.password().unwrap_or_else(|| "guest".into());
+        let name = format!(
+            "burrow-test-{label}-{}",
+            ulid::Ulid::new().to_string().to_lowercase()
+        );
+        let api = settings
+            .management
+            .url
+            .expose()
+            .trim_end_matches('/')
+            .to_owned();
+        let user = settings
+            .amqp
+            .url
+            .username()
+            .unwrap_or_else(|| "guest".into());
+        let password = settings
+            .amqp
+            .url
+            .password()
+            .unwrap_or_else(|| "guest".into());
         let http = reqwest::Client::new();
         let vhost = encode_vhost(&name);
         http.put(format!("{api}/api/vhosts/{vhost}"))
@@ -47,7 +63,14 @@ impl TestVhost {
         settings.mail.outbox = settings.store.dir.join("outbox");
         std::fs::create_dir_all(&settings.store.dir).expect("store dir");
         settings.topology = concat!(env!("CARGO_MANIFEST_DIR"), "/topology/shop.toml").into();
-        Self { name, settings, http, api, user, password }
+        Self {
+            name,
+            settings,
+            http,
+            api,
+            user,
+            password,
+        }
     }
 
     /// The AMQP URL of this vhost.
@@ -77,7 +100,9 @@ impl Drop for TestVhost {
         let (user, password) = (self.user.clone(), self.password.clone());
         // Drop cannot be async; a blocking client on its own thread cleans up.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
             if let Ok(rt) = rt {
                 rt.block_on(async {
                     let _ = reqwest::Client::new()
@@ -138,24 +163,47 @@ impl TestVhost {
     pub async fn apply_topology(&self) {
         let topology = burrow::topology::Topology::load(&self.settings.topology).expect("topology");
         let conn = self.connect().await;
-        let report = burrow::topology::apply(&conn, &topology).await.expect("apply");
-        assert!(report.drift.is_empty(), "unexpected drift: {:?}", report.drift);
+        let report = burrow::topology::apply(&conn, &topology)
+            .await
+            .expect("apply");
+        assert!(
+            report.drift.is_empty(),
+            "unexpected drift: {:?}",
+            report.drift
+        );
         let _ = conn.close(200, "done".into()).await;
     }
 
     /// A plain lapin connection to this vhost.
     pub async fn connect(&self) -> lapin::Connection {
-        burrow::broker::connect(&self.settings.amqp, "test").await.expect("connect to test vhost")
+        burrow::broker::connect(&self.settings.amqp, "test")
+            .await
+            .expect("connect to test vhost")
     }
 
     /// Environment that points a burrow binary at this vhost and directory.
     pub fn env(&self) -> Vec<(String, String)> {
         vec![
-            ("AMQP_URL".into(), self.settings.amqp.url.expose().to_owned()),
-            ("BURROW__TOPOLOGY".into(), self.settings.topology.display().to_string()),
-            ("BURROW__STORE__DIR".into(), self.settings.store.dir.display().to_string()),
-            ("BURROW__MAIL__OUTBOX".into(), self.settings.mail.outbox.display().to_string()),
-            ("RUST_LOG".into(), std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into())),
+            (
+                "AMQP_URL".into(),
+                self.settings.amqp.url.expose().to_owned(),
+            ),
+            (
+                "BURROW__TOPOLOGY".into(),
+                self.settings.topology.display().to_string(),
+            ),
+            (
+                "BURROW__STORE__DIR".into(),
+                self.settings.store.dir.display().to_string(),
+            ),
+            (
+                "BURROW__MAIL__OUTBOX".into(),
+                self.settings.mail.outbox.display().to_string(),
+            ),
+            (
+                "RUST_LOG".into(),
+                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            ),
         ]
     }
 
@@ -169,7 +217,9 @@ impl TestVhost {
         if std::env::var_os("TEST_LOG").is_none() {
             cmd.stderr(std::process::Stdio::null());
         }
-        Worker { child: cmd.spawn().expect("spawning worker") }
+        Worker {
+            child: cmd.spawn().expect("spawning worker"),
+        }
     }
 
     /// Runs `producer` with `args` against this vhost; returns (exit code, stdout, stderr).
@@ -202,7 +252,10 @@ impl TestVhost {
         let q = ch
             .queue_declare(
                 queue.into(),
-                lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
                 Default::default(),
             )
             .await
@@ -217,7 +270,10 @@ impl TestVhost {
         let ch = conn.create_channel().await.expect("channel");
         let mut out = Vec::new();
         while let Some(m) = ch
-            .basic_get(queue.into(), lapin::options::BasicGetOptions { no_ack: true })
+            .basic_get(
+                queue.into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
             .await
             .expect("basic.get")
         {
@@ -264,7 +320,10 @@ impl TestVhost {
             Ok(s) => s,
             Err(_) => return Vec::new(),
         };
-        stmt.query_map([], |r| r.get(0)).expect("query").map(|r| r.expect("row")).collect()
+        stmt.query_map([], |r| r.get(0))
+            .expect("query")
+            .map(|r| r.expect("row"))
+            .collect()
     }
 
     /// (fulfilled, duplicates suppressed) in this test's store.
@@ -275,9 +334,11 @@ impl TestVhost {
         }
         let conn = rusqlite::Connection::open(path).expect("open store");
         conn.busy_timeout(Duration::from_secs(10)).ok();
-        conn.query_row("SELECT COUNT(*), COALESCE(SUM(duplicates),0) FROM fulfillments", [], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-        })
+        conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(duplicates),0) FROM fulfillments",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )
         .unwrap_or((0, 0))
     }
 }

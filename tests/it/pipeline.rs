@@ -17,7 +17,10 @@ async fn two_workers_share_1000_orders_and_fulfil_each_once() {
     let orders: Vec<_> = (0..1000).map(|_| order_body("SKU-1")).collect();
     let ids: HashSet<String> = orders.iter().map(|(id, _)| id.clone()).collect();
     t.publish_raw(orders).await;
-    wait_for("1000 fulfilments", LONG, || async { (t.store_counts().0 >= 1000).then_some(()) }).await;
+    wait_for("1000 fulfilments", LONG, || async {
+        (t.store_counts().0 >= 1000).then_some(())
+    })
+    .await;
     let fulfilled: HashSet<String> = t.fulfilled_ids().into_iter().collect();
     assert_eq!(fulfilled, ids);
     assert_eq!(t.ready("orders.dead").await, 0);
@@ -45,17 +48,29 @@ async fn invalid_order_is_dead_lettered_with_its_reason_and_the_worker_keeps_goi
         t.fulfilled_ids().contains(&good.0).then_some(())
     })
     .await;
-    wait_for("two dead letters", LONG, || async { (t.ready("orders.dead").await >= 2).then_some(()) }).await;
+    wait_for("two dead letters", LONG, || async {
+        (t.ready("orders.dead").await >= 2).then_some(())
+    })
+    .await;
     let dead = t.drain("orders.dead").await;
     let reasons: Vec<String> = dead
         .iter()
         .map(|m| header_str(m.delivery.properties.headers().as_ref(), HEADER_ERROR).unwrap())
         .collect();
-    assert!(reasons.iter().any(|r| r.contains("items[0].quantity")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("malformed JSON")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("items[0].quantity")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("malformed JSON")),
+        "{reasons:?}"
+    );
     for m in &dead {
         let h = m.delivery.properties.headers().as_ref();
-        assert_eq!(header_str(h, HEADER_SOURCE_QUEUE).as_deref(), Some("orders.fulfillment"));
+        assert_eq!(
+            header_str(h, HEADER_SOURCE_QUEUE).as_deref(),
+            Some("orders.fulfillment")
+        );
         assert_eq!(header_u32(h, HEADER_ATTEMPTS), Some(1));
     }
 }
@@ -63,7 +78,11 @@ async fn invalid_order_is_dead_lettered_with_its_reason_and_the_worker_keeps_goi
 #[tokio::test]
 async fn transient_carrier_failures_are_retried_and_then_succeed() {
     let t = TestVhost::new("transient").await.with_fast_topology().await;
-    let mut w = t.spawn_worker("fulfillment", &["--carrier-failure-rate", "0.4", "--http", "127.0.0.1:0"], &[]);
+    let mut w = t.spawn_worker(
+        "fulfillment",
+        &["--carrier-failure-rate", "0.4", "--http", "127.0.0.1:0"],
+        &[],
+    );
     let orders: Vec<_> = (0..40).map(|_| order_body("SKU-3")).collect();
     t.publish_raw(orders).await;
     // With 0.4 failures and 4 tries, a few may run out of retries: every order ends fulfilled or
@@ -73,10 +92,16 @@ async fn transient_carrier_failures_are_retried_and_then_succeed() {
         (done >= 40).then_some(())
     })
     .await;
-    assert!(t.store_counts().0 >= 30, "most orders fulfilled: {:?}", t.store_counts());
+    assert!(
+        t.store_counts().0 >= 30,
+        "most orders fulfilled: {:?}",
+        t.store_counts()
+    );
     for m in t.drain("orders.dead").await {
         let h = m.delivery.properties.headers().as_ref();
-        assert!(header_str(h, HEADER_ERROR).unwrap().contains("simulated timeout"));
+        assert!(header_str(h, HEADER_ERROR)
+            .unwrap()
+            .contains("simulated timeout"));
         assert_eq!(header_u32(h, HEADER_ATTEMPTS), Some(4));
     }
     w.signal("TERM");
@@ -86,35 +111,63 @@ async fn transient_carrier_failures_are_retried_and_then_succeed() {
 #[tokio::test]
 async fn permanently_failing_carrier_dead_letters_after_the_last_retry_step() {
     let t = TestVhost::new("permanent").await.with_fast_topology().await;
-    let _w = t.spawn_worker("fulfillment", &[], &[("BURROW__CARRIER__ALWAYS_FAIL_SKUS", "SKU-DOOM")]);
+    let _w = t.spawn_worker(
+        "fulfillment",
+        &[],
+        &[("BURROW__CARRIER__ALWAYS_FAIL_SKUS", "SKU-DOOM")],
+    );
     let doomed = order_body("SKU-DOOM");
-    t.publish_raw(vec![doomed.clone(), order_body("SKU-1")]).await;
-    wait_for("dead letter", LONG, || async { (t.ready("orders.dead").await >= 1).then_some(()) }).await;
+    t.publish_raw(vec![doomed.clone(), order_body("SKU-1")])
+        .await;
+    wait_for("dead letter", LONG, || async {
+        (t.ready("orders.dead").await >= 1).then_some(())
+    })
+    .await;
     let dead = t.drain("orders.dead").await;
     assert_eq!(dead.len(), 1);
     let props = &dead[0].delivery.properties;
-    assert_eq!(props.message_id().as_ref().map(|s| s.as_str()), Some(doomed.0.as_str()));
+    assert_eq!(
+        props.message_id().as_ref().map(|s| s.as_str()),
+        Some(doomed.0.as_str())
+    );
     let h = props.headers().as_ref();
-    assert_eq!(header_u32(h, HEADER_ATTEMPTS), Some(4), "1 try + 3 retry steps");
+    assert_eq!(
+        header_u32(h, HEADER_ATTEMPTS),
+        Some(4),
+        "1 try + 3 retry steps"
+    );
     let reason = header_str(h, HEADER_ERROR).unwrap();
-    assert!(reason.contains("still failing after 4 attempts") && reason.contains("SKU-DOOM"), "{reason}");
+    assert!(
+        reason.contains("still failing after 4 attempts") && reason.contains("SKU-DOOM"),
+        "{reason}"
+    );
     assert!(!t.fulfilled_ids().contains(&doomed.0));
 }
 
 #[tokio::test]
 async fn sigterm_mid_batch_exits_cleanly_and_loses_nothing() {
     let t = TestVhost::new("sigterm").await.with_fast_topology().await;
-    let mut w = t.spawn_worker("fulfillment", &["--carrier-latency-ms", "20", "--concurrency", "4"], &[]);
+    let mut w = t.spawn_worker(
+        "fulfillment",
+        &["--carrier-latency-ms", "20", "--concurrency", "4"],
+        &[],
+    );
     let orders: Vec<_> = (0..300).map(|_| order_body("SKU-1")).collect();
     let ids: HashSet<String> = orders.iter().map(|(id, _)| id.clone()).collect();
     t.publish_raw(orders).await;
-    wait_for("some progress", LONG, || async { (t.store_counts().0 >= 20).then_some(()) }).await;
+    wait_for("some progress", LONG, || async {
+        (t.store_counts().0 >= 20).then_some(())
+    })
+    .await;
     w.signal("TERM");
     assert_eq!(w.wait_exit(LONG).await, Some(0), "graceful exit code");
     let after_stop = t.store_counts().0;
     assert!(after_stop < 300, "stopped mid-batch ({after_stop} done)");
     let _w2 = t.spawn_worker("fulfillment", &[], &[]);
-    wait_for("all 300 fulfilled", LONG, || async { (t.store_counts().0 >= 300).then_some(()) }).await;
+    wait_for("all 300 fulfilled", LONG, || async {
+        (t.store_counts().0 >= 300).then_some(())
+    })
+    .await;
     assert_eq!(t.fulfilled_ids().into_iter().collect::<HashSet<_>>(), ids);
     assert_eq!(t.ready("orders.dead").await, 0);
 }
@@ -127,9 +180,15 @@ async fn sigkill_mid_batch_loses_nothing_because_the_other_worker_takes_over() {
     let orders: Vec<_> = (0..600).map(|_| order_body("SKU-1")).collect();
     let ids: HashSet<String> = orders.iter().map(|(id, _)| id.clone()).collect();
     t.publish_raw(orders).await;
-    wait_for("some progress", LONG, || async { (t.store_counts().0 >= 50).then_some(()) }).await;
+    wait_for("some progress", LONG, || async {
+        (t.store_counts().0 >= 50).then_some(())
+    })
+    .await;
     a.signal("KILL");
-    wait_for("all 600 fulfilled", LONG, || async { (t.store_counts().0 >= 600).then_some(()) }).await;
+    wait_for("all 600 fulfilled", LONG, || async {
+        (t.store_counts().0 >= 600).then_some(())
+    })
+    .await;
     assert_eq!(t.fulfilled_ids().into_iter().collect::<HashSet<_>>(), ids);
     assert_eq!(t.ready("orders.dead").await, 0);
 }
@@ -144,14 +203,25 @@ async fn unroutable_order_is_reported_with_a_non_zero_exit() {
         ch.exchange_declare(
             "orders".into(),
             lapin::ExchangeKind::Topic,
-            lapin::options::ExchangeDeclareOptions { durable: true, ..Default::default() },
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
             Default::default(),
         )
         .await
         .unwrap();
     }
     let (code, stdout, stderr) = t.producer(
-        &["order", "--customer", "cus_1", "--email", "a@example.com", "--item", "SKU-1:1:100"],
+        &[
+            "order",
+            "--customer",
+            "cus_1",
+            "--email",
+            "a@example.com",
+            "--item",
+            "SKU-1:1:100",
+        ],
         None,
     );
     assert_ne!(code, 0);
@@ -163,7 +233,17 @@ async fn unroutable_order_is_reported_with_a_non_zero_exit() {
 async fn producer_order_prints_the_id_of_a_confirmed_order() {
     let t = TestVhost::new("one-order").await.with_fast_topology().await;
     let (code, stdout, stderr) = t.producer(
-        &["order", "--customer", "cus_42", "--email", "ann@example.com", "--item", "SKU-1:2:1999", "--item", "SKU-2:1:500"],
+        &[
+            "order",
+            "--customer",
+            "cus_42",
+            "--email",
+            "ann@example.com",
+            "--item",
+            "SKU-1:2:1999",
+            "--item",
+            "SKU-2:1:500",
+        ],
         None,
     );
     assert_eq!(code, 0, "{stderr}");
@@ -184,7 +264,8 @@ async fn file_with_a_bad_line_still_publishes_the_rest() {
         .to_string()
     };
     let input = format!("{}\n{}\n{{not json\n{}\n", good(1), good(2), good(3));
-    let (code, stdout, stderr) = t.producer(&["orders", "--file", "-", "--no-events"], Some(&input));
+    let (code, stdout, stderr) =
+        t.producer(&["orders", "--file", "-", "--no-events"], Some(&input));
     assert_eq!(code, 1, "a skipped line makes the exit code non-zero");
     assert!(stderr.contains("line 3"), "the bad line is named: {stderr}");
     assert!(stdout.contains("3 confirmed"), "{stdout}");
@@ -195,7 +276,10 @@ async fn file_with_a_bad_line_still_publishes_the_rest() {
 async fn generated_orders_with_invalid_ones_all_settle() {
     let t = TestVhost::new("generated").await.with_fast_topology().await;
     let _w = t.spawn_worker("fulfillment", &[], &[]);
-    let (code, stdout, stderr) = t.producer(&["orders", "--count", "200", "--invalid-ratio", "0.1"], None);
+    let (code, stdout, stderr) = t.producer(
+        &["orders", "--count", "200", "--invalid-ratio", "0.1"],
+        None,
+    );
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("200 confirmed"), "{stdout}");
     wait_for("200 settled", LONG, || async {

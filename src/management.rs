@@ -1,0 +1,417 @@
+//! A small typed client for the RabbitMQ management HTTP API: queues, exchanges, bindings, the
+//! overview, and definitions import. Errors name what failed and the URL, never the password.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::settings::{encode_vhost, AmqpSettings, ManagementSettings};
+
+/// Why a management API call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagementError {
+    /// Nothing answered at the URL.
+    #[error("management API not reachable at {url} (is rabbitmq_management enabled?)")]
+    Unreachable {
+        /// The URL, without credentials.
+        url: String,
+        /// The HTTP client's error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The API answered 401.
+    #[error("management API refused the credentials of user '{user}' at {url}")]
+    Unauthorized {
+        /// The URL, without credentials.
+        url: String,
+        /// The user name (never the password).
+        user: String,
+    },
+    /// The API answered with another error status.
+    #[error("management API: {what} failed at {url}: HTTP {status}: {reason}")]
+    Status {
+        /// What was asked, e.g. `listing queues`.
+        what: String,
+        /// The URL, without credentials.
+        url: String,
+        /// The status code.
+        status: u16,
+        /// The `reason` the API gave, or the body.
+        reason: String,
+    },
+    /// The request failed midway or the answer could not be read.
+    #[error("management API: {what} failed at {url}: {source}")]
+    Http {
+        /// What was asked.
+        what: String,
+        /// The URL, without credentials.
+        url: String,
+        /// The HTTP client's error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The management URL is not a URL.
+    #[error("management API URL {url} is not valid")]
+    BadUrl {
+        /// The URL as configured, password redacted.
+        url: String,
+    },
+}
+
+impl ManagementError {
+    /// Whether trying again later can help.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unreachable { .. })
+    }
+}
+
+/// A queue as the management API shows it (the fields burrow uses).
+#[derive(Debug, Clone, Deserialize)]
+pub struct QueueInfo {
+    /// Its name.
+    pub name: String,
+    /// Its vhost.
+    pub vhost: String,
+    /// `classic`, `quorum` or `stream`.
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// Whether it is durable.
+    #[serde(default)]
+    pub durable: bool,
+    /// Its arguments as declared.
+    #[serde(default)]
+    pub arguments: serde_json::Map<String, serde_json::Value>,
+    /// Messages ready and unacknowledged (absent until the stats are collected).
+    #[serde(default)]
+    pub messages: Option<u64>,
+    /// Messages ready for delivery.
+    #[serde(default)]
+    pub messages_ready: Option<u64>,
+    /// Messages delivered and not yet acknowledged.
+    #[serde(default)]
+    pub messages_unacknowledged: Option<u64>,
+    /// Consumers attached.
+    #[serde(default)]
+    pub consumers: Option<u64>,
+    /// Rates and counters, as the API gives them.
+    #[serde(default)]
+    pub message_stats: Option<serde_json::Value>,
+}
+
+/// An exchange as the management API shows it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ExchangeInfo {
+    /// Its name (empty for the default exchange).
+    pub name: String,
+    /// Its vhost.
+    pub vhost: String,
+    /// `direct`, `fanout`, `topic`, `headers`…
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Whether it is durable.
+    #[serde(default)]
+    pub durable: bool,
+    /// Whether it is deleted when its last binding goes.
+    #[serde(default)]
+    pub auto_delete: bool,
+    /// Whether clients may not publish to it.
+    #[serde(default)]
+    pub internal: bool,
+    /// Its arguments.
+    #[serde(default)]
+    pub arguments: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A binding as the management API shows it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BindingInfo {
+    /// The exchange (empty for the default exchange's implicit bindings).
+    pub source: String,
+    /// Its vhost.
+    pub vhost: String,
+    /// The queue or exchange bound.
+    pub destination: String,
+    /// `queue` or `exchange`.
+    pub destination_type: String,
+    /// The binding key.
+    pub routing_key: String,
+    /// Binding arguments.
+    #[serde(default)]
+    pub arguments: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The broker's overview (the fields burrow uses).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Overview {
+    /// e.g. `3.10.8`.
+    pub rabbitmq_version: String,
+    /// e.g. `25.2.3`.
+    #[serde(default)]
+    pub erlang_version: String,
+    /// The cluster's name.
+    #[serde(default)]
+    pub cluster_name: String,
+    /// The node answering.
+    #[serde(default)]
+    pub node: String,
+}
+
+/// A client of the management HTTP API.
+#[derive(Clone)]
+pub struct Management {
+    http: reqwest::Client,
+    base: String,
+    user: String,
+    password: String,
+}
+
+impl std::fmt::Debug for Management {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Management")
+            .field("base", &self.base)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Management {
+    /// A client for the API at `management.url`. Credentials are those of the management URL
+    /// when it carries a user, otherwise those of the AMQP URL (`guest`/`guest` when neither
+    /// has any).
+    ///
+    /// # Errors
+    /// [`ManagementError::BadUrl`] when the URL cannot be parsed.
+    pub fn new(
+        management: &ManagementSettings,
+        amqp: &AmqpSettings,
+    ) -> Result<Self, ManagementError> {
+        let bad = || ManagementError::BadUrl {
+            url: management.url.redacted(),
+        };
+        let mut url = url::Url::parse(management.url.expose()).map_err(|_| bad())?;
+        let (user, password) = match management.url.username() {
+            Some(user) => (user, management.url.password().unwrap_or_default()),
+            None => (
+                amqp.url.username().unwrap_or_else(|| "guest".into()),
+                amqp.url.password().unwrap_or_else(|| "guest".into()),
+            ),
+        };
+        url.set_username("").map_err(|_| bad())?;
+        url.set_password(None).map_err(|_| bad())?;
+        let base = url.as_str().trim_end_matches('/').to_owned();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|source| ManagementError::Http {
+                what: "building the HTTP client".into(),
+                url: base.clone(),
+                source,
+            })?;
+        Ok(Self {
+            http,
+            base,
+            user,
+            password,
+        })
+    }
+
+    /// The API's base URL, without credentials.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// The broker's overview: version, cluster name.
+    ///
+    /// # Errors
+    /// [`ManagementError`] when the API cannot be reached, refuses the login or answers badly.
+    pub async fn overview(&self) -> Result<Overview, ManagementError> {
+        self.get("reading the overview", "/api/overview").await
+    }
+
+    /// Every queue of `vhost`.
+    ///
+    /// # Errors
+    /// As [`Management::overview`].
+    pub async fn queues(&self, vhost: &str) -> Result<Vec<QueueInfo>, ManagementError> {
+        let path = format!("/api/queues/{}", encode_vhost(vhost));
+        self.get("listing queues", &path).await
+    }
+
+    /// One queue of `vhost`, or `None` when it does not exist.
+    ///
+    /// # Errors
+    /// As [`Management::overview`].
+    pub async fn queue(
+        &self,
+        vhost: &str,
+        name: &str,
+    ) -> Result<Option<QueueInfo>, ManagementError> {
+        let path = format!("/api/queues/{}/{}", encode_vhost(vhost), encode_vhost(name));
+        match self.get(&format!("reading queue '{name}'"), &path).await {
+            Ok(q) => Ok(Some(q)),
+            Err(ManagementError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every exchange of `vhost`, including the built-in ones.
+    ///
+    /// # Errors
+    /// As [`Management::overview`].
+    pub async fn exchanges(&self, vhost: &str) -> Result<Vec<ExchangeInfo>, ManagementError> {
+        let path = format!("/api/exchanges/{}", encode_vhost(vhost));
+        self.get("listing exchanges", &path).await
+    }
+
+    /// Every binding of `vhost`, including the default exchange's implicit ones.
+    ///
+    /// # Errors
+    /// As [`Management::overview`].
+    pub async fn bindings(&self, vhost: &str) -> Result<Vec<BindingInfo>, ManagementError> {
+        let path = format!("/api/bindings/{}", encode_vhost(vhost));
+        self.get("listing bindings", &path).await
+    }
+
+    /// Imports a definitions document (as made by [`crate::topology::export::definitions`])
+    /// into `vhost`.
+    ///
+    /// # Errors
+    /// As [`Management::overview`]; a rejected document is a [`ManagementError::Status`] with
+    /// the broker's reason.
+    pub async fn import_definitions(
+        &self,
+        vhost: &str,
+        definitions: &serde_json::Value,
+    ) -> Result<(), ManagementError> {
+        let path = format!("/api/definitions/{}", encode_vhost(vhost));
+        let url = format!("{}{path}", self.base);
+        let what = format!("importing definitions into vhost '{vhost}'");
+        let request = self
+            .http
+            .post(&url)
+            .basic_auth(&self.user, Some(&self.password))
+            .json(definitions);
+        self.send(&what, &url, request).await.map(drop)
+    }
+
+    async fn get<T: DeserializeOwned>(&self, what: &str, path: &str) -> Result<T, ManagementError> {
+        let url = format!("{}{path}", self.base);
+        let request = self
+            .http
+            .get(&url)
+            .basic_auth(&self.user, Some(&self.password));
+        let response = self.send(what, &url, request).await?;
+        response
+            .json()
+            .await
+            .map_err(|source| ManagementError::Http {
+                what: what.into(),
+                url,
+                source,
+            })
+    }
+
+    async fn send(
+        &self,
+        what: &str,
+        url: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ManagementError> {
+        let response = request.send().await.map_err(|source| {
+            if source.is_connect() {
+                ManagementError::Unreachable {
+                    url: self.base.clone(),
+                    source,
+                }
+            } else {
+                ManagementError::Http {
+                    what: what.into(),
+                    url: url.into(),
+                    source,
+                }
+            }
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            return Err(ManagementError::Unauthorized {
+                url: self.base.clone(),
+                user: self.user.clone(),
+            });
+        }
+        let body = response.text().await.unwrap_or_default();
+        let reason = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_owned))
+            .unwrap_or(body);
+        Err(ManagementError::Status {
+            what: what.into(),
+            url: url.into(),
+            status: status.as_u16(),
+            reason,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::SecretUrl;
+
+    fn amqp(url: &str) -> AmqpSettings {
+        AmqpSettings {
+            url: SecretUrl::new(url),
+            heartbeat_secs: 30,
+            frame_max: 131072,
+            connect_timeout_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn credentials_come_from_the_amqp_url_unless_the_management_url_has_its_own() {
+        let m = Management::new(
+            &ManagementSettings {
+                url: SecretUrl::new("http://127.0.0.1:15672/"),
+            },
+            &amqp("amqp://ann:s3cret@127.0.0.1:5672/%2f"),
+        )
+        .expect("client");
+        assert_eq!((m.user.as_str(), m.password.as_str()), ("ann", "s3cret"));
+        assert_eq!(m.base_url(), "http://127.0.0.1:15672");
+        assert!(!format!("{m:?}").contains("s3cret"));
+
+        let m = Management::new(
+            &ManagementSettings {
+                url: SecretUrl::new("http://admin:pw@mgmt:15672"),
+            },
+            &amqp("amqp://ann:s3cret@127.0.0.1:5672/%2f"),
+        )
+        .expect("client");
+        assert_eq!((m.user.as_str(), m.password.as_str()), ("admin", "pw"));
+        assert_eq!(m.base_url(), "http://mgmt:15672");
+    }
+
+    #[tokio::test]
+    async fn unreachable_api_says_so_without_the_password() {
+        let m = Management::new(
+            &ManagementSettings {
+                url: SecretUrl::new("http://admin:s3cret@127.0.0.1:1"),
+            },
+            &amqp("amqp://guest:guest@127.0.0.1:5672/%2f"),
+        )
+        .expect("client");
+        let e = m.overview().await.expect_err("nothing listens on port 1");
+        let text = e.to_string();
+        assert!(
+            text.contains("management API not reachable at http://127.0.0.1:1"),
+            "{text}"
+        );
+        assert!(text.contains("rabbitmq_management"), "{text}");
+        assert!(!format!("{e:?}").contains("s3cret"));
+    }
+}

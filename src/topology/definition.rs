@@ -1,0 +1,828 @@
+//! The topology as typed data: exchanges, queues and bindings parsed from `topology/shop.toml`
+//! and validated, so that every later step (declare, verify, export, the worker's retry ladder)
+//! works on a topology that is known to be consistent.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Queue or exchange arguments (`x-…`), as JSON values: strings, integers, booleans.
+pub type Arguments = BTreeMap<String, serde_json::Value>;
+
+/// Why a topology file could not be used. Every variant names the entry at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// The file could not be read.
+    #[error("cannot read topology file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has an unknown or missing field.
+    #[error("topology file is not valid: {0}")]
+    Syntax(#[from] toml::de::Error),
+    /// Two exchanges share a name.
+    #[error("exchange '{0}' is declared twice")]
+    DuplicateExchange(String),
+    /// Two queues share a name.
+    #[error("queue '{0}' is declared twice")]
+    DuplicateQueue(String),
+    /// An exchange type that is not direct, fanout, topic or headers.
+    #[error("exchange '{exchange}' has unknown type '{value}' (expected direct, fanout, topic or headers)")]
+    BadExchangeType {
+        /// The exchange.
+        exchange: String,
+        /// The type given.
+        value: String,
+    },
+    /// A queue type that is not classic, quorum or stream.
+    #[error("queue '{queue}' has unknown type '{value}' (expected classic, quorum or stream)")]
+    BadQueueType {
+        /// The queue.
+        queue: String,
+        /// The type given.
+        value: String,
+    },
+    /// `x-queue-type` in the arguments says something else than `type`.
+    #[error("queue '{queue}' has type '{kind}' but argument x-queue-type '{argument}'")]
+    QueueTypeConflict {
+        /// The queue.
+        queue: String,
+        /// The `type` field.
+        kind: QueueType,
+        /// The `x-queue-type` argument.
+        argument: String,
+    },
+    /// A binding whose source exchange is not declared.
+    #[error("binding {binding} names exchange '{exchange}', which is not declared")]
+    UnknownExchange {
+        /// The binding, e.g. `'orders' -> 'orders.fulfillment' ('order.placed')`.
+        binding: String,
+        /// The missing exchange.
+        exchange: String,
+    },
+    /// A binding whose destination queue is not declared.
+    #[error("binding {binding} names queue '{queue}', which is not declared")]
+    UnknownQueue {
+        /// The binding.
+        binding: String,
+        /// The missing queue.
+        queue: String,
+    },
+    /// A queue whose `x-dead-letter-exchange` is not declared (the default exchange `""` is
+    /// always allowed).
+    #[error("queue '{queue}' dead-letters to exchange '{exchange}', which is not declared")]
+    UnknownDeadLetterExchange {
+        /// The queue.
+        queue: String,
+        /// The missing exchange.
+        exchange: String,
+    },
+    /// A retry step with neither `delay` nor `x-message-ttl`.
+    #[error(
+        "retry queue '{queue}' has no delay: set `delay` (e.g. \"10s\") or argument x-message-ttl"
+    )]
+    RetryWithoutDelay {
+        /// The retry queue.
+        queue: String,
+    },
+    /// A `delay` that is not a duration like `200ms`, `10s`, `1m`.
+    #[error("queue '{queue}' has delay '{value}', which is not a duration like 200ms, 10s or 1m")]
+    BadDelay {
+        /// The queue.
+        queue: String,
+        /// The value given.
+        value: String,
+    },
+    /// `delay` and `x-message-ttl` disagree.
+    #[error("retry queue '{queue}' has delay {delay_ms} ms but x-message-ttl {ttl_ms} ms")]
+    RetryDelayMismatch {
+        /// The queue.
+        queue: String,
+        /// `delay` in milliseconds.
+        delay_ms: u64,
+        /// `x-message-ttl`.
+        ttl_ms: u64,
+    },
+    /// A retry step for a queue that is not declared.
+    #[error("retry queue '{queue}' retries for queue '{target}', which is not declared")]
+    RetryForUnknownQueue {
+        /// The retry queue.
+        queue: String,
+        /// The missing queue it names in `retry_for`.
+        target: String,
+    },
+    /// `delay` on a queue that is not a retry step.
+    #[error("queue '{queue}' has a delay but no `retry_for`")]
+    DelayWithoutRetryFor {
+        /// The queue.
+        queue: String,
+    },
+    /// A stream without `x-max-age` or `x-max-length-bytes` would grow until the disk is full.
+    #[error("stream '{queue}' is unbounded: set x-max-age or x-max-length-bytes")]
+    UnboundedStream {
+        /// The stream.
+        queue: String,
+    },
+}
+
+/// The type of an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeType {
+    /// Routes on the exact routing key.
+    Direct,
+    /// Routes to every bound queue.
+    Fanout,
+    /// Routes on routing-key patterns.
+    Topic,
+    /// Routes on headers.
+    Headers,
+}
+
+impl ExchangeType {
+    /// The name RabbitMQ uses, e.g. `topic`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Fanout => "fanout",
+            Self::Topic => "topic",
+            Self::Headers => "headers",
+        }
+    }
+
+    /// Parses RabbitMQ's name for the type.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "direct" => Self::Direct,
+            "fanout" => Self::Fanout,
+            "topic" => Self::Topic,
+            "headers" => Self::Headers,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for ExchangeType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The type of a queue (`x-queue-type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueType {
+    /// A classic queue.
+    Classic,
+    /// A replicated, Raft-based quorum queue.
+    Quorum,
+    /// An append-only, replayable stream.
+    Stream,
+}
+
+impl QueueType {
+    /// The name RabbitMQ uses, e.g. `quorum`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Classic => "classic",
+            Self::Quorum => "quorum",
+            Self::Stream => "stream",
+        }
+    }
+
+    /// Parses RabbitMQ's name for the type.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "classic" => Self::Classic,
+            "quorum" => Self::Quorum,
+            "stream" => Self::Stream,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for QueueType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A durable exchange.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExchangeDefinition {
+    /// Its name.
+    pub name: String,
+    /// Its type.
+    pub kind: ExchangeType,
+    /// Whether it survives a broker restart (default `true`).
+    pub durable: bool,
+    /// Extra arguments (usually none).
+    pub arguments: Arguments,
+}
+
+/// A queue or stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueDefinition {
+    /// Its name.
+    pub name: String,
+    /// Classic, quorum or stream.
+    pub kind: QueueType,
+    /// Whether it survives a broker restart (default `true`).
+    pub durable: bool,
+    /// Its `x-…` arguments, without `x-queue-type` (see [`QueueDefinition::declared_arguments`]).
+    /// For a retry step, `x-message-ttl` is always present.
+    pub arguments: Arguments,
+    /// Set when this queue is a back-off step of another queue.
+    pub retry: Option<RetryOf>,
+}
+
+/// What makes a queue a retry step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryOf {
+    /// The queue the message returns to after the delay.
+    pub queue: String,
+    /// How long the message waits.
+    pub delay: Duration,
+}
+
+impl QueueDefinition {
+    /// The arguments as declared on the broker: [`QueueDefinition::arguments`] plus
+    /// `x-queue-type` for quorum queues and streams. Classic queues carry no `x-queue-type`, so
+    /// a classic queue declared by older code without it is not reported as drift.
+    pub fn declared_arguments(&self) -> Arguments {
+        let mut args = self.arguments.clone();
+        if self.kind != QueueType::Classic {
+            args.insert("x-queue-type".into(), self.kind.as_str().into());
+        }
+        args
+    }
+}
+
+/// A binding of a queue to an exchange.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BindingDefinition {
+    /// The exchange.
+    pub source: String,
+    /// The queue.
+    pub destination: String,
+    /// The binding key (empty for fanout exchanges).
+    pub routing_key: String,
+    /// Binding arguments (usually none).
+    pub arguments: Arguments,
+}
+
+impl fmt::Display for BindingDefinition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "'{}' -> '{}'", self.source, self.destination)?;
+        if !self.routing_key.is_empty() {
+            write!(f, " ('{}')", self.routing_key)?;
+        }
+        Ok(())
+    }
+}
+
+/// One step of a queue's back-off ladder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryStep {
+    /// The retry queue to publish to.
+    pub queue: String,
+    /// How long the message waits there before it returns.
+    pub delay: Duration,
+}
+
+/// A validated topology: exchanges, then queues, then bindings, in file order.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Topology {
+    /// The exchanges.
+    pub exchanges: Vec<ExchangeDefinition>,
+    /// The queues and streams.
+    pub queues: Vec<QueueDefinition>,
+    /// The bindings; their endpoints are all declared above.
+    pub bindings: Vec<BindingDefinition>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTopology {
+    #[serde(default)]
+    exchanges: Vec<RawExchange>,
+    #[serde(default)]
+    queues: Vec<RawQueue>,
+    #[serde(default)]
+    bindings: Vec<RawBinding>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExchange {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default = "yes")]
+    durable: bool,
+    #[serde(default)]
+    arguments: Arguments,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    name: String,
+    #[serde(rename = "type", default = "classic")]
+    kind: String,
+    #[serde(default = "yes")]
+    durable: bool,
+    #[serde(default)]
+    arguments: Arguments,
+    retry_for: Option<String>,
+    delay: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBinding {
+    source: String,
+    destination: String,
+    #[serde(default)]
+    routing_key: String,
+    #[serde(default)]
+    arguments: Arguments,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn classic() -> String {
+    "classic".into()
+}
+
+/// Parses `200ms`, `10s`, `1m`, `2h` (a whole number and a unit).
+pub fn parse_delay(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    Some(match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" | "min" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        _ => return None,
+    })
+}
+
+impl Topology {
+    /// Reads and validates a topology file.
+    ///
+    /// # Errors
+    /// [`TopologyError::Read`] when the file cannot be read, otherwise as [`Topology::parse`].
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, TopologyError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates a topology written in TOML.
+    ///
+    /// # Errors
+    /// A [`TopologyError`] naming the first entry at fault: unknown fields, bad types,
+    /// duplicates, bindings or dead-letter exchanges naming undeclared entities, retry steps
+    /// without a delay, unbounded streams.
+    pub fn parse(text: &str) -> Result<Self, TopologyError> {
+        let raw: RawTopology = toml::from_str(text)?;
+
+        let mut exchanges = Vec::with_capacity(raw.exchanges.len());
+        let mut exchange_names = HashSet::new();
+        for e in raw.exchanges {
+            if !exchange_names.insert(e.name.clone()) {
+                return Err(TopologyError::DuplicateExchange(e.name));
+            }
+            let kind =
+                ExchangeType::parse(&e.kind).ok_or_else(|| TopologyError::BadExchangeType {
+                    exchange: e.name.clone(),
+                    value: e.kind.clone(),
+                })?;
+            exchanges.push(ExchangeDefinition {
+                name: e.name,
+                kind,
+                durable: e.durable,
+                arguments: e.arguments,
+            });
+        }
+
+        let mut queues = Vec::with_capacity(raw.queues.len());
+        let mut queue_names = HashSet::new();
+        for q in &raw.queues {
+            if !queue_names.insert(q.name.clone()) {
+                return Err(TopologyError::DuplicateQueue(q.name.clone()));
+            }
+        }
+        for q in raw.queues {
+            queues.push(queue_definition(q, &exchange_names, &queue_names)?);
+        }
+
+        for b in &raw.bindings {
+            let binding = format!("'{}' -> '{}'", b.source, b.destination);
+            if !exchange_names.contains(&b.source) {
+                return Err(TopologyError::UnknownExchange {
+                    binding,
+                    exchange: b.source.clone(),
+                });
+            }
+            if !queue_names.contains(&b.destination) {
+                return Err(TopologyError::UnknownQueue {
+                    binding,
+                    queue: b.destination.clone(),
+                });
+            }
+        }
+        let bindings = raw
+            .bindings
+            .into_iter()
+            .map(|b| BindingDefinition {
+                source: b.source,
+                destination: b.destination,
+                routing_key: b.routing_key,
+                arguments: b.arguments,
+            })
+            .collect();
+
+        Ok(Self {
+            exchanges,
+            queues,
+            bindings,
+        })
+    }
+
+    /// The queue named `name`, if declared.
+    pub fn queue(&self, name: &str) -> Option<&QueueDefinition> {
+        self.queues.iter().find(|q| q.name == name)
+    }
+
+    /// The exchange named `name`, if declared.
+    pub fn exchange(&self, name: &str) -> Option<&ExchangeDefinition> {
+        self.exchanges.iter().find(|e| e.name == name)
+    }
+
+    /// The back-off ladder of `queue`: its retry steps, shortest delay first. Empty when the
+    /// queue has none.
+    pub fn retry_ladder(&self, queue: &str) -> Vec<RetryStep> {
+        let mut steps: Vec<RetryStep> = self
+            .queues
+            .iter()
+            .filter_map(|q| {
+                let retry = q.retry.as_ref()?;
+                (retry.queue == queue).then(|| RetryStep {
+                    queue: q.name.clone(),
+                    delay: retry.delay,
+                })
+            })
+            .collect();
+        steps.sort_by_key(|s| s.delay);
+        steps
+    }
+
+    /// The `x-dead-letter-exchange` of `queue`, if it has one.
+    pub fn dead_letter_exchange(&self, queue: &str) -> Option<&str> {
+        self.queue(queue)?
+            .arguments
+            .get("x-dead-letter-exchange")?
+            .as_str()
+    }
+}
+
+fn queue_definition(
+    q: RawQueue,
+    exchanges: &HashSet<String>,
+    queues: &HashSet<String>,
+) -> Result<QueueDefinition, TopologyError> {
+    let kind = QueueType::parse(&q.kind).ok_or_else(|| TopologyError::BadQueueType {
+        queue: q.name.clone(),
+        value: q.kind.clone(),
+    })?;
+    let mut arguments = q.arguments;
+    if let Some(arg) = arguments.remove("x-queue-type") {
+        let argument = arg
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| arg.to_string());
+        if argument != kind.as_str() {
+            return Err(TopologyError::QueueTypeConflict {
+                queue: q.name,
+                kind,
+                argument,
+            });
+        }
+    }
+    if let Some(dlx) = arguments
+        .get("x-dead-letter-exchange")
+        .and_then(|v| v.as_str())
+    {
+        if !dlx.is_empty() && !exchanges.contains(dlx) {
+            return Err(TopologyError::UnknownDeadLetterExchange {
+                queue: q.name,
+                exchange: dlx.to_owned(),
+            });
+        }
+    }
+    if kind == QueueType::Stream
+        && !arguments.contains_key("x-max-age")
+        && !arguments.contains_key("x-max-length-bytes")
+    {
+        return Err(TopologyError::UnboundedStream { queue: q.name });
+    }
+
+    let delay = match &q.delay {
+        Some(text) => Some(parse_delay(text).ok_or_else(|| TopologyError::BadDelay {
+            queue: q.name.clone(),
+            value: text.clone(),
+        })?),
+        None => None,
+    };
+    let ttl = arguments.get("x-message-ttl").and_then(|v| v.as_u64());
+    let retry = match q.retry_for {
+        None if delay.is_some() => {
+            return Err(TopologyError::DelayWithoutRetryFor { queue: q.name });
+        }
+        None => None,
+        Some(target) => {
+            if !queues.contains(&target) {
+                return Err(TopologyError::RetryForUnknownQueue {
+                    queue: q.name,
+                    target,
+                });
+            }
+            let delay = match (delay, ttl) {
+                (None, None) => return Err(TopologyError::RetryWithoutDelay { queue: q.name }),
+                (Some(d), Some(ttl)) if d.as_millis() != u128::from(ttl) => {
+                    return Err(TopologyError::RetryDelayMismatch {
+                        queue: q.name,
+                        delay_ms: u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+                        ttl_ms: ttl,
+                    });
+                }
+                (Some(d), _) => d,
+                (None, Some(ttl)) => Duration::from_millis(ttl),
+            };
+            // The TTL is what the broker enforces; keep it in the arguments either way.
+            let ttl_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+            arguments.insert("x-message-ttl".into(), ttl_ms.into());
+            Some(RetryOf {
+                queue: target,
+                delay,
+            })
+        }
+    };
+
+    Ok(QueueDefinition {
+        name: q.name,
+        kind,
+        durable: q.durable,
+        arguments,
+        retry,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHOP: &str = include_str!("../../topology/shop.toml");
+
+    fn err(text: &str) -> String {
+        Topology::parse(text)
+            .expect_err("should be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn shop_topology_parses_with_every_design_entity() {
+        let t = Topology::parse(SHOP).expect("shop.toml is valid");
+        for name in ["orders", "orders.dlx", "activity", "activity.dlx"] {
+            assert!(t.exchange(name).is_some(), "{name}");
+        }
+        assert_eq!(
+            t.exchange("orders").map(|e| e.kind),
+            Some(ExchangeType::Topic)
+        );
+        let fulfillment = t.queue("orders.fulfillment").expect("queue");
+        assert_eq!(fulfillment.kind, QueueType::Quorum);
+        assert_eq!(fulfillment.arguments["x-delivery-limit"], 5);
+        assert_eq!(
+            t.queue("activity.log").map(|q| q.kind),
+            Some(QueueType::Stream)
+        );
+        assert_eq!(
+            t.dead_letter_exchange("orders.fulfillment"),
+            Some("orders.dlx")
+        );
+        assert_eq!(
+            t.dead_letter_exchange("activity.notifications"),
+            Some("activity.dlx")
+        );
+        assert_eq!(t.dead_letter_exchange("orders.dead"), None);
+    }
+
+    #[test]
+    fn retry_ladder_is_sorted_by_delay() {
+        let t = Topology::parse(SHOP).expect("valid");
+        let ladder = t.retry_ladder("orders.fulfillment");
+        let delays: Vec<u64> = ladder.iter().map(|s| s.delay.as_secs()).collect();
+        assert_eq!(delays, vec![1, 10, 60]);
+        assert_eq!(ladder[0].queue, "orders.fulfillment.retry.1s");
+        assert!(t.retry_ladder("activity.analytics").is_empty());
+    }
+
+    #[test]
+    fn delay_alone_sets_the_ttl() {
+        let t = Topology::parse(
+            r#"
+            [[queues]]
+            name = "work"
+            [[queues]]
+            name = "work.retry"
+            retry_for = "work"
+            delay = "200ms"
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(
+            t.queue("work.retry").expect("q").arguments["x-message-ttl"],
+            200
+        );
+        assert_eq!(t.retry_ladder("work")[0].delay, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn binding_to_undeclared_exchange_names_it() {
+        let e = err(r#"
+            [[queues]]
+            name = "q"
+            [[bindings]]
+            source = "nowhere"
+            destination = "q"
+        "#);
+        assert!(e.contains("exchange 'nowhere'"), "{e}");
+    }
+
+    #[test]
+    fn binding_to_undeclared_queue_names_it() {
+        let e = err(r#"
+            [[exchanges]]
+            name = "x"
+            type = "fanout"
+            [[bindings]]
+            source = "x"
+            destination = "ghost"
+        "#);
+        assert!(e.contains("queue 'ghost'"), "{e}");
+    }
+
+    #[test]
+    fn retry_step_without_delay_is_rejected() {
+        let e = err(r#"
+            [[queues]]
+            name = "work"
+            [[queues]]
+            name = "work.retry"
+            retry_for = "work"
+        "#);
+        assert!(e.contains("retry queue 'work.retry' has no delay"), "{e}");
+    }
+
+    #[test]
+    fn retry_step_whose_ttl_disagrees_with_delay_is_rejected() {
+        let e = err(r#"
+            [[queues]]
+            name = "work"
+            [[queues]]
+            name = "work.retry"
+            retry_for = "work"
+            delay = "1s"
+            arguments = { x-message-ttl = 2000 }
+        "#);
+        assert!(e.contains("'work.retry'") && e.contains("2000"), "{e}");
+    }
+
+    #[test]
+    fn bad_delay_and_unknown_retry_target_are_rejected() {
+        let e = err(r#"
+            [[queues]]
+            name = "work"
+            [[queues]]
+            name = "work.retry"
+            retry_for = "work"
+            delay = "soon"
+        "#);
+        assert!(e.contains("'work.retry'") && e.contains("soon"), "{e}");
+        let e = err(r#"
+            [[queues]]
+            name = "work.retry"
+            retry_for = "work"
+            delay = "1s"
+        "#);
+        assert!(e.contains("queue 'work'"), "{e}");
+    }
+
+    #[test]
+    fn bad_queue_type_is_rejected() {
+        let e = err(r#"
+            [[queues]]
+            name = "q"
+            type = "quorom"
+        "#);
+        assert!(e.contains("queue 'q'") && e.contains("quorom"), "{e}");
+    }
+
+    #[test]
+    fn conflicting_x_queue_type_is_rejected() {
+        let e = err(r#"
+            [[queues]]
+            name = "q"
+            type = "quorum"
+            arguments = { x-queue-type = "classic" }
+        "#);
+        assert!(e.contains("queue 'q'"), "{e}");
+    }
+
+    #[test]
+    fn bad_exchange_type_is_rejected() {
+        let e = err(r#"
+            [[exchanges]]
+            name = "x"
+            type = "broadcast"
+        "#);
+        assert!(e.contains("exchange 'x'") && e.contains("broadcast"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_are_rejected() {
+        let e = err(r#"
+            [[queues]]
+            name = "q"
+            [[queues]]
+            name = "q"
+        "#);
+        assert!(e.contains("queue 'q' is declared twice"), "{e}");
+        let e = err(r#"
+            [[exchanges]]
+            name = "x"
+            type = "topic"
+            [[exchanges]]
+            name = "x"
+            type = "fanout"
+        "#);
+        assert!(e.contains("exchange 'x' is declared twice"), "{e}");
+    }
+
+    #[test]
+    fn dead_letter_exchange_must_be_declared() {
+        let e = err(r#"
+            [[queues]]
+            name = "q"
+            type = "quorum"
+            arguments = { x-dead-letter-exchange = "q.dlx" }
+        "#);
+        assert!(
+            e.contains("queue 'q'") && e.contains("exchange 'q.dlx'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unbounded_stream_is_rejected() {
+        let e = err(r#"
+            [[queues]]
+            name = "log"
+            type = "stream"
+        "#);
+        assert!(e.contains("stream 'log' is unbounded"), "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let e = err(r#"
+            [[queues]]
+            name = "q"
+            durability = true
+        "#);
+        assert!(e.contains("durability"), "{e}");
+    }
+
+    #[test]
+    fn delays_parse() {
+        assert_eq!(parse_delay("200ms"), Some(Duration::from_millis(200)));
+        assert_eq!(parse_delay("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_delay("1m"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_delay("1.5s"), None);
+        assert_eq!(parse_delay("s"), None);
+    }
+}

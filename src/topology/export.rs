@@ -1,0 +1,106 @@
+//! Exporting a topology as a RabbitMQ definitions document, the format the management UI
+//! imports (Overview → Import definitions) and `load_definitions` reads at boot.
+
+use serde_json::{json, Value};
+
+use super::definition::Topology;
+
+/// The RabbitMQ version the export is written for and tested against (the oldest supported).
+pub const RABBIT_VERSION: &str = "3.10.8";
+
+/// The definitions document of `topology`, with every entity in vhost `/`.
+///
+/// `users`, `vhosts` and `permissions` are empty: importing the document adds the topology and
+/// touches no account. The management API (3.10) accepts it both for the whole broker and for
+/// one vhost (`POST /api/definitions/{vhost}`), where the `vhost` fields are ignored.
+pub fn definitions(topology: &Topology) -> Value {
+    let exchanges: Vec<Value> = topology
+        .exchanges
+        .iter()
+        .map(|e| {
+            json!({
+                "name": e.name,
+                "vhost": "/",
+                "type": e.kind.as_str(),
+                "durable": e.durable,
+                "auto_delete": false,
+                "internal": false,
+                "arguments": e.arguments,
+            })
+        })
+        .collect();
+    let queues: Vec<Value> = topology
+        .queues
+        .iter()
+        .map(|q| {
+            json!({
+                "name": q.name,
+                "vhost": "/",
+                "durable": q.durable,
+                "auto_delete": false,
+                "arguments": q.declared_arguments(),
+            })
+        })
+        .collect();
+    let bindings: Vec<Value> = topology
+        .bindings
+        .iter()
+        .map(|b| {
+            json!({
+                "source": b.source,
+                "vhost": "/",
+                "destination": b.destination,
+                "destination_type": "queue",
+                "routing_key": b.routing_key,
+                "arguments": b.arguments,
+            })
+        })
+        .collect();
+    json!({
+        "rabbit_version": RABBIT_VERSION,
+        "users": [],
+        "vhosts": [],
+        "permissions": [],
+        "parameters": [],
+        "policies": [],
+        "exchanges": exchanges,
+        "queues": queues,
+        "bindings": bindings,
+    })
+}
+
+/// The document as the committed file holds it: pretty JSON ending in a newline.
+pub fn to_pretty_json(definitions: &Value) -> String {
+    let mut text = serde_json::to_string_pretty(definitions).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_definitions_match_shop_toml() {
+        let topology = Topology::parse(include_str!("../../topology/shop.toml")).expect("valid");
+        let committed: Value =
+            serde_json::from_str(include_str!("../../topology/definitions.json")).expect("json");
+        assert!(
+            committed == definitions(&topology),
+            "topology/definitions.json is stale: run `cargo run --bin burrow -- topology export`"
+        );
+    }
+
+    #[test]
+    fn queues_carry_their_type_and_arguments() {
+        let topology = Topology::parse(include_str!("../../topology/shop.toml")).expect("valid");
+        let defs = definitions(&topology);
+        let fulfillment = defs["queues"]
+            .as_array()
+            .and_then(|qs| qs.iter().find(|q| q["name"] == "orders.fulfillment"))
+            .expect("queue exported");
+        assert_eq!(fulfillment["arguments"]["x-queue-type"], "quorum");
+        assert_eq!(fulfillment["arguments"]["x-delivery-limit"], 5);
+        assert_eq!(fulfillment["vhost"], "/");
+    }
+}

@@ -1,0 +1,24 @@
+//! The topology: exchanges, queues and bindings as data (`topology/shop.toml`), validated,
+//! declared idempotently, verified against a live broker, and exported as a RabbitMQ
+//! definitions file.
+//!
+//! - [`definition`]: the typed data, parsing and validation.
+//! - [`drift`]: what differs between the file and the broker.
+//! - [`declare`]: declaring on a broker over AMQP, reporting drift.
+//! - [`verify`]: checking a broker through the management API.
+//! - [`export`]: the definitions document.
+//! - [`command`]: `burrow topology apply|verify|export`.
+
+pub mod command;
+pub mod declare;
+pub mod definition;
+pub mod drift;
+pub mod export;
+pub mod verify;
+
+pub use declare::{apply, ApplyError, ApplyReport};
+pub use definition::{
+    Arguments, BindingDefinition, ExchangeDefinition, ExchangeType, QueueDefinition, QueueType,
+    RetryOf, RetryStep, Topology, TopologyError,
+};
+pub use drift::{Drift, Entity};
