@@ -1,4 +1,6 @@
 //! Integration tests against the real RabbitMQ at `AMQP_URL` (default the local node), each in a
 //! vhost of its own that is deleted afterwards.
 
+mod cli;
 mod helpers;
+mod topology;
