@@ -42,7 +42,7 @@ pub enum ManagementError {
         reason: String,
     },
     /// The request failed midway or the answer could not be read.
-    #[error("management API: {what} failed at {url}: {source}")]
+    #[error("management API: {what} failed at {url}")]
     Http {
         /// What was asked.
         what: String,

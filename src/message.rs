@@ -410,7 +410,8 @@ mod tests {
 
     #[test]
     fn each_rule_names_its_field() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Order)>)> = vec![
+        type Breaker = Box<dyn Fn(&mut Order)>;
+        let cases: Vec<(&str, Breaker)> = vec![
             ("order_id", Box::new(|o| o.order_id.clear())),
             ("customer_id", Box::new(|o| o.customer_id = " ".into())),
             ("email", Box::new(|o| o.email = "nobody".into())),

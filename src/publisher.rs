@@ -263,15 +263,13 @@ pub fn watch_blocked(conn: &Connection, blocked: Arc<AtomicBool>) {
     tokio::spawn(async move {
         while let Some(event) = events.next().await {
             match event {
-                lapin::Event::ConnectionBlocked(reason) => {
-                    if !blocked.swap(true, Ordering::SeqCst) {
-                        warn!(%reason, "broker blocked publishing (resource alarm); waiting for it to clear");
-                    }
+                lapin::Event::ConnectionBlocked(reason)
+                    if !blocked.swap(true, Ordering::SeqCst) =>
+                {
+                    warn!(%reason, "broker blocked publishing (resource alarm); waiting for it to clear");
                 }
-                lapin::Event::ConnectionUnblocked => {
-                    if blocked.swap(false, Ordering::SeqCst) {
-                        info!("broker unblocked publishing; resuming");
-                    }
+                lapin::Event::ConnectionUnblocked if blocked.swap(false, Ordering::SeqCst) => {
+                    info!("broker unblocked publishing; resuming");
                 }
                 _ => {}
             }

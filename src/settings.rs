@@ -161,8 +161,6 @@ pub struct WorkerSettings {
     pub prefetch: u16,
     /// How long in-flight handlers may run after a shutdown signal.
     pub grace_ms: u64,
-    /// The back-off ladder in milliseconds; must match the retry queues of the topology.
-    pub retry_delays_ms: Vec<u64>,
 }
 
 impl WorkerSettings {
@@ -230,7 +228,6 @@ url = "http://127.0.0.1:15672"
 concurrency = 16
 prefetch = 64
 grace_ms = 10000
-retry_delays_ms = [1000, 10000, 60000]
 
 [carrier]
 latency_ms = 3
@@ -266,7 +263,6 @@ impl Settings {
                     .prefix_separator("__")
                     .separator("__")
                     .list_separator(",")
-                    .with_list_parse_key("worker.retry_delays_ms")
                     .with_list_parse_key("carrier.always_fail_skus")
                     .with_list_parse_key("carrier.panic_skus")
                     .try_parsing(true),
@@ -314,7 +310,7 @@ mod tests {
     #[test]
     fn defaults_load() {
         let s = Settings::load().expect("defaults parse");
-        assert_eq!(s.worker.retry_delays_ms, vec![1000, 10000, 60000]);
+        assert_eq!(s.worker.prefetch, 64);
         assert!(!format!("{s:?}").contains(":guest@"));
     }
 }

@@ -323,10 +323,11 @@ mod tests {
             SqliteStore::open(&path).unwrap(),
             SqliteStore::open(&path).unwrap(),
         );
+        let ids: Vec<String> = (0..200).map(|i| format!("ord_{}", i / 2)).collect();
         let mut handles = Vec::new();
-        for i in 0..200 {
+        for (i, id) in ids.iter().enumerate() {
             let store = if i % 2 == 0 { &a } else { &b };
-            handles.push(store.record(&format!("ord_{}", i / 2), "shp"));
+            handles.push(store.record(id, "shp"));
         }
         let results = futures::future::join_all(handles).await;
         let new = results

@@ -273,7 +273,7 @@ pub async fn publish_orders(
         }],
         Err(reason) => {
             skipped_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            bar_in.println(format!("skipped {reason}"));
+            bar_in.suspend(|| eprintln!("skipped {reason}"));
             Vec::new()
         }
     });

@@ -25,7 +25,7 @@ pub struct ApplyReport {
 
 /// A declaration failed for a reason other than drift (lost connection, access refused…).
 #[derive(Debug, thiserror::Error)]
-#[error("declaring {entity}: {source}")]
+#[error("declaring {entity}")]
 pub struct ApplyError {
     /// What was being declared.
     pub entity: Entity,

@@ -16,7 +16,7 @@ pub type Arguments = BTreeMap<String, serde_json::Value>;
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
     /// The file could not be read.
-    #[error("cannot read topology file {path}: {source}")]
+    #[error("cannot read topology file {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -24,7 +24,7 @@ pub enum TopologyError {
         source: std::io::Error,
     },
     /// The file is not valid TOML or has an unknown or missing field.
-    #[error("topology file is not valid: {0}")]
+    #[error("topology file is not valid")]
     Syntax(#[from] toml::de::Error),
     /// Two exchanges share a name.
     #[error("exchange '{0}' is declared twice")]
@@ -597,10 +597,10 @@ mod tests {
 
     const SHOP: &str = include_str!("../../topology/shop.toml");
 
+    /// The error with its sources, as the CLI prints it.
     fn err(text: &str) -> String {
-        Topology::parse(text)
-            .expect_err("should be rejected")
-            .to_string()
+        let e = Topology::parse(text).expect_err("should be rejected");
+        format!("{:#}", anyhow::Error::from(e))
     }
 
     #[test]

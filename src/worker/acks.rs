@@ -53,7 +53,7 @@ impl AckTracker {
         }
         let lowest_unsettled = self.unsettled.first().copied().unwrap_or(u64::MAX);
         let above = self.ready.split_off(&lowest_unsettled);
-        let below = std::mem::replace(&mut self.ready, BTreeSet::new());
+        let below = std::mem::take(&mut self.ready);
         let mut frames = Vec::with_capacity(1 + above.len());
         match below.len() {
             0 => {}

@@ -299,15 +299,12 @@ impl<H: Handler> Worker<H> {
             debug!(error = %e, "cancel failed");
         }
         let mut released = 0u32;
-        loop {
-            match tokio::time::timeout(Duration::from_millis(500), consumer.next()).await {
-                Ok(Some(Ok(d))) => {
-                    let _ = settle.send(Settle::Received(d.delivery_tag));
-                    let _ = settle.send(Settle::Release(d.delivery_tag));
-                    released += 1;
-                }
-                Ok(Some(Err(_)) | None) | Err(_) => break,
-            }
+        while let Ok(Some(Ok(d))) =
+            tokio::time::timeout(Duration::from_millis(500), consumer.next()).await
+        {
+            let _ = settle.send(Settle::Received(d.delivery_tag));
+            let _ = settle.send(Settle::Release(d.delivery_tag));
+            released += 1;
         }
         let started = Instant::now();
         tasks.close();

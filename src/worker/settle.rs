@@ -30,7 +30,7 @@ pub enum Decision {
     /// Publish this copy (confirmed), then ack. `outcome` names it in metrics and logs.
     Forward {
         /// The copy.
-        copy: Outgoing,
+        copy: Box<Outgoing>,
         /// `retried` or `dead_lettered`.
         outcome: &'static str,
         /// The reason, for the log.
@@ -53,7 +53,7 @@ impl SettlePolicy {
                     );
                     headers.insert("x-burrow-last-error".into(), string_value(&reason));
                     Decision::Forward {
-                        copy: copy_of(msg, "", retry_queue, headers),
+                        copy: Box::new(copy_of(msg, "", retry_queue, headers)),
                         outcome: "retried",
                         reason,
                     }
@@ -81,7 +81,12 @@ impl SettlePolicy {
             string_value(&Utc::now().to_rfc3339()),
         );
         Decision::Forward {
-            copy: copy_of(msg, &self.dead_letter_exchange, &msg.routing_key, headers),
+            copy: Box::new(copy_of(
+                msg,
+                &self.dead_letter_exchange,
+                &msg.routing_key,
+                headers,
+            )),
             outcome: "dead_lettered",
             reason,
         }
@@ -132,7 +137,7 @@ mod tests {
 
     fn forwarded(d: Decision) -> (Outgoing, &'static str) {
         match d {
-            Decision::Forward { copy, outcome, .. } => (copy, outcome),
+            Decision::Forward { copy, outcome, .. } => (*copy, outcome),
             Decision::Ack => panic!("expected a forward"),
         }
     }

@@ -22,7 +22,7 @@ fn compose_file_is_valid_and_loads_the_topology_into_rabbitmq_with_a_healthcheck
     assert!(ok, "docker-compose config failed: {err}");
     for needle in [
         "rabbitmq:3.13-management",
-        "15672:15672",
+        "target: 15672",
         "definitions.json",
         "healthcheck",
         "condition: service_healthy",

@@ -1,6 +1,8 @@
 //! Integration tests against the real RabbitMQ at `AMQP_URL` (default the local node), each in a
 //! vhost of its own that is deleted afterwards.
 
+mod cli;
 mod compose;
 mod helpers;
 mod pipeline;
+mod topology;
