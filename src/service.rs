@@ -132,6 +132,7 @@ async fn serve_and_run<H: Handler>(
         prefetch: settings.worker.prefetch,
         grace: settings.worker.grace(),
         confirm_timeout: Duration::from_millis(settings.producer.confirm_timeout_ms),
+        consume_arguments: lapin::types::FieldTable::default(),
     };
     Worker::new(
         config,

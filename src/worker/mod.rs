@@ -50,6 +50,8 @@ pub struct WorkerConfig {
     pub grace: Duration,
     /// How long a forwarded copy may wait for its confirm.
     pub confirm_timeout: Duration,
+    /// Arguments of `basic.consume`, e.g. `x-stream-offset` when consuming a stream.
+    pub consume_arguments: FieldTable,
 }
 
 /// The worker runtime for one queue.
@@ -194,7 +196,7 @@ impl<H: Handler> Worker<H> {
                 queue.into(),
                 "".into(),
                 BasicConsumeOptions::default(),
-                FieldTable::default(),
+                self.config.consume_arguments.clone(),
             )
             .await
         {
