@@ -22,6 +22,21 @@ enum Command {
     /// Declare, verify or export the topology.
     #[command(subcommand)]
     Topology(TopologyCommand),
+    /// Run the whole shop locally: workers, orders, events, and a summary.
+    Demo {
+        /// Orders to publish.
+        #[arg(long, default_value_t = 400)]
+        orders: u64,
+        /// Activity events to publish.
+        #[arg(long, default_value_t = 2000)]
+        events: u64,
+        /// Share of deliberately invalid orders.
+        #[arg(long, default_value_t = 0.03)]
+        invalid_ratio: f64,
+        /// Share of carrier bookings that fail transiently (retried with back-off).
+        #[arg(long, default_value_t = 0.05)]
+        failure_rate: f64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -62,6 +77,20 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::load()?;
     match cli.command {
+        Command::Demo {
+            orders,
+            events,
+            invalid_ratio,
+            failure_rate,
+        } => {
+            let options = burrow::demo::DemoOptions {
+                orders,
+                events,
+                invalid_ratio,
+                failure_rate,
+            };
+            burrow::demo::run(&settings, options).await
+        }
         Command::Topology(command) => {
             use burrow::topology::command as topology;
             match command {

@@ -16,7 +16,9 @@
 
 pub mod backoff;
 pub mod broker;
+pub mod children;
 pub mod cli;
+pub mod demo;
 pub mod fulfillment;
 pub mod http;
 pub mod management;
