@@ -116,7 +116,7 @@ impl TestVhost {
         let pool = burrow::broker::pool(&self.settings.amqp, "test publisher").expect("pool");
         let (mut confirmed, mut total) = (0usize, 0usize);
         BulkPublisher::new(pool, self.settings.amqp.clone(), 256, None)
-            .run(messages.into_iter(), |_, fate| {
+            .run(messages, |_, fate| {
                 total += 1;
                 if *fate == Fate::Confirmed {
                     confirmed += 1;
