@@ -2,7 +2,8 @@
 
 use std::process::ExitCode;
 
-use burrow::message::{new_id, Order, OrderItem};
+use burrow::message::{new_id, EventKind, Order, OrderItem};
+use burrow::producer::activity::{self, EventSpec};
 use burrow::producer::{self, OrderSource};
 use burrow::settings::Settings;
 use burrow::telemetry::LogFormat;
@@ -63,6 +64,49 @@ enum Command {
         #[arg(long)]
         no_events: bool,
     },
+    /// Publish one activity event (--kind, --user …) and print its event_id, or generate a
+    /// realistic mix (--count N).
+    Activity {
+        /// The kind: user.registered, product.viewed, review.posted, order.placed, order.fulfilled.
+        #[arg(long, value_parser = EventKind::parse, required_unless_present = "count", conflicts_with = "count")]
+        kind: Option<EventKind>,
+        /// The user_id, e.g. cus_42.
+        #[arg(long, required_unless_present = "count")]
+        user: Option<String>,
+        /// The product_id (product.viewed, review.posted).
+        #[arg(long)]
+        product: Option<String>,
+        /// The order_id (order.placed, order.fulfilled).
+        #[arg(long)]
+        order: Option<String>,
+        /// data.email (user.registered, order events).
+        #[arg(long)]
+        email: Option<String>,
+        /// data.name (user.registered).
+        #[arg(long)]
+        name: Option<String>,
+        /// The event_id (default: a fresh evt_<ULID>); repeating one publishes a duplicate.
+        #[arg(long)]
+        event_id: Option<String>,
+        /// How many events to generate.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Events per second at most (with --count).
+        #[arg(long, requires = "count")]
+        rate: Option<f64>,
+    },
+    /// The inventory service: publish inventory.changed for one SKU.
+    Inventory {
+        /// The SKU, e.g. SKU-1.
+        #[arg(long)]
+        sku: String,
+        /// Units in stock now; 0 means out of stock (never recommended).
+        #[arg(long, allow_negative_numbers = true)]
+        stock: i64,
+        /// Change from the previous stock, if known (default 0 = not known).
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        delta: i64,
+    },
 }
 
 #[tokio::main]
@@ -112,6 +156,41 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 (None, None) => unreachable!("clap requires --count or --file"),
             };
             producer::publish_orders(&settings, source, rate, !no_events).await
+        }
+        Command::Activity {
+            count: Some(count),
+            rate,
+            ..
+        } => activity::publish_activity(&settings, count, rate).await,
+        Command::Activity {
+            kind,
+            user,
+            product,
+            order,
+            email,
+            name,
+            event_id,
+            ..
+        } => {
+            let spec = EventSpec {
+                kind,
+                user: user.unwrap_or_default(),
+                product,
+                order,
+                email,
+                name,
+                event_id,
+            };
+            match spec.event() {
+                Ok(event) => activity::publish_event(&settings, &event).await,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        Command::Inventory { sku, stock, delta } => {
+            activity::publish_event(&settings, &activity::inventory_event(&sku, stock, delta)).await
         }
     }
 }

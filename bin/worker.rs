@@ -32,6 +32,14 @@ struct Cli {
     /// Do not publish events (order.fulfilled).
     #[arg(long)]
     no_events: bool,
+    /// Build a fresh model from the stream messages stored at or after this RFC 3339 time,
+    /// e.g. 2026-11-28T05:00:00Z; implies --rebuild (recommendations).
+    #[arg(long)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Forget the stored model and offset and re-read the stream from the start
+    /// (recommendations).
+    #[arg(long)]
+    rebuild: bool,
     /// How log lines (on stderr) are written.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -68,6 +76,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let options = WorkerOptions {
         http: cli.http,
         events: !cli.no_events,
+        since: cli.since,
+        rebuild: cli.rebuild,
     };
     burrow::service::run(
         settings,

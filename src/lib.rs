@@ -9,11 +9,14 @@
 //! - [`publisher`]: confirmed, mandatory publishing, one by one or windowed.
 //! - [`worker`]: the runtime every service runs on (consume, settle, retry, dead-letter).
 //! - [`fulfillment`]: the order fulfillment service (carrier, store, `order.fulfilled`).
+//! - [`notifications`], [`analytics`], [`recommendations`]: the activity services (mail,
+//!   counts, a model built from the stream); [`sqlite`] is their store plumbing.
 //! - [`producer`]: the order service and other publishers.
 //! - [`service`]: runs one service as a worker process; [`http`] and [`metrics`] serve it.
 //! - [`cli`]: errors as one line and an exit code, shared by the binaries.
 //! - [`telemetry`]: the one tracing setup; [`shutdown`]: SIGINT/SIGTERM.
 
+pub mod analytics;
 pub mod backoff;
 pub mod broker;
 pub mod children;
@@ -24,11 +27,14 @@ pub mod http;
 pub mod management;
 pub mod message;
 pub mod metrics;
+pub mod notifications;
 pub mod producer;
 pub mod publisher;
+pub mod recommendations;
 pub mod service;
 pub mod settings;
 pub mod shutdown;
+pub mod sqlite;
 pub mod telemetry;
 pub mod topology;
 pub mod worker;

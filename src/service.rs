@@ -8,8 +8,11 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
+use crate::analytics::{self, Analytics, AnalyticsStore};
 use crate::fulfillment::{self, Announcer, Fulfillment, FulfillmentStore, SimulatedCarrier};
 use crate::metrics::WorkerMetrics;
+use crate::notifications::{self, Mailer, NotificationStore, Notifications};
+use crate::recommendations::{self, Model, Recommendations, StartAt};
 use crate::settings::Settings;
 use crate::topology::Topology;
 use crate::worker::{Handler, SettlePolicy, Worker, WorkerConfig};
@@ -19,13 +22,22 @@ use crate::worker::{Handler, SettlePolicy, Worker, WorkerConfig};
 pub enum Service {
     /// Books shipments for orders (`orders.fulfillment`).
     Fulfillment,
+    /// Mails customers on registration, order and shipment (`activity.notifications`).
+    Notifications,
+    /// Counts activity and serves `/stats` (`activity.analytics`).
+    Analytics,
+    /// Builds a recommendation model from the stream `activity.log` and serves it.
+    Recommendations,
 }
 
 impl Service {
-    /// The queue the service consumes.
+    /// The queue (or stream) the service consumes.
     pub fn queue(self) -> &'static str {
         match self {
             Service::Fulfillment => fulfillment::QUEUE,
+            Service::Notifications => notifications::QUEUE,
+            Service::Analytics => analytics::QUEUE,
+            Service::Recommendations => recommendations::STREAM,
         }
     }
 
@@ -33,6 +45,9 @@ impl Service {
     pub fn name(self) -> &'static str {
         match self {
             Service::Fulfillment => "fulfillment",
+            Service::Notifications => "notifications",
+            Service::Analytics => "analytics",
+            Service::Recommendations => "recommendations",
         }
     }
 }
@@ -44,6 +59,11 @@ pub struct WorkerOptions {
     pub http: Option<SocketAddr>,
     /// Whether to publish events (`order.fulfilled`).
     pub events: bool,
+    /// Recommendations: build a fresh model from the stream messages stored at or after this
+    /// time (implies `rebuild`).
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Recommendations: forget the stored model and offset and re-read the stream.
+    pub rebuild: bool,
 }
 
 /// The settlement policy of `queue` from the topology: its retry ladder and dead-letter exchange.
@@ -88,12 +108,20 @@ pub async fn run(
     let role = format!("worker {}", service.name());
     let pool = crate::broker::pool(&settings.amqp, &role)?;
     let router = crate::http::base_router(metrics.clone());
+    let ctx = Runner {
+        settings: &settings,
+        topology,
+        pool,
+        metrics,
+        http: options.http,
+        shutdown,
+    };
     match service {
         Service::Fulfillment => {
             let store = Arc::new(FulfillmentStore::open(&settings.store).await?);
             let announcer = options.events.then(|| {
                 Arc::new(Announcer::new(
-                    pool.clone(),
+                    ctx.pool.clone(),
                     settings.amqp.clone(),
                     Duration::from_millis(settings.producer.confirm_timeout_ms),
                 ))
@@ -103,45 +131,93 @@ pub async fn run(
                 store,
                 announcer,
             );
-            serve_and_run(
-                &settings, service, options, router, handler, topology, pool, metrics, shutdown,
-            )
-            .await
+            let config = ctx.queue_config(service.queue())?;
+            ctx.serve_and_run(router, handler, config).await
+        }
+        Service::Notifications => {
+            let store = Arc::new(NotificationStore::open(
+                &settings.store.dir,
+                notifications::CLAIM_LEASE,
+            )?);
+            let mailer = Mailer::from_settings(&settings.mail)?;
+            let handler = Notifications::new(mailer, settings.mail.from.clone(), store);
+            let config = ctx.queue_config(service.queue())?;
+            ctx.serve_and_run(router, handler, config).await
+        }
+        Service::Analytics => {
+            let store = Arc::new(AnalyticsStore::open(&settings.store.dir)?);
+            let handler = Analytics::new(store, &ctx.metrics);
+            let config = ctx.queue_config(service.queue())?;
+            ctx.serve_and_run(router.merge(handler.router()), handler, config)
+                .await
+        }
+        Service::Recommendations => {
+            let rebuild = options.rebuild || options.since.is_some();
+            let model = Arc::new(Model::open(&settings.store.dir, rebuild).await?);
+            let state = model.state().await?;
+            let start = StartAt::resume(&state, options.since);
+            tracing::info!(
+                ?start,
+                events = state.events,
+                rebuild,
+                "recommendations model loaded"
+            );
+            let handler = Recommendations::new(model);
+            let mut config = ctx.queue_config_with(recommendations::settle_policy());
+            // One handler at a time: the model applies events in stream order. Streams require
+            // a prefetch; acks only release the broker's credit.
+            config.concurrency = 1;
+            config.consume_arguments = start.consume_arguments();
+            ctx.serve_and_run(router.merge(handler.router()), handler, config)
+                .await
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn serve_and_run<H: Handler>(
-    settings: &Settings,
-    service: Service,
-    options: WorkerOptions,
-    router: axum::Router,
-    handler: H,
+/// What every service's worker needs besides its handler.
+struct Runner<'a> {
+    settings: &'a Settings,
     topology: Arc<Topology>,
     pool: deadpool_lapin::Pool,
     metrics: Arc<WorkerMetrics>,
+    http: Option<SocketAddr>,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    if let Some(addr) = options.http {
-        crate::http::serve(addr, router, shutdown.clone()).await?;
+}
+
+impl Runner<'_> {
+    fn queue_config(&self, queue: &str) -> anyhow::Result<WorkerConfig> {
+        Ok(self.queue_config_with(settle_policy(&self.topology, queue)?))
     }
-    let config = WorkerConfig {
-        policy: settle_policy(&topology, service.queue())?,
-        concurrency: settings.worker.concurrency,
-        prefetch: settings.worker.prefetch,
-        grace: settings.worker.grace(),
-        confirm_timeout: Duration::from_millis(settings.producer.confirm_timeout_ms),
-        consume_arguments: lapin::types::FieldTable::default(),
-    };
-    Worker::new(
-        config,
-        Arc::new(handler),
-        pool,
-        settings.amqp.clone(),
-        metrics,
-    )
-    .declare(topology)
-    .run(shutdown)
-    .await
+
+    fn queue_config_with(&self, policy: SettlePolicy) -> WorkerConfig {
+        WorkerConfig {
+            policy,
+            concurrency: self.settings.worker.concurrency,
+            prefetch: self.settings.worker.prefetch,
+            grace: self.settings.worker.grace(),
+            confirm_timeout: Duration::from_millis(self.settings.producer.confirm_timeout_ms),
+            consume_arguments: lapin::types::FieldTable::default(),
+        }
+    }
+
+    async fn serve_and_run<H: Handler>(
+        self,
+        router: axum::Router,
+        handler: H,
+        config: WorkerConfig,
+    ) -> anyhow::Result<()> {
+        if let Some(addr) = self.http {
+            crate::http::serve(addr, router, self.shutdown.clone()).await?;
+        }
+        Worker::new(
+            config,
+            Arc::new(handler),
+            self.pool,
+            self.settings.amqp.clone(),
+            self.metrics,
+        )
+        .declare(self.topology)
+        .run(self.shutdown)
+        .await
+    }
 }

@@ -1,7 +1,8 @@
 //! The order service and the other publishers: one order (`producer order`), many generated or
-//! read from a file (`producer orders`), each with its `order.placed` event; all confirmed and
-//! mandatory.
+//! read from a file (`producer orders`), each with its `order.placed` event; activity events and
+//! inventory changes ([`activity`]); all confirmed and mandatory.
 
+pub mod activity;
 mod generate;
 
 use std::io::BufRead;

@@ -1,0 +1,226 @@
+//! The notifications service (`activity.notifications`): a welcome mail on `user.registered`, an
+//! order confirmation on `order.placed`, a shipping notice on `order.fulfilled`; every other kind
+//! is acked without mail. Each event's mail is sent at most once per claim (see [`store`]): a
+//! redelivery or a duplicate publish with the same `event_id` sends nothing.
+
+mod mail;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, error, info, warn};
+
+pub use mail::{Mail, MailError, Mailer};
+pub use store::{Claim, NotificationCounts, NotificationStore};
+
+use crate::message::{ActivityEvent, EventKind};
+use crate::worker::{Handler, Incoming, Outcome};
+
+/// The queue the service consumes.
+pub const QUEUE: &str = "activity.notifications";
+
+/// How long a claim protects an event whose worker may still be sending. Longer than any send
+/// (lettre's SMTP timeout is 60 s); a worker that died mid-send loses its claim after this, and
+/// the redelivered event is sent again (at-least-once: a crash between sending and recording
+/// can send a mail twice; nothing else can).
+pub const CLAIM_LEASE: Duration = Duration::from_secs(120);
+
+/// Attempts at sending one mail before the event is handed back as a transient failure.
+const SEND_ATTEMPTS: u32 = 3;
+
+/// The mail an event asks for, if any; `Err` names the event's missing address.
+///
+/// # Errors
+/// The event needs a mail but carries no `data.email`.
+pub fn mail_for(event: &ActivityEvent) -> Result<Option<Mail>, String> {
+    let order = event.order_id.as_deref().unwrap_or("-");
+    let (subject, body) = match event.kind {
+        EventKind::UserRegistered => {
+            let name = event
+                .data
+                .get("name")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("there");
+            (
+                format!("Welcome to the shop, {name}!"),
+                format!("Hello {name},\n\nthank you for signing up.\n\nThe shop\n"),
+            )
+        }
+        EventKind::OrderPlaced => {
+            let total = event
+                .data
+                .get("total_cents")
+                .and_then(serde_json::Value::as_i64)
+                .map(|c| {
+                    let currency = event
+                        .data
+                        .get("currency")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or("EUR");
+                    format!(" Total: {}.{:02} {currency}.", c / 100, c % 100)
+                })
+                .unwrap_or_default();
+            (
+                format!("Your order {order} is confirmed"),
+                format!("We received your order {order}.{total}\n\nThe shop\n"),
+            )
+        }
+        EventKind::OrderFulfilled => {
+            let shipment = event
+                .data
+                .get("shipment_id")
+                .and_then(serde_json::Value::as_str)
+                .map(|s| format!(" Shipment: {s}."))
+                .unwrap_or_default();
+            (
+                format!("Your order {order} has shipped"),
+                format!("Your order {order} is on its way.{shipment}\n\nThe shop\n"),
+            )
+        }
+        EventKind::ProductViewed | EventKind::ReviewPosted | EventKind::InventoryChanged => {
+            return Ok(None)
+        }
+    };
+    let to = event
+        .email()
+        .ok_or_else(|| format!("{} {} has no data.email", event.kind, event.event_id))?;
+    Ok(Some(Mail {
+        to: to.to_owned(),
+        subject,
+        body,
+        message_id: format!("<{}@burrow>", event.event_id),
+    }))
+}
+
+/// The notifications handler.
+#[derive(Debug, Clone)]
+pub struct Notifications {
+    mailer: Mailer,
+    from: String,
+    store: Arc<NotificationStore>,
+}
+
+impl Notifications {
+    /// Sends through `mailer` as `from`, deduplicating on `store`.
+    pub fn new(mailer: Mailer, from: String, store: Arc<NotificationStore>) -> Self {
+        Self {
+            mailer,
+            from,
+            store,
+        }
+    }
+
+    async fn claim(&self, event: &ActivityEvent, to: &str, owner: &str) -> Result<bool, Outcome> {
+        let started = Instant::now();
+        loop {
+            match self
+                .store
+                .claim(&event.event_id, event.kind.as_str(), to, owner)
+                .await
+            {
+                Ok(Claim::Won) => return Ok(true),
+                Ok(Claim::AlreadySent) => return Ok(false),
+                // Another worker holds a fresh claim: wait until it is sent, released or stale.
+                Ok(Claim::Busy) if started.elapsed() <= CLAIM_LEASE + Duration::from_secs(1) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(Claim::Busy) => {
+                    return Err(Outcome::Transient(format!(
+                        "event {} still claimed by another worker",
+                        event.event_id
+                    )))
+                }
+                Err(e) => return Err(Outcome::Transient(format!("notifications store: {e:#}"))),
+            }
+        }
+    }
+
+    async fn send(&self, event: &ActivityEvent, mail: &Mail) -> Outcome {
+        let owner = crate::message::new_id("claim");
+        match self.claim(event, &mail.to, &owner).await {
+            Ok(true) => {}
+            Ok(false) => {
+                debug!(event_id = %event.event_id, "mail already sent; duplicate ignored");
+                return Outcome::Success;
+            }
+            Err(outcome) => return outcome,
+        }
+        let mut attempt = 0;
+        let failure = loop {
+            attempt += 1;
+            match self.mailer.send(&self.from, mail).await {
+                Ok(()) => break None,
+                Err(MailError::Invalid(reason)) => break Some(Outcome::Permanent(reason)),
+                Err(MailError::Transport(reason)) if attempt >= SEND_ATTEMPTS => {
+                    break Some(Outcome::Transient(reason))
+                }
+                Err(MailError::Transport(reason)) => {
+                    warn!(event_id = %event.event_id, attempt, %reason, "sending failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                }
+            }
+        };
+        match failure {
+            None => {
+                if let Err(e) = self.store.sent(&event.event_id, &owner).await {
+                    // The mail is out; only the record is missing. Retrying would send it again.
+                    error!(event_id = %event.event_id, error = %format!("{e:#}"), "mail sent but not recorded");
+                }
+                info!(event_id = %event.event_id, kind = %event.kind, "mail sent");
+                Outcome::Success
+            }
+            Some(outcome) => {
+                if let Err(e) = self.store.release(&event.event_id, &owner).await {
+                    error!(event_id = %event.event_id, error = %format!("{e:#}"), "could not release the claim; it expires after the lease");
+                }
+                outcome
+            }
+        }
+    }
+}
+
+impl Handler for Notifications {
+    async fn handle(&self, msg: &Incoming) -> Outcome {
+        let event = match ActivityEvent::decode(&msg.body) {
+            Ok(e) => e,
+            Err(e) => return Outcome::Permanent(e.to_string()),
+        };
+        match mail_for(&event) {
+            Ok(Some(mail)) => self.send(&event, &mail).await,
+            Ok(None) => Outcome::Success,
+            Err(why) => {
+                warn!(event_id = %event.event_id, kind = %event.kind, reason = %why, "no address to mail; event settled without mail");
+                Outcome::Success
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mails_follow_the_kind() {
+        let mut e = ActivityEvent::new(EventKind::UserRegistered, "cus_1");
+        e.data = serde_json::json!({"email": "ann@example.com", "name": "Ann"});
+        let m = mail_for(&e).unwrap().unwrap();
+        assert_eq!(m.to, "ann@example.com");
+        assert!(m.subject.contains("Ann"));
+        assert_eq!(m.message_id, format!("<{}@burrow>", e.event_id));
+
+        e.kind = EventKind::ProductViewed;
+        assert_eq!(mail_for(&e).unwrap(), None);
+
+        let mut placed = ActivityEvent::new(EventKind::OrderPlaced, "cus_1");
+        placed.order_id = Some("ord_1".into());
+        assert!(mail_for(&placed).unwrap_err().contains("no data.email"));
+        placed.data = serde_json::json!({"email": "a@b", "total_cents": 1999, "currency": "EUR"});
+        assert!(mail_for(&placed)
+            .unwrap()
+            .unwrap()
+            .body
+            .contains("19.99 EUR"));
+    }
+}

@@ -1,0 +1,209 @@
+//! The recommendations service: reads the **stream** `activity.log` (not a queue) so that a new
+//! instance can rebuild its model from the whole history, then follows live events.
+//!
+//! It consumes with `x-stream-offset`: `first` for a fresh model, a timestamp for `--since`, and
+//! the stored offset + 1 when its model (see [`model`]) already holds events, so a restart does
+//! not re-read. Each message's `x-stream-offset` header is stored with the model change in one
+//! transaction; an offset at or below the stored one is skipped, which also covers the re-read
+//! after a reconnect (the runtime re-consumes from the start offset it was given).
+//!
+//! Stream consumers do not compete: every instance gets every message, so each replica holds the
+//! full model, and scaling out means more replicas answering HTTP, not shared work. Handlers run
+//! one at a time so the model applies events in stream order.
+//!
+//! A stream has no dead-letter exchange: an invalid event is logged and skipped (counted in
+//! `GET /state` as `skipped`); it was already dead-lettered with its reason by the queue-based
+//! services (`activity.analytics`, `activity.notifications`), so copying it again on every
+//! replay would only add duplicates to `activity.dead`.
+
+pub mod model;
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use lapin::types::{AMQPValue, FieldTable};
+use serde::Deserialize;
+use tracing::{error, info, warn};
+
+pub use model::{Applied, Model, ModelState, Scored};
+
+use crate::message::ActivityEvent;
+use crate::worker::{Handler, Incoming, Outcome, SettlePolicy};
+
+/// The stream the service reads.
+pub const STREAM: &str = "activity.log";
+/// Where a stream message that cannot be settled otherwise goes (a store failure).
+pub const DEAD_LETTER_EXCHANGE: &str = "activity.dlx";
+/// The header in which RabbitMQ delivers a stream message's offset.
+pub const OFFSET_HEADER: &str = "x-stream-offset";
+/// Products per answer unless `?limit=` says otherwise.
+pub const DEFAULT_LIMIT: usize = 10;
+
+/// Where to start reading the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// The oldest message kept.
+    First,
+    /// The first message stored at or after this time (`--since`).
+    Since(DateTime<Utc>),
+    /// Right after the offset the stored model ends at.
+    After(i64),
+}
+
+impl StartAt {
+    /// Where a model in `state` resumes: after its offset, else `since`, else `first`.
+    pub fn resume(state: &ModelState, since: Option<DateTime<Utc>>) -> Self {
+        match (state.offset, since) {
+            (Some(offset), _) => Self::After(offset),
+            (None, Some(t)) => Self::Since(t),
+            (None, None) => Self::First,
+        }
+    }
+
+    /// The `basic.consume` arguments.
+    pub fn consume_arguments(self) -> FieldTable {
+        let value = match self {
+            Self::First => AMQPValue::LongString("first".as_bytes().to_vec().into()),
+            Self::Since(t) => AMQPValue::Timestamp(u64::try_from(t.timestamp()).unwrap_or(0)),
+            Self::After(offset) => AMQPValue::LongLongInt(offset.saturating_add(1)),
+        };
+        let mut args = FieldTable::default();
+        args.insert(OFFSET_HEADER.into(), value);
+        args
+    }
+}
+
+/// The settlement policy of the stream: no retry ladder; what cannot be applied because the
+/// store failed goes to `activity.dlx` with the reason.
+pub fn settle_policy() -> SettlePolicy {
+    SettlePolicy {
+        queue: STREAM.to_owned(),
+        retry_queues: Vec::new(),
+        dead_letter_exchange: DEAD_LETTER_EXCHANGE.to_owned(),
+    }
+}
+
+/// The offset of a stream delivery.
+pub fn stream_offset(msg: &Incoming) -> Option<i64> {
+    match msg.headers()?.inner().get(OFFSET_HEADER)? {
+        AMQPValue::LongLongInt(v) => Some(*v),
+        AMQPValue::LongInt(v) => Some((*v).into()),
+        AMQPValue::LongUInt(v) => Some((*v).into()),
+        AMQPValue::Timestamp(v) => i64::try_from(*v).ok(),
+        _ => None,
+    }
+}
+
+/// The recommendations handler.
+#[derive(Debug, Clone)]
+pub struct Recommendations {
+    model: Arc<Model>,
+}
+
+impl Recommendations {
+    /// Feeds `model`.
+    pub fn new(model: Arc<Model>) -> Self {
+        Self { model }
+    }
+
+    /// `GET /recommendations/{user_id}`, `GET /products/{sku}/related` (both `?limit=N`) and
+    /// `GET /state`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/recommendations/{user_id}", get(for_user))
+            .route("/products/{sku}/related", get(related))
+            .route("/state", get(state))
+            .with_state(self.model.clone())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+fn unavailable(e: &anyhow::Error) -> Response {
+    error!(error = %format!("{e:#}"), "reading the recommendations model");
+    (StatusCode::SERVICE_UNAVAILABLE, "model unavailable\n").into_response()
+}
+
+async fn for_user(
+    State(model): State<Arc<Model>>,
+    Path(user_id): Path<String>,
+    Query(q): Query<Limit>,
+) -> Response {
+    match model
+        .for_user(&user_id, q.limit.unwrap_or(DEFAULT_LIMIT))
+        .await
+    {
+        Ok(recs) => {
+            Json(serde_json::json!({"user_id": user_id, "recommendations": recs})).into_response()
+        }
+        Err(e) => unavailable(&e),
+    }
+}
+
+async fn related(
+    State(model): State<Arc<Model>>,
+    Path(sku): Path<String>,
+    Query(q): Query<Limit>,
+) -> Response {
+    match model.related(&sku, q.limit.unwrap_or(DEFAULT_LIMIT)).await {
+        Ok(recs) => Json(serde_json::json!({"sku": sku, "related": recs})).into_response(),
+        Err(e) => unavailable(&e),
+    }
+}
+
+async fn state(State(model): State<Arc<Model>>) -> Response {
+    match model.state().await {
+        Ok(s) => Json(s).into_response(),
+        Err(e) => unavailable(&e),
+    }
+}
+
+impl Handler for Recommendations {
+    async fn handle(&self, msg: &Incoming) -> Outcome {
+        let Some(offset) = stream_offset(msg) else {
+            return Outcome::Permanent(format!(
+                "no {OFFSET_HEADER} header: not a delivery from the stream {STREAM}"
+            ));
+        };
+        let event = ActivityEvent::decode(&msg.body).map_err(|e| e.to_string());
+        if let Err(reason) = &event {
+            warn!(offset, message_id = msg.message_id().unwrap_or("-"), %reason, "invalid event in the stream; skipped");
+        }
+        match self.model.apply(offset, event).await {
+            Ok(Applied::AlreadyApplied) if offset % 1000 == 0 => {
+                info!(offset, "skipping offsets already in the model");
+                Outcome::Success
+            }
+            Ok(_) => Outcome::Success,
+            Err(e) => Outcome::Transient(format!("recommendations model: {e:#}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_offsets() {
+        let mut state = ModelState::default();
+        assert_eq!(StartAt::resume(&state, None), StartAt::First);
+        let t = Utc::now();
+        assert_eq!(StartAt::resume(&state, Some(t)), StartAt::Since(t));
+        state.offset = Some(41);
+        assert_eq!(StartAt::resume(&state, Some(t)), StartAt::After(41));
+        let args = StartAt::After(41).consume_arguments();
+        assert_eq!(
+            args.inner().get(OFFSET_HEADER),
+            Some(&AMQPValue::LongLongInt(42))
+        );
+    }
+}
