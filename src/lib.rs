@@ -11,12 +11,14 @@
 //! - [`fulfillment`]: the order fulfillment service (carrier, store, `order.fulfilled`).
 //! - [`producer`]: the order service and other publishers.
 //! - [`service`]: runs one service as a worker process; [`http`] and [`metrics`] serve it.
+//! - [`status`]: `burrow status`; [`dlq`]: `burrow dlq list|show|replay|purge`.
 //! - [`cli`]: errors as one line and an exit code, shared by the binaries.
 //! - [`telemetry`]: the one tracing setup; [`shutdown`]: SIGINT/SIGTERM.
 
 pub mod backoff;
 pub mod broker;
 pub mod cli;
+pub mod dlq;
 pub mod fulfillment;
 pub mod http;
 pub mod management;
@@ -27,6 +29,7 @@ pub mod publisher;
 pub mod service;
 pub mod settings;
 pub mod shutdown;
+pub mod status;
 pub mod telemetry;
 pub mod topology;
 pub mod worker;
