@@ -3,6 +3,11 @@
 
 mod cli;
 mod compose;
+mod dlq;
 mod helpers;
+mod observability;
 mod pipeline;
+mod postgres;
+mod security;
+mod status;
 mod topology;
