@@ -182,7 +182,7 @@ async fn replay_killed_half_way_loses_no_message() {
     })
     .await;
     assert!(
-        moved >= 300 && moved < 2000,
+        (300..2000).contains(&moved),
         "killed half-way: {moved} moved, {dead} left"
     );
     let mut seen = ids_of(&t.drain("orders.fulfillment").await);
