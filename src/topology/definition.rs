@@ -923,6 +923,39 @@ mod tests {
     }
 
     #[test]
+    fn users_parse_with_permissions_and_reject_unknown_fields() {
+        let t = Topology::parse(SHOP).expect("valid");
+        let producer = t
+            .users
+            .iter()
+            .find(|u| u.name == "burrow-producer")
+            .expect("producer user");
+        assert_eq!(producer.permissions.write, "^(orders|activity)$");
+        assert_eq!(producer.permissions.configure, "^$");
+        assert!(!format!("{producer:?}").contains("producer-demo"));
+        assert!(t.users.iter().any(|u| u.name == "guest" && u.export_only));
+        let e = err(r#"
+            [[users]]
+            name = "u"
+            password = "p"
+            configure = "^$"
+            write = "^$"
+            read = "^$"
+            admin = true
+        "#);
+        assert!(e.contains("admin"), "{e}");
+        let e = err(r#"
+            [[users]]
+            name = "u"
+            password = ""
+            configure = "^$"
+            write = "^$"
+            read = "^$"
+        "#);
+        assert!(e.contains("user 'u'"), "{e}");
+    }
+
+    #[test]
     fn delays_parse() {
         assert_eq!(parse_delay("200ms"), Some(Duration::from_millis(200)));
         assert_eq!(parse_delay("10s"), Some(Duration::from_secs(10)));
