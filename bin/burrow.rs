@@ -1,4 +1,4 @@
-//! `burrow`: operate the shop's RabbitMQ (topology now; status, dlq and demo later).
+//! `burrow`: operate the shop's RabbitMQ: topology, status, dead letters.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +37,74 @@ enum Command {
         #[arg(long, default_value_t = 0.05)]
         failure_rate: f64,
     },
+    /// Every queue of the topology: depth, consumers, rates, dead letters, drift.
+    Status {
+        /// The topology file (default: the `topology` setting).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Redraw until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between redraws with --watch.
+        #[arg(long, default_value_t = 2.0)]
+        interval: f64,
+        /// Print JSON (stable field names) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect, replay or purge a dead-letter queue.
+    Dlq {
+        /// The dead-letter queue.
+        #[arg(long, default_value = burrow::dlq::DEFAULT_QUEUE, global = true)]
+        queue: String,
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Id, source queue, reason, attempts and age of dead letters (nothing is removed).
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Headers and body of one dead letter (nothing is removed).
+    Show {
+        /// Its message_id.
+        id: String,
+    },
+    /// Move dead letters back to their source queue (confirmed before the dead copy is removed).
+    Replay {
+        /// Only messages whose reason contains this (case-insensitive).
+        #[arg(long)]
+        filter: Option<String>,
+        /// At most this many messages.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Count what would be replayed; move nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// At most this many messages per second, so the workers are not flooded.
+        #[arg(long)]
+        rate: Option<f64>,
+    },
+    /// Delete dead letters for good (requires --yes).
+    Purge {
+        /// Only messages whose reason contains this (case-insensitive).
+        #[arg(long)]
+        filter: Option<String>,
+        /// At most this many messages.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Count what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Yes, delete them.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -46,6 +114,9 @@ enum TopologyCommand {
         /// The topology file (default: the `topology` setting, `topology/shop.toml`).
         #[arg(long)]
         file: Option<PathBuf>,
+        /// Also create the file's users and their permissions on this vhost (management API).
+        #[arg(long)]
+        users: bool,
     },
     /// Compare the broker with the topology through the management API (exit 1 on drift).
     Verify {
@@ -94,14 +165,72 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Topology(command) => {
             use burrow::topology::command as topology;
             match command {
-                TopologyCommand::Apply { file } => {
-                    topology::apply(&settings, &file.unwrap_or(settings.topology.clone())).await
+                TopologyCommand::Apply { file, users } => {
+                    let file = file.unwrap_or(settings.topology.clone());
+                    let code = topology::apply(&settings, &file).await?;
+                    if users {
+                        topology::apply_users(&settings, &file).await?;
+                    }
+                    Ok(code)
                 }
                 TopologyCommand::Verify { file } => {
                     topology::verify(&settings, &file.unwrap_or(settings.topology.clone())).await
                 }
                 TopologyCommand::Export { file, out } => {
                     topology::export(&file.unwrap_or(settings.topology.clone()), &out)
+                }
+            }
+        }
+        Command::Status {
+            file,
+            watch,
+            interval,
+            json,
+        } => {
+            anyhow::ensure!(
+                interval.is_finite() && interval > 0.0,
+                "--interval must be a positive number of seconds"
+            );
+            let options = burrow::status::StatusOptions {
+                watch,
+                interval: std::time::Duration::from_secs_f64(interval),
+                json,
+            };
+            let file = file.unwrap_or(settings.topology.clone());
+            burrow::status::run(&settings, &file, &options, burrow::shutdown::on_signal()).await
+        }
+        Command::Dlq { queue, command } => {
+            use burrow::dlq::{self, Selection};
+            match command {
+                DlqCommand::List { limit } => dlq::run_list(&settings, &queue, limit).await,
+                DlqCommand::Show { id } => dlq::run_show(&settings, &queue, &id).await,
+                DlqCommand::Replay {
+                    filter,
+                    limit,
+                    dry_run,
+                    rate,
+                } => {
+                    let selection = Selection {
+                        filter,
+                        limit,
+                        dry_run,
+                        rate,
+                    };
+                    dlq::run_replay(&settings, &queue, &selection).await
+                }
+                DlqCommand::Purge {
+                    filter,
+                    limit,
+                    dry_run,
+                    yes,
+                } => {
+                    let selection = Selection {
+                        filter,
+                        limit,
+                        dry_run,
+                        rate: None,
+                    };
+                    dlq::run_purge(&settings, &queue, &selection, yes).await
                 }
             }
         }

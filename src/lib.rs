@@ -13,6 +13,7 @@
 //!   counts, a model built from the stream); [`sqlite`] is their store plumbing.
 //! - [`producer`]: the order service and other publishers.
 //! - [`service`]: runs one service as a worker process; [`http`] and [`metrics`] serve it.
+//! - [`status`]: `burrow status`; [`dlq`]: `burrow dlq list|show|replay|purge`.
 //! - [`cli`]: errors as one line and an exit code, shared by the binaries.
 //! - [`telemetry`]: the one tracing setup; [`shutdown`]: SIGINT/SIGTERM.
 
@@ -22,6 +23,7 @@ pub mod broker;
 pub mod children;
 pub mod cli;
 pub mod demo;
+pub mod dlq;
 pub mod fulfillment;
 pub mod http;
 pub mod management;
@@ -35,6 +37,7 @@ pub mod service;
 pub mod settings;
 pub mod shutdown;
 pub mod sqlite;
+pub mod status;
 pub mod telemetry;
 pub mod topology;
 pub mod worker;

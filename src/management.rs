@@ -297,6 +297,87 @@ impl Management {
         self.send(&what, &url, request).await.map(drop)
     }
 
+    /// Creates or updates a user from a password hash (see
+    /// [`crate::topology::users::password_hash`]), with management `tags`.
+    ///
+    /// # Errors
+    /// As [`Management::overview`].
+    pub async fn put_user(
+        &self,
+        name: &str,
+        password_hash: &str,
+        tags: &[String],
+    ) -> Result<(), ManagementError> {
+        let path = format!("/api/users/{}", encode_vhost(name));
+        let body = serde_json::json!({
+            "password_hash": password_hash,
+            "hashing_algorithm": crate::topology::users::HASHING_ALGORITHM,
+            "tags": tags.join(","),
+        });
+        self.put(&format!("creating user '{name}'"), &path, &body)
+            .await
+    }
+
+    /// Deletes a user; a user that does not exist is not an error.
+    ///
+    /// # Errors
+    /// As [`Management::overview`].
+    pub async fn delete_user(&self, name: &str) -> Result<(), ManagementError> {
+        let url = format!("{}/api/users/{}", self.base, encode_vhost(name));
+        let request = self
+            .http
+            .delete(&url)
+            .basic_auth(&self.user, Some(&self.password));
+        match self
+            .send(&format!("deleting user '{name}'"), &url, request)
+            .await
+        {
+            Ok(_) | Err(ManagementError::Status { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets what `user` may configure, write and read in `vhost` (regular expressions).
+    ///
+    /// # Errors
+    /// As [`Management::overview`].
+    pub async fn put_permissions(
+        &self,
+        vhost: &str,
+        user: &str,
+        configure: &str,
+        write: &str,
+        read: &str,
+    ) -> Result<(), ManagementError> {
+        let path = format!(
+            "/api/permissions/{}/{}",
+            encode_vhost(vhost),
+            encode_vhost(user)
+        );
+        let body = serde_json::json!({"configure": configure, "write": write, "read": read});
+        self.put(
+            &format!("setting permissions of '{user}' on vhost '{vhost}'"),
+            &path,
+            &body,
+        )
+        .await
+    }
+
+    async fn put(
+        &self,
+        what: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), ManagementError> {
+        let url = format!("{}{path}", self.base);
+        let request = self
+            .http
+            .put(&url)
+            .basic_auth(&self.user, Some(&self.password))
+            .json(body);
+        self.send(what, &url, request).await.map(drop)
+    }
+
     async fn get<T: DeserializeOwned>(&self, what: &str, path: &str) -> Result<T, ManagementError> {
         let url = format!("{}{path}", self.base);
         let request = self

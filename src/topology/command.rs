@@ -26,12 +26,41 @@ pub async fn apply(settings: &Settings, file: &Path) -> anyhow::Result<ExitCode>
     let _ = conn.close(200, "done".into()).await;
     let report = report?;
     println!(
-        "topology applied: {} created, {} unchanged, {} drifted",
+        "topology applied: {} created, {} unchanged, {} drifted{}",
         report.created.len(),
         report.unchanged.len(),
-        report.drift.len()
+        report.drift.len(),
+        if report.refused.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", {} not permitted (left as they are)",
+                report.refused.len()
+            )
+        }
     );
     Ok(print_drift(&report.drift, file))
+}
+
+/// Creates the users of `file` and their permissions on the configured vhost through the
+/// management API, and prints their names.
+///
+/// # Errors
+/// An invalid file, or the management API refused (creating users needs an administrator).
+pub async fn apply_users(settings: &Settings, file: &Path) -> anyhow::Result<()> {
+    let topology = load(file)?;
+    let management = Management::new(&settings.management, &settings.amqp)?;
+    let vhost = settings.amqp.url.vhost();
+    let created = super::users::apply(&management, &vhost, &topology.users).await?;
+    println!(
+        "users applied on vhost '{vhost}': {}",
+        if created.is_empty() {
+            "none".to_owned()
+        } else {
+            created.join(", ")
+        }
+    );
+    Ok(())
 }
 
 /// Compares the broker (through the management API) with the topology in `file`, printing one

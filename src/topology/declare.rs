@@ -21,6 +21,9 @@ pub struct ApplyReport {
     pub drift: Vec<Drift>,
     /// Bindings declared (binding is idempotent, so existing ones count too).
     pub bindings: usize,
+    /// Existing entities and bindings the user may not (re)declare: ACCESS_REFUSED. A
+    /// least-privilege worker re-declares on connect; what exists is left to the operator.
+    pub refused: Vec<Entity>,
 }
 
 /// A declaration failed for a reason other than drift (lost connection, access refused…).
@@ -37,13 +40,17 @@ pub struct ApplyError {
 /// AMQP reply codes that matter here.
 const NOT_FOUND: u16 = 404;
 const PRECONDITION_FAILED: u16 = 406;
+const ACCESS_REFUSED: u16 = 403;
 
 /// Declares every exchange, queue and binding of `topology`.
 ///
 /// Each exchange and queue is first checked with a passive declare, then declared. A failed
 /// declare closes its channel, so every check and every declaration that can fail gets a fresh
 /// channel. A 406 PRECONDITION_FAILED is drift: it is recorded and the other declarations go on.
-/// Bindings are declared last, when their endpoints exist.
+/// Bindings are declared last, when their endpoints exist. A 403 ACCESS_REFUSED on an entity
+/// that exists (or on a binding) is recorded in [`ApplyReport::refused`] and skipped, so a user
+/// without configure permission can still run this over an applied topology; on an entity
+/// that does not exist it is an error.
 ///
 /// # Errors
 /// [`ApplyError`] when a declaration fails for another reason than drift.
@@ -114,34 +121,46 @@ pub async fn apply(
         .map_err(fail)?;
     }
 
-    if !topology.bindings.is_empty() {
-        let channel = conn.create_channel().await.map_err(|source| ApplyError {
-            entity: Entity::Exchange(topology.bindings[0].source.clone()),
+    let mut channel: Option<Channel> = None;
+    for binding in &topology.bindings {
+        let entity = Entity::Binding {
+            source: binding.source.clone(),
+            destination: binding.destination.clone(),
+            routing_key: binding.routing_key.clone(),
+        };
+        let fail = |source| ApplyError {
+            entity: entity.clone(),
             source,
-        })?;
-        for binding in &topology.bindings {
-            let entity = Entity::Binding {
-                source: binding.source.clone(),
-                destination: binding.destination.clone(),
-                routing_key: binding.routing_key.clone(),
-            };
-            channel
-                .queue_bind(
-                    binding.destination.as_str().into(),
-                    binding.source.as_str().into(),
-                    binding.routing_key.as_str().into(),
-                    QueueBindOptions::default(),
-                    field_table(&binding.arguments),
-                )
-                .await
-                .map_err(|source| ApplyError {
-                    entity: entity.clone(),
-                    source,
-                })?;
-            debug!(source = %binding.source, destination = %binding.destination, routing_key = %binding.routing_key, "bound");
-            report.bindings += 1;
+        };
+        let ch = match channel.take() {
+            Some(ch) => ch,
+            None => conn.create_channel().await.map_err(fail)?,
+        };
+        let result = ch
+            .queue_bind(
+                binding.destination.as_str().into(),
+                binding.source.as_str().into(),
+                binding.routing_key.as_str().into(),
+                QueueBindOptions::default(),
+                field_table(&binding.arguments),
+            )
+            .await;
+        match result {
+            Ok(()) => {
+                debug!(source = %binding.source, destination = %binding.destination, routing_key = %binding.routing_key, "bound");
+                report.bindings += 1;
+                channel = Some(ch);
+            }
+            // The broker closed the channel; the next binding opens another.
+            Err(e) if matches!(reply(&e), Some((ACCESS_REFUSED, _))) => {
+                debug!(%entity, "not permitted to bind; left as it is");
+                report.refused.push(entity);
+            }
+            Err(e) => return Err(fail(e)),
         }
-        close(&channel).await;
+    }
+    if let Some(ch) = channel {
+        close(&ch).await;
     }
 
     info!(
@@ -149,6 +168,7 @@ pub async fn apply(
         unchanged = report.unchanged.len(),
         drifted = report.drift.len(),
         bindings = report.bindings,
+        refused = report.refused.len(),
         "topology applied"
     );
     Ok(report)
@@ -177,6 +197,11 @@ async fn settle(
                 warn!(%entity, what = %drift.what, expected = ?drift.expected, actual = ?drift.actual, "drift");
                 report.drift.push(drift);
                 // The broker closed this channel; nothing to close.
+                return Ok(());
+            }
+            Some((ACCESS_REFUSED, _)) if existed => {
+                debug!(%entity, "exists; not permitted to declare it, left as it is");
+                report.refused.push(entity);
                 return Ok(());
             }
             _ => return Err(e),

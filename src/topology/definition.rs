@@ -123,6 +123,12 @@ pub enum TopologyError {
         /// The queue.
         queue: String,
     },
+    /// Two users share a name.
+    #[error("user '{0}' is declared twice")]
+    DuplicateUser(String),
+    /// A user without a name or password.
+    #[error("user '{0}' needs a non-empty name and password")]
+    BadUser(String),
     /// A stream without `x-max-age` or `x-max-length-bytes` would grow until the disk is full.
     #[error("stream '{queue}' is unbounded: set x-max-age or x-max-length-bytes")]
     UnboundedStream {
@@ -294,7 +300,65 @@ pub struct RetryStep {
     pub delay: Duration,
 }
 
-/// A validated topology: exchanges, then queues, then bindings, in file order.
+/// A password from the topology file: for demos and development only (see
+/// [`UserDefinition`]). Never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Password(String);
+
+impl Password {
+    /// Wraps a password.
+    pub fn new(password: impl Into<String>) -> Self {
+        Self(password.into())
+    }
+
+    /// The password itself, for hashing only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(***)")
+    }
+}
+
+/// What a user may do in the vhost: three regular expressions over resource names, as
+/// RabbitMQ checks them (`configure`: declare/delete, `write`: publish to an exchange or bind
+/// a queue, `read`: consume from a queue or bind from an exchange). The default exchange is
+/// named `amq.default` in these checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    /// Entities the user may declare and delete.
+    pub configure: String,
+    /// Exchanges the user may publish to.
+    pub write: String,
+    /// Queues the user may consume from.
+    pub read: String,
+}
+
+/// A RabbitMQ user of one burrow program, with its permissions in the topology's vhost.
+///
+/// Passwords in the topology file are for demos only: production sets real ones with
+/// `rabbitmqctl change_password` (or a secrets store) after import.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserDefinition {
+    /// The user name.
+    pub name: String,
+    /// The demo password.
+    pub password: Password,
+    /// Management tags, e.g. `administrator`, `monitoring`.
+    pub tags: Vec<String>,
+    /// Its permissions.
+    pub permissions: Permissions,
+    /// Only in the exported definitions (the admin a fresh docker-compose broker boots with),
+    /// never created by `burrow topology apply --users`.
+    pub export_only: bool,
+}
+
+/// A validated topology: exchanges, then queues, then bindings, in file order, and the users of
+/// the programs.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Topology {
     /// The exchanges.
@@ -303,6 +367,8 @@ pub struct Topology {
     pub queues: Vec<QueueDefinition>,
     /// The bindings; their endpoints are all declared above.
     pub bindings: Vec<BindingDefinition>,
+    /// The users and their permissions.
+    pub users: Vec<UserDefinition>,
 }
 
 #[derive(Deserialize)]
@@ -314,6 +380,22 @@ struct RawTopology {
     queues: Vec<RawQueue>,
     #[serde(default)]
     bindings: Vec<RawBinding>,
+    #[serde(default)]
+    users: Vec<RawUser>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
+    password: Password,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    export_only: bool,
+    configure: String,
+    write: String,
+    read: String,
 }
 
 #[derive(Deserialize)]
@@ -455,10 +537,33 @@ impl Topology {
             })
             .collect();
 
+        let mut users = Vec::with_capacity(raw.users.len());
+        let mut user_names = HashSet::new();
+        for u in raw.users {
+            if u.name.trim().is_empty() || u.password.expose().is_empty() {
+                return Err(TopologyError::BadUser(u.name));
+            }
+            if !user_names.insert(u.name.clone()) {
+                return Err(TopologyError::DuplicateUser(u.name));
+            }
+            users.push(UserDefinition {
+                name: u.name,
+                password: u.password,
+                tags: u.tags,
+                permissions: Permissions {
+                    configure: u.configure,
+                    write: u.write,
+                    read: u.read,
+                },
+                export_only: u.export_only,
+            });
+        }
+
         Ok(Self {
             exchanges,
             queues,
             bindings,
+            users,
         })
     }
 
@@ -815,6 +920,39 @@ mod tests {
             durability = true
         "#);
         assert!(e.contains("durability"), "{e}");
+    }
+
+    #[test]
+    fn users_parse_with_permissions_and_reject_unknown_fields() {
+        let t = Topology::parse(SHOP).expect("valid");
+        let producer = t
+            .users
+            .iter()
+            .find(|u| u.name == "burrow-producer")
+            .expect("producer user");
+        assert_eq!(producer.permissions.write, "^(orders|activity)$");
+        assert_eq!(producer.permissions.configure, "^$");
+        assert!(!format!("{producer:?}").contains("producer-demo"));
+        assert!(t.users.iter().any(|u| u.name == "guest" && u.export_only));
+        let e = err(r#"
+            [[users]]
+            name = "u"
+            password = "p"
+            configure = "^$"
+            write = "^$"
+            read = "^$"
+            admin = true
+        "#);
+        assert!(e.contains("admin"), "{e}");
+        let e = err(r#"
+            [[users]]
+            name = "u"
+            password = ""
+            configure = "^$"
+            write = "^$"
+            read = "^$"
+        "#);
+        assert!(e.contains("user 'u'"), "{e}");
     }
 
     #[test]

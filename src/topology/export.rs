@@ -10,9 +10,12 @@ pub const RABBIT_VERSION: &str = "3.10.8";
 
 /// The definitions document of `topology`, with every entity in vhost `/`.
 ///
-/// `users`, `vhosts` and `permissions` are empty: importing the document adds the topology and
-/// touches no account. The management API (3.10) accepts it both for the whole broker and for
-/// one vhost (`POST /api/definitions/{vhost}`), where the `vhost` fields are ignored.
+/// The document also carries vhost `/`, the topology's users (password hashes only, see
+/// [`super::users::password_hash`]) and their permissions on `/`, so that a fresh broker that
+/// loads it at boot (docker-compose) is usable: a node that imports definitions at boot does
+/// not create its default `guest` user, so the file declares an administrator itself.
+/// Importing into one vhost (`POST /api/definitions/{vhost}`, as the tests do) ignores users,
+/// vhosts and permissions and the `vhost` fields.
 pub fn definitions(topology: &Topology) -> Value {
     let exchanges: Vec<Value> = topology
         .exchanges
@@ -56,11 +59,37 @@ pub fn definitions(topology: &Topology) -> Value {
             })
         })
         .collect();
+    let users: Vec<Value> = topology
+        .users
+        .iter()
+        .map(|u| {
+            json!({
+                "name": u.name,
+                "password_hash": super::users::password_hash(&u.name, u.password.expose()),
+                "hashing_algorithm": super::users::HASHING_ALGORITHM,
+                "tags": u.tags,
+                "limits": {},
+            })
+        })
+        .collect();
+    let permissions: Vec<Value> = topology
+        .users
+        .iter()
+        .map(|u| {
+            json!({
+                "user": u.name,
+                "vhost": "/",
+                "configure": u.permissions.configure,
+                "write": u.permissions.write,
+                "read": u.permissions.read,
+            })
+        })
+        .collect();
     json!({
         "rabbit_version": RABBIT_VERSION,
-        "users": [],
-        "vhosts": [],
-        "permissions": [],
+        "users": users,
+        "vhosts": [{"name": "/"}],
+        "permissions": permissions,
         "parameters": [],
         "policies": [],
         "exchanges": exchanges,

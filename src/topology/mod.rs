@@ -6,7 +6,8 @@
 //! - [`drift`]: what differs between the file and the broker.
 //! - [`declare`]: declaring on a broker over AMQP, reporting drift.
 //! - [`verify`]: checking a broker through the management API.
-//! - [`export`]: the definitions document.
+//! - [`export`]: the definitions document (users with salted SHA-256 password hashes).
+//! - [`users`]: creating the users and permissions through the management API.
 //! - [`command`]: `burrow topology apply|verify|export`.
 
 pub mod command;
@@ -14,11 +15,12 @@ pub mod declare;
 pub mod definition;
 pub mod drift;
 pub mod export;
+pub mod users;
 pub mod verify;
 
 pub use declare::{apply, ApplyError, ApplyReport};
 pub use definition::{
-    Arguments, BindingDefinition, ExchangeDefinition, ExchangeType, QueueDefinition, QueueType,
-    RetryOf, RetryStep, Topology, TopologyError,
+    Arguments, BindingDefinition, ExchangeDefinition, ExchangeType, Password, Permissions,
+    QueueDefinition, QueueType, RetryOf, RetryStep, Topology, TopologyError, UserDefinition,
 };
 pub use drift::{Drift, Entity};

@@ -245,6 +245,56 @@ impl TestVhost {
         )
     }
 
+    /// Runs `burrow` with `args` against this vhost; returns (exit code, stdout, stderr).
+    pub fn burrow(&self, args: &[&str]) -> (i32, String, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_burrow"))
+            .args(args)
+            .envs(self.env())
+            .output()
+            .expect("running burrow");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// A management API client acting as the configured (administrator) user.
+    pub fn management(&self) -> burrow::management::Management {
+        burrow::management::Management::new(&self.settings.management, &self.settings.amqp)
+            .expect("management client")
+    }
+
+    /// DELETE a management API path, e.g. `/api/queues/{vhost}/orders.dead`.
+    pub async fn api_delete(&self, path: &str) {
+        let path = path.replace("{vhost}", &encode_vhost(&self.name));
+        self.http
+            .delete(format!("{}{}", self.api, path))
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .unwrap_or_else(|e| panic!("DELETE {path}: {e}"));
+    }
+
+    /// Publishes `messages` (exchange, routing key, body, properties) confirmed.
+    pub async fn publish_messages(&self, messages: Vec<burrow::publisher::Outgoing>) {
+        use burrow::publisher::{BulkPublisher, Fate};
+        let pool = burrow::broker::pool(&self.settings.amqp, "test publisher").expect("pool");
+        let mut confirmed = 0usize;
+        let mut total = 0usize;
+        BulkPublisher::new(pool, self.settings.amqp.clone(), 256, None)
+            .run(messages, |_, fate| {
+                total += 1;
+                if *fate == Fate::Confirmed {
+                    confirmed += 1;
+                }
+            })
+            .await
+            .expect("publish");
+        assert_eq!(confirmed, total, "every test publish is confirmed");
+    }
+
     /// Messages ready in `queue` (not counting unacked ones).
     pub async fn ready(&self, queue: &str) -> u32 {
         let conn = self.connect().await;
@@ -386,4 +436,33 @@ pub fn order_body(sku: &str) -> (String, Vec<u8>) {
         "currency": "EUR", "placed_at": "2026-11-28T05:00:00Z"
     });
     (id, order.to_string().into_bytes())
+}
+
+/// A dead letter as the worker makes one: an order body published to `orders.dlx` with the
+/// reason, attempts, source queue and time of failure.
+pub fn dead_letter(reason: &str, attempts: i64) -> (String, burrow::publisher::Outgoing) {
+    use burrow::message::{
+        string_value, HEADER_ATTEMPTS, HEADER_ERROR, HEADER_FAILED_AT, HEADER_SOURCE_QUEUE,
+    };
+    use lapin::types::{AMQPValue, FieldTable};
+    let (id, body) = order_body("SKU-1");
+    let mut headers = FieldTable::default();
+    headers.insert(HEADER_ERROR.into(), string_value(reason));
+    headers.insert(HEADER_ATTEMPTS.into(), AMQPValue::LongLongInt(attempts));
+    headers.insert(
+        HEADER_SOURCE_QUEUE.into(),
+        string_value("orders.fulfillment"),
+    );
+    headers.insert(
+        HEADER_FAILED_AT.into(),
+        string_value(&chrono::Utc::now().to_rfc3339()),
+    );
+    let msg = burrow::publisher::Outgoing {
+        exchange: "orders.dlx".into(),
+        routing_key: "order.placed".into(),
+        body,
+        properties: burrow::message::properties("order", &id).with_headers(headers),
+        label: 0,
+    };
+    (id, msg)
 }

@@ -4,8 +4,13 @@
 mod activity;
 mod cli;
 mod compose;
+mod dlq;
 mod helpers;
+mod observability;
 mod pipeline;
+mod postgres;
 mod recommendations;
+mod security;
 mod services;
+mod status;
 mod topology;

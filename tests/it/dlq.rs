@@ -1,0 +1,197 @@
+//! `burrow dlq list|show|replay|purge` against the real broker: reading leaves every message in
+//! place, replay moves messages back to their source queue with clean headers, purge needs
+//! `--yes`, and a replay killed half-way loses nothing.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use burrow::dlq::HEADER_REPLAYED;
+use burrow::message::{header_str, header_u32, HEADER_ATTEMPTS, HEADER_ERROR};
+
+use crate::helpers::{dead_letter, wait_for, TestVhost};
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// Three dead letters: two carrier failures and one invalid order. Returns their ids.
+async fn three_dead_letters(t: &TestVhost) -> (Vec<String>, String) {
+    let a = dead_letter("still failing after 4 attempts: simulated timeout", 4);
+    let b = dead_letter("still failing after 4 attempts: simulated timeout", 4);
+    let c = dead_letter(
+        "invalid field `items[0].quantity`: must be 1..=1000, got 0",
+        1,
+    );
+    let ids = vec![a.0.clone(), b.0.clone()];
+    let invalid = c.0.clone();
+    t.publish_messages(vec![a.1, b.1, c.1]).await;
+    (ids, invalid)
+}
+
+fn ids_of(messages: &[lapin::message::BasicGetMessage]) -> HashSet<String> {
+    messages
+        .iter()
+        .filter_map(|m| m.delivery.properties.message_id().as_ref())
+        .map(|s| s.as_str().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn list_shows_id_source_reason_attempts_and_age_and_removes_nothing() {
+    let t = TestVhost::new("dlq-list").await.with_fast_topology().await;
+    let (carrier, invalid) = three_dead_letters(&t).await;
+    for _ in 0..2 {
+        let (code, out, err) = t.burrow(&["dlq", "list"]);
+        assert_eq!(code, 0, "{err}");
+        for id in carrier.iter().chain([&invalid]) {
+            assert!(out.contains(id.as_str()), "{id} listed: {out}");
+        }
+        assert!(out.contains("orders.fulfillment"), "{out}");
+        assert!(out.contains("simulated timeout"), "{out}");
+        assert!(out.contains("items[0].quantity"), "{out}");
+        assert!(out.contains("3 dead letter(s) shown"), "{out}");
+        assert_eq!(t.ready("orders.dead").await, 3, "list leaves them");
+    }
+    let (code, out, _) = t.burrow(&["dlq", "list", "--limit", "1"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("1 dead letter(s) shown"), "{out}");
+    assert_eq!(t.ready("orders.dead").await, 3);
+    // Another queue, e.g. the activity services' dead letters.
+    let (code, out, _) = t.burrow(&["dlq", "--queue", "activity.dead", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("0 dead letter(s) shown"), "{out}");
+}
+
+#[tokio::test]
+async fn show_prints_headers_and_pretty_json_body_or_raw_text() {
+    let t = TestVhost::new("dlq-show").await.with_fast_topology().await;
+    let (carrier, _) = three_dead_letters(&t).await;
+    let mut raw = dead_letter("malformed JSON: expected value at line 1 column 1", 1);
+    raw.1.body = b"this is not json".to_vec();
+    t.publish_messages(vec![raw.1]).await;
+
+    let (code, out, err) = t.burrow(&["dlq", "show", &carrier[0]]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("message_id       {}", carrier[0])),
+        "{out}"
+    );
+    assert!(
+        out.contains("x-burrow-error: still failing after 4 attempts"),
+        "{out}"
+    );
+    assert!(out.contains("x-burrow-attempts: 4"), "{out}");
+    assert!(
+        out.contains("x-burrow-source-queue: orders.fulfillment"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("  \"order_id\": \"{}\"", carrier[0])),
+        "body pretty-printed: {out}"
+    );
+
+    let (code, out, _) = t.burrow(&["dlq", "show", &raw.0]);
+    assert_eq!(code, 0);
+    assert!(out.contains("body:\nthis is not json"), "{out}");
+
+    let (code, _, err) = t.burrow(&["dlq", "show", "ord_nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no message with id 'ord_nope'"), "{err}");
+    assert_eq!(t.ready("orders.dead").await, 4, "show leaves them");
+}
+
+#[tokio::test]
+async fn replay_moves_matching_dead_letters_back_with_clean_headers() {
+    let t = TestVhost::new("dlq-replay")
+        .await
+        .with_fast_topology()
+        .await;
+    let (carrier, invalid) = three_dead_letters(&t).await;
+
+    let (code, out, err) = t.burrow(&["dlq", "replay", "--filter", "TIMEOUT", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("would replay 2 of 3"), "{out}");
+    assert_eq!(t.ready("orders.dead").await, 3);
+    assert_eq!(t.ready("orders.fulfillment").await, 0);
+
+    let (code, out, err) = t.burrow(&["dlq", "replay", "--filter", "timeout"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("replayed 2 of 3"), "{out}");
+    assert!(out.contains("1 not matching left"), "{out}");
+
+    let replayed = t.drain("orders.fulfillment").await;
+    assert_eq!(ids_of(&replayed), carrier.iter().cloned().collect());
+    for m in &replayed {
+        let h = m.delivery.properties.headers().as_ref();
+        assert_eq!(header_u32(h, HEADER_ATTEMPTS), Some(0));
+        assert_eq!(header_u32(h, HEADER_REPLAYED), Some(1));
+        assert_eq!(header_str(h, HEADER_ERROR), None);
+        assert_eq!(m.delivery.properties.delivery_mode(), &Some(2));
+    }
+    let left = t.drain("orders.dead").await;
+    assert_eq!(ids_of(&left), HashSet::from([invalid]));
+}
+
+#[tokio::test]
+async fn purge_refuses_without_yes_and_deletes_only_matching_with_it() {
+    let t = TestVhost::new("dlq-purge").await.with_fast_topology().await;
+    let (carrier, _) = three_dead_letters(&t).await;
+
+    let (code, _, err) = t.burrow(&["dlq", "purge"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("add --yes to confirm"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert_eq!(t.ready("orders.dead").await, 3);
+
+    let (code, out, err) = t.burrow(&["dlq", "purge", "--filter", "items[0]", "--yes"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("purged 1 of 3"), "{out}");
+    let left = t.drain("orders.dead").await;
+    assert_eq!(ids_of(&left), carrier.into_iter().collect());
+}
+
+#[tokio::test]
+async fn replay_killed_half_way_loses_no_message() {
+    let t = TestVhost::new("dlq-kill").await.with_fast_topology().await;
+    let letters: Vec<_> = (0..2000)
+        .map(|_| dead_letter("still failing after 4 attempts: simulated timeout", 4))
+        .collect();
+    let ids: HashSet<String> = letters.iter().map(|(id, _)| id.clone()).collect();
+    t.publish_messages(letters.into_iter().map(|(_, m)| m).collect())
+        .await;
+    assert_eq!(t.ready("orders.dead").await, 2000);
+
+    // 500 per second: about four seconds for all, killed after a few hundred.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_burrow"))
+        .args(["dlq", "replay", "--rate", "500"])
+        .envs(t.env())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn replay");
+    wait_for("some replayed", LONG, || async {
+        (t.ready("orders.fulfillment").await >= 300).then_some(())
+    })
+    .await;
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+
+    // Held messages return to orders.dead when the broker sees the connection die.
+    let (moved, dead) = wait_for("every message back in a queue", LONG, || async {
+        let moved = t.ready("orders.fulfillment").await;
+        let dead = t.ready("orders.dead").await;
+        (moved + dead >= 2000).then_some((moved, dead))
+    })
+    .await;
+    assert!(
+        (300..2000).contains(&moved),
+        "killed half-way: {moved} moved, {dead} left"
+    );
+    let mut seen = ids_of(&t.drain("orders.fulfillment").await);
+    seen.extend(ids_of(&t.drain("orders.dead").await));
+    let lost: Vec<_> = ids.difference(&seen).collect();
+    assert!(
+        lost.is_empty(),
+        "{} lost, e.g. {:?}",
+        lost.len(),
+        lost.first()
+    );
+}

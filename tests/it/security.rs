@@ -1,0 +1,226 @@
+//! Least privilege: the users of `topology/shop.toml`, created in a test vhost, may do what
+//! their program needs and nothing else; a wrong login is refused with one clear line.
+
+use std::time::Duration;
+
+use burrow::publisher::{self, Fate, Outgoing};
+use burrow::settings::SecretUrl;
+use burrow::topology::{Topology, UserDefinition};
+use lapin::options::{BasicConsumeOptions, BasicGetOptions};
+
+use crate::helpers::{order_body, wait_for, TestVhost};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// The topology's users under unique names (users are broker-wide), deleted on drop.
+struct TestUsers {
+    users: Vec<UserDefinition>,
+    management: burrow::management::Management,
+}
+
+impl TestUsers {
+    async fn create(t: &TestVhost) -> Self {
+        let topology = Topology::load(&t.settings.topology).expect("topology");
+        let suffix = t.name.rsplit('-').next().expect("suffix").to_owned();
+        let users: Vec<UserDefinition> = topology
+            .users
+            .into_iter()
+            .map(|mut u| {
+                u.name = format!("{}-{suffix}", u.name);
+                u
+            })
+            .collect();
+        let management = t.management();
+        let created = burrow::topology::users::apply(&management, &t.name, &users)
+            .await
+            .expect("creating users");
+        assert!(
+            !created.iter().any(|n| n.starts_with("guest")),
+            "export-only users are not created: {created:?}"
+        );
+        Self { users, management }
+    }
+
+    /// The AMQP URL of `program`'s user (e.g. `burrow-fulfillment`) on the test vhost.
+    fn url(&self, t: &TestVhost, program: &str) -> SecretUrl {
+        let user = self
+            .users
+            .iter()
+            .find(|u| u.name.starts_with(&format!("{program}-")))
+            .expect("user in topology");
+        let mut url = url::Url::parse(t.amqp_url().expose()).expect("url");
+        url.set_username(&user.name).expect("user");
+        url.set_password(Some(user.password.expose()))
+            .expect("password");
+        SecretUrl::new(url.to_string())
+    }
+}
+
+impl Drop for TestUsers {
+    fn drop(&mut self) {
+        let names: Vec<String> = self.users.iter().map(|u| u.name.clone()).collect();
+        let management = self.management.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(async {
+                    for n in names {
+                        let _ = management.delete_user(&n).await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+async fn connect_as(t: &TestVhost, url: SecretUrl) -> lapin::Connection {
+    let mut amqp = t.settings.amqp.clone();
+    amqp.url = url;
+    burrow::broker::connect(&amqp, "security test")
+        .await
+        .expect("the user may log in to the vhost")
+}
+
+fn message(exchange: &str, routing_key: &str) -> Outgoing {
+    let (id, body) = order_body("SKU-1");
+    Outgoing {
+        exchange: exchange.into(),
+        routing_key: routing_key.into(),
+        body,
+        properties: burrow::message::properties("order", &id),
+        label: 0,
+    }
+}
+
+async fn publish(conn: &lapin::Connection, exchange: &str, routing_key: &str) -> String {
+    let ch = publisher::confirm_channel(conn).await.expect("channel");
+    match publisher::publish_one(&ch, &message(exchange, routing_key), LONG).await {
+        Ok(fate) => format!("{fate:?}"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[tokio::test]
+async fn fulfillment_worker_may_not_publish_orders_nor_read_other_queues() {
+    let t = TestVhost::new("sec-worker")
+        .await
+        .with_fast_topology()
+        .await;
+    let users = TestUsers::create(&t).await;
+    let conn = connect_as(&t, users.url(&t, "burrow-fulfillment")).await;
+
+    let refused = publish(&conn, "orders", "order.placed").await;
+    assert!(
+        refused.contains("ACCESS_REFUSED"),
+        "publish to orders: {refused}"
+    );
+
+    let ch = conn.create_channel().await.expect("channel");
+    let e = ch
+        .basic_consume(
+            "activity.analytics".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            Default::default(),
+        )
+        .await
+        .expect_err("consuming another service's queue is refused");
+    assert!(format!("{e}").contains("ACCESS_REFUSED"), "{e}");
+
+    // What the worker needs: its queue, retries through the default exchange (`amq.default`),
+    // dead letters and order.fulfilled.
+    let ch = conn.create_channel().await.expect("channel");
+    ch.basic_get(
+        "orders.fulfillment".into(),
+        BasicGetOptions { no_ack: true },
+    )
+    .await
+    .expect("reading its own queue");
+    for (exchange, key) in [
+        ("", "orders.fulfillment.retry.1s"),
+        ("orders.dlx", "order.placed"),
+        ("activity", "order.fulfilled"),
+    ] {
+        assert_eq!(
+            publish(&conn, exchange, key).await,
+            format!("{:?}", Fate::Confirmed),
+            "publish to '{exchange}'"
+        );
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
+
+#[tokio::test]
+async fn least_privilege_worker_and_producer_fulfil_an_order_end_to_end() {
+    let t = TestVhost::new("sec-e2e").await.with_fast_topology().await;
+    let users = TestUsers::create(&t).await;
+    let worker_url = users.url(&t, "burrow-fulfillment");
+    let producer_url = users.url(&t, "burrow-producer");
+
+    // The worker re-declares the topology on connect without configure permission.
+    let _w = t.spawn_worker("fulfillment", &[], &[("AMQP_URL", worker_url.expose())]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_producer"))
+        .args([
+            "order",
+            "--customer",
+            "cus_42",
+            "--email",
+            "ann@example.com",
+            "--item",
+            "SKU-1:2:1999",
+        ])
+        .envs(t.env())
+        .env("AMQP_URL", producer_url.expose())
+        .output()
+        .expect("producer");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "producer user may publish orders: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let order_id = stdout.trim().to_owned();
+    assert!(order_id.starts_with("ord_"), "{stdout}");
+    wait_for("the order fulfilled", LONG, || async {
+        t.fulfilled_ids().contains(&order_id).then_some(())
+    })
+    .await;
+
+    // The producer may not read anything.
+    let conn = connect_as(&t, producer_url).await;
+    let ch = conn.create_channel().await.expect("channel");
+    let e = ch
+        .basic_get(
+            "orders.fulfillment".into(),
+            BasicGetOptions { no_ack: true },
+        )
+        .await
+        .expect_err("producer cannot read");
+    assert!(format!("{e}").contains("ACCESS_REFUSED"), "{e}");
+}
+
+#[tokio::test]
+async fn wrong_credentials_are_refused_in_one_line_without_the_password() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_producer"))
+        .args([
+            "order",
+            "--customer",
+            "cus_42",
+            "--email",
+            "ann@example.com",
+            "--item",
+            "SKU-1:2:1999",
+        ])
+        .env("AMQP_URL", "amqp://nobody:wrong-s3cret@127.0.0.1:5672/%2f")
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("producer");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("refused"), "{err}");
+    assert!(!err.contains("wrong-s3cret"), "{err}");
+}
