@@ -134,7 +134,7 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
                 .all(|(k, v)| label_text.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
             all.then(|| value.parse::<f64>().ok()).flatten()
         })
-        .sum()
+        .fold(0.0, |a, b| a + b)
 }
 
 #[cfg(test)]

@@ -188,7 +188,7 @@ async fn settle(
             report.unchanged.push(entity);
         }
         Ok(()) => {
-            info!(%entity, "created");
+            debug!(%entity, "created");
             report.created.push(entity);
         }
         Err(e) => match reply(&e) {
