@@ -383,10 +383,14 @@ async fn panicking_and_process_killing_orders_are_dead_lettered() {
             }
         })
         .await;
-        if dead_now {
+        if dead_now && w.running() {
             break w;
         }
         crashes += 1;
+        if dead_now {
+            // It died on its way out: the dead letter came with this crash.
+            break shop.spawn_worker(0, &[], &env);
+        }
         assert!(
             crashes < 20,
             "still not dead-lettered after {crashes} crashes"
@@ -494,13 +498,45 @@ async fn conflicting_queue_is_reported_as_drift_and_the_worker_keeps_running() {
     assert!(stderr.contains("refused"), "{stderr}");
     assert!(!stderr.contains("wrong"), "no password in errors: {stderr}");
 
+    // The queue is deleted under the worker: the broker cancels its consumer; the worker says so,
+    // reconnects, re-declares the topology (now as the file says) and consumes again.
+    {
+        let conn = burrow::broker::connect(&shop.amqp, "fault test")
+            .await
+            .expect("connect");
+        let ch = conn.create_channel().await.expect("channel");
+        ch.queue_delete("orders.fulfillment".into(), Default::default())
+            .await
+            .expect("delete orders.fulfillment");
+        let _ = conn.close(200, "done".into()).await;
+    }
+    let started = Instant::now();
+    wait_for("the worker to consume again", LONG, || async {
+        (reconnects(&http).await >= 1).then_some(())
+    })
+    .await;
+    let recovery = started.elapsed();
+    assert!(
+        w.stderr().contains("cancelled the consumer"),
+        "{}",
+        w.stderr()
+    );
+    let more: Vec<_> = (0..50).map(|_| order("SKU-1")).collect();
+    let published = published + more.len();
+    let mut confirmed = confirmed;
+    confirmed.extend(shop.publish(more).await);
+    shop.wait_fulfilled(confirmed.len() as u64).await;
+    assert!(w.running());
+    let (code, text) = shop.apply_topology();
+    assert_eq!(code, 0, "the re-declared queue matches the file: {text}");
+
     let t = settle_accounts(
         "7-topology-drift",
         &shop,
         published,
         &confirmed,
         &ids_of(&dead),
-        None,
+        Some(recovery),
     );
     assert_eq!(t.fulfilled as usize, confirmed.len());
 }
