@@ -1,10 +1,20 @@
 //! The broker connection: a deadpool-lapin pool with heartbeats, a connection name that shows in
-//! the management UI, and errors that say in one line what is wrong without leaking the password.
+//! the management UI, failover to the other nodes of a cluster, and errors that say in one line
+//! what is wrong without leaking the password.
+//!
+//! Failover: `AmqpSettings::failover_urls` (`AMQP_FAILOVER_URLS`) names other nodes. Every
+//! connection attempt tries `url` first, then each failover URL in order, so a client moves to a
+//! surviving node when its node dies and back to the primary once that is up again. The callers'
+//! pool (`deadpool_lapin::Pool`) has one URL; the failover URLs get pools of their own, kept in
+//! this module and made on first use.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use deadpool_lapin::{Pool, Runtime};
 use lapin::{ConnectionProperties, ErrorKind};
+use tracing::info;
 
 use crate::settings::{AmqpSettings, SecretUrl};
 
@@ -78,10 +88,10 @@ pub fn connection_name(role: &str) -> String {
     format!("burrow {role}@{host}#{}", std::process::id())
 }
 
-/// The URL lapin connects to: the configured one with heartbeat and frame size added, unless the
-/// URL already sets them.
-fn connect_url(settings: &AmqpSettings) -> String {
-    let raw = settings.url.expose();
+/// The URL lapin connects to for `url`: with heartbeat and frame size added, unless the URL
+/// already sets them.
+fn connect_url_for(settings: &AmqpSettings, url: &SecretUrl) -> String {
+    let raw = url.expose();
     let mut url = match url::Url::parse(raw) {
         Ok(u) => u,
         Err(_) => return raw.to_owned(),
@@ -106,9 +116,16 @@ fn connect_url(settings: &AmqpSettings) -> String {
 /// # Errors
 /// Only a malformed configuration; an unreachable broker shows on first use.
 pub fn pool(settings: &AmqpSettings, role: &str) -> anyhow::Result<Pool> {
+    *failover_role()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = role.to_owned();
+    pool_for(settings, &settings.url, role)
+}
+
+fn pool_for(settings: &AmqpSettings, url: &SecretUrl, role: &str) -> anyhow::Result<Pool> {
     let name = connection_name(role);
     let config = deadpool_lapin::Config {
-        url: Some(connect_url(settings)),
+        url: Some(connect_url_for(settings, url)),
         pool: Some(deadpool_lapin::PoolConfig::new(4)),
     };
     let pool = config
@@ -121,46 +138,112 @@ pub fn pool(settings: &AmqpSettings, role: &str) -> anyhow::Result<Pool> {
     Ok(pool)
 }
 
-/// Takes a live connection from the pool.
+/// The role of the last [`pool`] built, used to name failover connections.
+fn failover_role() -> &'static Mutex<String> {
+    static ROLE: OnceLock<Mutex<String>> = OnceLock::new();
+    ROLE.get_or_init(|| Mutex::new("client".to_owned()))
+}
+
+/// The pool of a failover URL, made on first use and kept for the life of the process.
+fn failover_pool(settings: &AmqpSettings, url: &SecretUrl) -> Result<Pool, BrokerError> {
+    static POOLS: OnceLock<Mutex<HashMap<String, Pool>>> = OnceLock::new();
+    let mut pools = POOLS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some(p) = pools.get(url.expose()) {
+        return Ok(p.clone());
+    }
+    let role = failover_role()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let p = pool_for(settings, url, &role).map_err(|e| BrokerError::Unreachable {
+        url: url.redacted(),
+        reason: crate::settings::redact_url(&e.to_string()),
+    })?;
+    pools.insert(url.expose().to_owned(), p.clone());
+    Ok(p)
+}
+
+/// Takes a live connection from the pool, or, when its node cannot be reached, from the first
+/// failover node that can (see the module documentation).
 ///
 /// # Errors
-/// [`BrokerError`] when the broker cannot be reached or refuses the login.
+/// [`BrokerError`] when no node can be reached, or one refuses the login.
 pub async fn connection(
     pool: &Pool,
     settings: &AmqpSettings,
 ) -> Result<deadpool_lapin::Connection, BrokerError> {
+    let mut last = match pooled(pool, settings, &settings.url).await {
+        Err(e) if e.is_transient() => e,
+        other => return other,
+    };
+    for url in &settings.failover_urls {
+        let failover = failover_pool(settings, url)?;
+        match pooled(&failover, settings, url).await {
+            Ok(conn) => {
+                info!(url = %url, unreachable = %last, "connected to a failover node");
+                return Ok(conn);
+            }
+            Err(e) if e.is_transient() => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+async fn pooled(
+    pool: &Pool,
+    settings: &AmqpSettings,
+    url: &SecretUrl,
+) -> Result<deadpool_lapin::Connection, BrokerError> {
     match pool.get().await {
         Ok(conn) => Ok(conn),
-        Err(deadpool_lapin::PoolError::Backend(e)) => {
-            Err(BrokerError::from_lapin(&settings.url, &e))
-        }
+        Err(deadpool_lapin::PoolError::Backend(e)) => Err(BrokerError::from_lapin(url, &e)),
         Err(deadpool_lapin::PoolError::Timeout(_)) => Err(BrokerError::Unreachable {
-            url: settings.url.redacted(),
-            reason: "timed out".into(),
+            url: url.redacted(),
+            reason: format!("timed out after {} ms", settings.connect_timeout_ms),
         }),
         Err(other) => Err(BrokerError::Unreachable {
-            url: settings.url.redacted(),
+            url: url.redacted(),
             reason: crate::settings::redact_url(&other.to_string()),
         }),
     }
 }
 
-/// Connects once, outside a pool (for short-lived tools).
+/// Connects once, outside a pool (for short-lived tools), to `url` or else the first failover
+/// node that answers.
 ///
 /// # Errors
-/// [`BrokerError`] when the broker cannot be reached or refuses the login.
+/// [`BrokerError`] when no node can be reached, or one refuses the login.
 pub async fn connect(
     settings: &AmqpSettings,
     role: &str,
 ) -> Result<lapin::Connection, BrokerError> {
+    let mut last = None;
+    for url in settings.urls() {
+        match connect_to(settings, url, role).await {
+            Err(e) if e.is_transient() => last = Some(e),
+            other => return other,
+        }
+    }
+    Err(last.expect("urls() yields at least `url`"))
+}
+
+async fn connect_to(
+    settings: &AmqpSettings,
+    url: &SecretUrl,
+    role: &str,
+) -> Result<lapin::Connection, BrokerError> {
     let props = ConnectionProperties::default().with_connection_name(connection_name(role).into());
-    let url = connect_url(settings);
-    let attempt = lapin::Connection::connect(&url, props);
+    let target = connect_url_for(settings, url);
+    let attempt = lapin::Connection::connect(&target, props);
     match tokio::time::timeout(Duration::from_millis(settings.connect_timeout_ms), attempt).await {
         Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(e)) => Err(BrokerError::from_lapin(&settings.url, &e)),
+        Ok(Err(e)) => Err(BrokerError::from_lapin(url, &e)),
         Err(_) => Err(BrokerError::Unreachable {
-            url: settings.url.redacted(),
+            url: url.redacted(),
             reason: "timed out".into(),
         }),
     }
@@ -184,8 +267,9 @@ mod tests {
             heartbeat_secs: 30,
             frame_max: 131072,
             connect_timeout_ms: 100,
+            failover_urls: Vec::new(),
         };
-        let url = connect_url(&s);
+        let url = connect_url_for(&s, &s.url);
         assert!(url.contains("heartbeat=5"));
         assert!(!url.contains("heartbeat=30"));
         assert!(url.contains("frame_max=131072"));

@@ -450,6 +450,7 @@ mod tests {
             heartbeat_secs: 30,
             frame_max: 131072,
             connect_timeout_ms: 1000,
+            failover_urls: Vec::new(),
         }
     }
 

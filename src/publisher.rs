@@ -108,27 +108,57 @@ pub async fn publish_one(
 /// What a bulk publish did beyond the per-message fates.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct BulkReport {
-    /// Messages sent again after their channel or connection died before the confirm.
+    /// Messages sent again after their channel or connection died, or their confirm did not
+    /// come in time, before the confirm (each may now exist twice; consumers are idempotent).
     pub resent: u64,
-    /// Connections (re)established.
+    /// Nacked messages sent again on a fresh channel (see [`BulkPublisher`]).
+    pub nack_resends: u64,
+    /// Connections or channels (re)established.
     pub connections: u64,
 }
+
+/// How often a nacked message is sent again on a fresh channel before it counts as nacked.
+pub const NACK_RESENDS: u32 = 3;
 
 /// Publishes a sequence through a window of pipelined confirms, reconnecting with back-off and
 /// re-sending unconfirmed messages when the connection dies (duplicates are possible; consumers
 /// are idempotent).
+///
+/// Failure handling, per message:
+/// - channel or connection lost, or no confirm within the confirm timeout → re-sent (counted in
+///   [`BulkReport::resent`]) on a new channel, from a new connection if need be (the pool drops
+///   dead ones; failover URLs are tried in order), after the old channel's confirms settled;
+/// - nacked → the channel is replaced and the message re-sent, up to [`NACK_RESENDS`] times with a
+///   pause that grows each time (a quorum queue that just lost its leader nacks until a new
+///   one is elected; a full queue with `x-overflow=reject-publish` may have drained). Only
+///   then is it reported as [`Fate::Nacked`];
+/// - returned (unroutable) → reported at once: re-sending cannot route it.
+///
+/// While the broker blocks the connection (memory or disk alarm) publishes wait; one log line says
+/// so and another when it clears (see [`watch_blocked`]).
 pub struct BulkPublisher {
     pool: deadpool_lapin::Pool,
     settings: AmqpSettings,
     window: usize,
     rate: Option<f64>,
+    confirm_timeout: Duration,
 }
 
-type Pending = Pin<Box<dyn Future<Output = (Outgoing, Result<Fate, lapin::Error>)> + Send>>;
+struct Tracked {
+    msg: Outgoing,
+    nacks: u32,
+}
+
+enum Settled {
+    Fate(Fate),
+    Lost(String),
+}
+
+type Pending = Pin<Box<dyn Future<Output = (Tracked, Settled)> + Send>>;
 
 impl BulkPublisher {
     /// A publisher drawing connections from `pool`, with `window` unconfirmed messages at most
-    /// and an optional rate limit in messages per second.
+    /// and an optional rate limit in messages per second. A confirm is awaited 30 s by default.
     pub fn new(
         pool: deadpool_lapin::Pool,
         settings: AmqpSettings,
@@ -140,7 +170,15 @@ impl BulkPublisher {
             settings,
             window: window.max(1),
             rate: rate.filter(|r| *r > 0.0),
+            confirm_timeout: Duration::from_secs(30),
         }
+    }
+
+    /// How long to wait for one confirm before re-sending the message on a new channel.
+    #[must_use]
+    pub fn confirm_timeout(mut self, timeout: Duration) -> Self {
+        self.confirm_timeout = timeout;
+        self
     }
 
     /// Publishes every message of `messages`, calling `on_fate` once per message as its confirm
@@ -154,7 +192,7 @@ impl BulkPublisher {
         F: FnMut(&Outgoing, &Fate),
     {
         let mut input = messages.into_iter();
-        let mut retry: VecDeque<Outgoing> = VecDeque::new();
+        let mut retry: VecDeque<Tracked> = VecDeque::new();
         let mut inflight: FuturesUnordered<Pending> = FuturesUnordered::new();
         let mut channel: Option<Channel> = None;
         let mut report = BulkReport::default();
@@ -164,18 +202,22 @@ impl BulkPublisher {
             i
         });
         let blocked = Arc::new(AtomicBool::new(false));
+        // Pauses between channel replacements that follow failures (not the first connect).
+        let mut failures = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let mut pause = false;
+        let mut retired: Vec<Channel> = Vec::new();
         let mut exhausted = false;
         loop {
             while inflight.len() < self.window {
-                let msg = match retry.pop_front() {
-                    Some(m) => m,
+                let tracked = match retry.pop_front() {
+                    Some(t) => t,
                     None if exhausted => break,
                     None => match input.next() {
-                        Some(m) => {
+                        Some(msg) => {
                             if let Some(p) = pacer.as_mut() {
                                 p.tick().await;
                             }
-                            m
+                            Tracked { msg, nacks: 0 }
                         }
                         None => {
                             exhausted = true;
@@ -185,32 +227,72 @@ impl BulkPublisher {
                 };
                 if channel.as_ref().is_none_or(|c| !c.status().connected()) {
                     if !inflight.is_empty() {
-                        // Let the old channel's confirms drain first; they will fail or land.
-                        retry.push_front(msg);
+                        // Let the old channel's confirms settle first; they fail, time out or land.
+                        retry.push_front(tracked);
                         break;
+                    }
+                    retired.extend(channel.take());
+                    for old in retired.drain(..) {
+                        let _ = old.close(200, "replaced".into()).await;
+                    }
+                    if std::mem::take(&mut pause) {
+                        let delay = failures.next_delay();
+                        info!(
+                            attempt = failures.attempts(),
+                            ?delay,
+                            "publisher replacing its channel"
+                        );
+                        tokio::time::sleep(delay).await;
                     }
                     channel = Some(self.reconnect(&mut report, &blocked).await?);
                 }
                 let ch = channel.as_ref().expect("channel set above");
-                match send(ch, &msg).await {
-                    Ok(confirm) => inflight.push(Box::pin(async move { (msg, confirm.await) })),
+                match send(ch, &tracked.msg).await {
+                    Ok(confirm) => {
+                        let timeout = self.confirm_timeout;
+                        inflight.push(Box::pin(async move {
+                            let settled = match tokio::time::timeout(timeout, confirm).await {
+                                Ok(Ok(fate)) => Settled::Fate(fate),
+                                Ok(Err(e)) => Settled::Lost(e.to_string()),
+                                Err(_) => Settled::Lost(format!("no confirm within {timeout:?}")),
+                            };
+                            (tracked, settled)
+                        }));
+                    }
                     Err(e) => {
                         warn!(error = %e, "publish failed; will reconnect and re-send");
-                        retry.push_front(msg);
-                        channel = None;
+                        retry.push_front(tracked);
+                        mark_broken(&mut channel, &mut retired, &mut pause);
                         break;
                     }
                 }
             }
             match inflight.next().await {
-                Some((msg, Ok(fate))) => on_fate(&msg, &fate),
-                Some((msg, Err(e))) => {
+                Some((tracked, Settled::Fate(Fate::Nacked))) if tracked.nacks < NACK_RESENDS => {
                     if channel.is_some() {
-                        warn!(error = %e, "connection lost with publishes unconfirmed; re-sending them");
+                        warn!(message_id = ?tracked.msg.properties.message_id(), nacks = tracked.nacks + 1,
+                            "broker nacked a publish; re-sending it on a fresh channel");
                     }
-                    channel = None;
+                    report.nack_resends += 1;
+                    mark_broken(&mut channel, &mut retired, &mut pause);
+                    retry.push_back(Tracked {
+                        nacks: tracked.nacks + 1,
+                        ..tracked
+                    });
+                }
+                Some((tracked, Settled::Fate(fate))) => {
+                    if fate == Fate::Confirmed {
+                        failures.reset();
+                    }
+                    on_fate(&tracked.msg, &fate);
+                }
+                Some((tracked, Settled::Lost(reason))) => {
+                    if channel.is_some() {
+                        warn!(%reason, "publishes unconfirmed (connection lost or confirm timed out); re-sending them");
+                    }
+                    mark_broken(&mut channel, &mut retired, &mut pause);
                     report.resent += 1;
-                    retry.push_back(msg);
+                    retry.push_back(tracked);
                 }
                 None if exhausted && retry.is_empty() => break,
                 None => {}
@@ -241,7 +323,7 @@ impl BulkPublisher {
                 Ok(ch) => {
                     report.connections += 1;
                     if report.connections > 1 {
-                        info!(attempts = backoff.attempts(), "publisher reconnected");
+                        info!(attempts = backoff.attempts() + 1, "publisher reconnected");
                     }
                     return Ok(ch);
                 }
@@ -254,6 +336,13 @@ impl BulkPublisher {
             }
         }
     }
+}
+
+/// Stops using a channel that failed (its outstanding confirms still settle; it is closed before
+/// the next one opens) and asks for a pause before the next one.
+fn mark_broken(channel: &mut Option<Channel>, retired: &mut Vec<Channel>, pause: &mut bool) {
+    retired.extend(channel.take());
+    *pause = true;
 }
 
 /// Logs when the broker blocks or unblocks publishing on `conn` (memory or disk alarm), once per

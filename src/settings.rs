@@ -1,5 +1,6 @@
 //! Typed, layered configuration: built-in defaults, then an optional `burrow.toml`, then
-//! `BURROW__SECTION__KEY` environment variables (plus `AMQP_URL` and `RABBITMQ_MANAGEMENT_URL`).
+//! `BURROW__SECTION__KEY` environment variables (plus `AMQP_URL`, `AMQP_FAILOVER_URLS` and
+//! `RABBITMQ_MANAGEMENT_URL`).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -143,6 +144,18 @@ pub struct AmqpSettings {
     pub frame_max: u32,
     /// How long a connection attempt may take.
     pub connect_timeout_ms: u64,
+    /// Other nodes of the same cluster, tried in order when `url` cannot be reached
+    /// (`AMQP_FAILOVER_URLS`, comma-separated). Each connection attempt starts again at `url`,
+    /// so clients return to the primary node once it is back.
+    #[serde(default)]
+    pub failover_urls: Vec<SecretUrl>,
+}
+
+impl AmqpSettings {
+    /// `url`, then every failover URL, in the order connections try them.
+    pub fn urls(&self) -> impl Iterator<Item = &SecretUrl> {
+        std::iter::once(&self.url).chain(self.failover_urls.iter())
+    }
 }
 
 /// The management HTTP API.
@@ -181,6 +194,10 @@ pub struct CarrierSettings {
     pub always_fail_skus: Vec<String>,
     /// SKUs whose bookings make the handler panic.
     pub panic_skus: Vec<String>,
+    /// SKUs whose bookings abort the whole worker process (fault tests only: a message that
+    /// kills every worker that takes it, until `x-delivery-limit` dead-letters it).
+    #[serde(default)]
+    pub abort_skus: Vec<String>,
 }
 
 /// Where services keep their state.
@@ -265,10 +282,20 @@ impl Settings {
                     .list_separator(",")
                     .with_list_parse_key("carrier.always_fail_skus")
                     .with_list_parse_key("carrier.panic_skus")
+                    .with_list_parse_key("carrier.abort_skus")
                     .try_parsing(true),
             );
         if let Ok(url) = std::env::var("AMQP_URL") {
             builder = builder.set_override("amqp.url", url)?;
+        }
+        if let Ok(urls) = std::env::var("AMQP_FAILOVER_URLS") {
+            let urls: Vec<String> = urls
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect();
+            builder = builder.set_override("amqp.failover_urls", urls)?;
         }
         if let Ok(url) = std::env::var("RABBITMQ_MANAGEMENT_URL") {
             builder = builder.set_override("management.url", url)?;

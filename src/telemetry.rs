@@ -16,9 +16,12 @@ pub enum LogFormat {
 pub fn init(format: LogFormat) {
     // lapin logs every channel the broker closes at ERROR, including the expected 404 of a
     // passive declare (topology apply); the caller gets the same error as a `Result` and reports
-    // it with context, so lapin's channel log is off by default.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,lapin::channel=off,amq_protocol=warn"));
+    // it with context, so lapin's channel log is off by default. Likewise its IO loop's
+    // connection errors: every caller reports a failed or lost connection itself, in one line
+    // (a refused login would otherwise print twice).
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,lapin=warn,lapin::channel=off,lapin::io_loop=off,amq_protocol=warn")
+    });
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -48,6 +48,15 @@ impl Carrier for SimulatedCarrier {
         if let Some(item) = order
             .items
             .iter()
+            .find(|i| self.settings.abort_skus.contains(&i.sku))
+        {
+            // Fault tests: a message that kills the process, not just the handler.
+            tracing::error!(sku = %item.sku, "simulated carrier aborts the process");
+            std::process::abort();
+        }
+        if let Some(item) = order
+            .items
+            .iter()
             .find(|i| self.settings.panic_skus.contains(&i.sku))
         {
             panic!("simulated carrier crashed on SKU {}", item.sku);

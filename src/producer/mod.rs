@@ -285,7 +285,8 @@ pub async fn publish_orders(
         settings.amqp.clone(),
         settings.producer.confirm_window,
         rate,
-    );
+    )
+    .confirm_timeout(Duration::from_millis(settings.producer.confirm_timeout_ms));
     let report = publisher
         .run(messages, |msg, fate| match (msg.label, fate) {
             (LABEL_ORDER, Fate::Confirmed) => {
@@ -299,7 +300,7 @@ pub async fn publish_orders(
         })
         .await?;
     bar.finish_and_clear();
-    tally.resent = report.resent;
+    tally.resent = report.resent + report.nack_resends;
     tally.skipped_lines = skipped.load(std::sync::atomic::Ordering::Relaxed);
     let secs = started.elapsed().as_secs_f64();
     println!(

@@ -279,6 +279,16 @@ impl<H: Handler> Worker<H> {
             let _ = publish_channel.close(200, "shutdown".into()).await;
             let _ = consume_channel.close(200, "shutdown".into()).await;
             let _ = conn.close(200, "shutdown".into()).await;
+        } else if conn.status().connected() {
+            // The connection outlived the session (e.g. the broker cancelled the consumer because
+            // the queue was deleted): close this session's channels so that their unsettled
+            // deliveries go back to the queue now and the pooled connection does not collect
+            // dead channels. In-flight handlers of this session settle nothing.
+            let close = async {
+                let _ = consume_channel.close(200, "session ended".into()).await;
+                let _ = publish_channel.close(200, "session ended".into()).await;
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), close).await;
         }
         Ok(end)
     }
@@ -412,6 +422,9 @@ async fn settle_loop(
             () = stop.cancelled() => rx.try_recv().ok(),
         };
         let Some(first) = first else { break };
+        // Delivery tags belong to their channel: once it is closed nothing is sent (a tag on
+        // another channel would settle some other delivery, or close that channel with 406).
+        dead |= !channel.status().connected();
         let mut next = Some(first);
         while let Some(cmd) = next {
             match cmd {
@@ -420,7 +433,7 @@ async fn settle_loop(
                 Settle::Reject(tag) => {
                     tracker.settled_otherwise(tag);
                     let opts = BasicRejectOptions { requeue: true };
-                    dead |= channel.basic_reject(tag, opts).await.is_err();
+                    dead = dead || channel.basic_reject(tag, opts).await.is_err();
                 }
                 Settle::Release(tag) => {
                     tracker.settled_otherwise(tag);
@@ -428,10 +441,14 @@ async fn settle_loop(
                         multiple: false,
                         requeue: true,
                     };
-                    dead |= channel.basic_nack(tag, opts).await.is_err();
+                    dead = dead || channel.basic_nack(tag, opts).await.is_err();
                 }
             }
             next = rx.try_recv().ok();
+        }
+        if dead {
+            tracker.flush();
+            continue;
         }
         for frame in tracker.flush() {
             let result = match frame {
@@ -446,7 +463,7 @@ async fn settle_loop(
                         .await
                 }
             };
-            dead |= result.is_err();
+            dead = dead || result.is_err();
         }
     }
     // Anything still unsettled (handlers past the grace period) goes back to the queue.
@@ -456,7 +473,7 @@ async fn settle_loop(
             multiple: false,
             requeue: true,
         };
-        dead |= channel.basic_nack(tag, opts).await.is_err();
+        dead = dead || channel.basic_nack(tag, opts).await.is_err();
     }
     if dead {
         debug!("some settlements were not sent: the channel is closed; the broker redelivers them");

@@ -1,0 +1,448 @@
+//! The shop under test, pointed at private nodes: a directory with the fulfillment store and a
+//! fast topology, the real `worker`, `producer` and `burrow` binaries as child processes, an
+//! in-process confirmed publisher, queue inspection, and the end-of-scenario tally.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use burrow::publisher::{BulkPublisher, Fate, Outgoing};
+use burrow::settings::{AmqpSettings, SecretUrl};
+
+/// Scenario deadlines: generous for a slow 2-core machine; conditions end waits early.
+pub const LONG: Duration = Duration::from_secs(180);
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The shop topology with a fast retry ladder (100/200/300 ms); same names and arguments.
+pub fn fast_topology_text() -> String {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/topology/shop.toml"))
+        .expect("reading topology/shop.toml");
+    text.replace("x-message-ttl = 60000", "x-message-ttl = 300")
+        .replace("x-message-ttl = 10000", "x-message-ttl = 200")
+        .replace("x-message-ttl = 1000", "x-message-ttl = 100")
+        .replace("delay = \"60s\"", "delay = \"300ms\"")
+        .replace("delay = \"10s\"", "delay = \"200ms\"")
+        .replace("delay = \"1s\"", "delay = \"100ms\"")
+}
+
+/// One scenario's shop: clients get `urls[0]` and the rest as failover URLs.
+pub struct Shop {
+    pub dir: tempfile::TempDir,
+    pub urls: Vec<String>,
+    pub amqp: AmqpSettings,
+    workers: std::sync::atomic::AtomicU32,
+}
+
+impl Shop {
+    pub fn new(urls: Vec<String>) -> Shop {
+        let dir = tempfile::Builder::new()
+            .prefix("burrow-faults-shop-")
+            .tempdir()
+            .expect("temp dir");
+        std::fs::write(dir.path().join("shop.toml"), fast_topology_text()).expect("topology");
+        let amqp = AmqpSettings {
+            url: SecretUrl::new(urls[0].clone()),
+            heartbeat_secs: 10,
+            frame_max: 131072,
+            connect_timeout_ms: 5000,
+            failover_urls: urls[1..].iter().cloned().map(SecretUrl::new).collect(),
+        };
+        Shop {
+            dir,
+            urls,
+            amqp,
+            workers: Default::default(),
+        }
+    }
+
+    /// The same shop with another order of nodes (a client whose primary is another node).
+    pub fn urls_from(&self, first: usize) -> Vec<String> {
+        let n = self.urls.len();
+        (0..n).map(|i| self.urls[(first + i) % n].clone()).collect()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Environment pointing a burrow binary at the nodes (in the order of `urls`) and this shop.
+    pub fn env_for(&self, urls: &[String]) -> Vec<(String, String)> {
+        vec![
+            ("AMQP_URL".into(), urls[0].clone()),
+            ("AMQP_FAILOVER_URLS".into(), urls[1..].join(",")),
+            (
+                "BURROW__TOPOLOGY".into(),
+                self.path("shop.toml").display().to_string(),
+            ),
+            (
+                "BURROW__STORE__DIR".into(),
+                self.dir.path().display().to_string(),
+            ),
+            (
+                "BURROW__MAIL__OUTBOX".into(),
+                self.path("outbox").display().to_string(),
+            ),
+            ("BURROW__AMQP__HEARTBEAT_SECS".into(), "10".into()),
+            ("BURROW__PRODUCER__CONFIRM_TIMEOUT_MS".into(), "5000".into()),
+            (
+                "RUST_LOG".into(),
+                std::env::var("TEST_LOG").unwrap_or_else(|_| {
+                    "info,lapin=warn,lapin::channel=off,lapin::io_loop=off".into()
+                }),
+            ),
+        ]
+    }
+
+    /// `burrow topology apply`; returns (exit code, stdout + stderr).
+    pub fn apply_topology(&self) -> (i32, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_burrow"))
+            .args(["topology", "apply"])
+            .envs(self.env_for(&self.urls))
+            .output()
+            .expect("burrow topology apply");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    /// `burrow topology apply`, which must succeed without drift.
+    pub fn apply_topology_ok(&self) {
+        let (code, text) = self.apply_topology();
+        assert_eq!(code, 0, "topology apply: {text}");
+    }
+
+    /// Starts `worker fulfillment` with `args` and `env`, primary node `urls[first]`; its log
+    /// goes to `worker-<n>.log` in the shop directory.
+    pub fn spawn_worker(&self, first: usize, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let n = 1 + self
+            .workers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = self.path(&format!("worker-{n}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_worker"));
+        cmd.arg("fulfillment")
+            .args(["--no-events", "--carrier-latency-ms", "1"])
+            .args(args)
+            .envs(self.env_for(&self.urls_from(first)));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Proc::spawn(cmd, log, None)
+    }
+
+    /// Starts `producer orders --file - --no-events` with `lines` on stdin and `args`, primary
+    /// node `urls[first]`; its stdout and stderr go to `producer.out` / `producer.log`.
+    pub fn spawn_producer(&self, first: usize, lines: String, args: &[&str]) -> Proc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_producer"));
+        cmd.args(["orders", "--file", "-", "--no-events"])
+            .args(args)
+            .envs(self.env_for(&self.urls_from(first)));
+        Proc::spawn(cmd, self.path("producer.log"), Some(lines))
+    }
+
+    /// Publishes `(message_id, body)` pairs to `orders` in-process, confirmed; returns the ids
+    /// confirmed.
+    pub async fn publish(&self, bodies: Vec<(String, Vec<u8>)>) -> Vec<String> {
+        let pool = burrow::broker::pool(&self.amqp, "fault test").expect("pool");
+        let msgs = bodies.into_iter().map(|(id, body)| Outgoing {
+            exchange: "orders".into(),
+            routing_key: "order.placed".into(),
+            body,
+            properties: burrow::message::properties("order", &id),
+            label: 0,
+        });
+        let mut confirmed = Vec::new();
+        BulkPublisher::new(pool.clone(), self.amqp.clone(), 256, None)
+            .run(msgs, |msg, fate| {
+                if *fate == Fate::Confirmed {
+                    let id = msg.properties.message_id().as_ref().map(|s| s.to_string());
+                    confirmed.push(id.unwrap_or_default());
+                }
+            })
+            .await
+            .expect("publish");
+        pool.close();
+        confirmed
+    }
+
+    /// Messages ready in `queue`.
+    pub async fn ready(&self, queue: &str) -> u32 {
+        let Ok(conn) = burrow::broker::connect(&self.amqp, "fault test").await else {
+            return 0;
+        };
+        let count = match conn.create_channel().await {
+            Ok(ch) => ch
+                .queue_declare(
+                    queue.into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    Default::default(),
+                )
+                .await
+                .map(|q| q.message_count())
+                .unwrap_or(0),
+            Err(_) => 0,
+        };
+        let _ = conn.close(200, "done".into()).await;
+        count
+    }
+
+    /// Takes every message out of `queue`.
+    pub async fn drain(&self, queue: &str) -> Vec<lapin::message::BasicGetMessage> {
+        let conn = burrow::broker::connect(&self.amqp, "fault test")
+            .await
+            .expect("connect");
+        let ch = conn.create_channel().await.expect("channel");
+        let mut out = Vec::new();
+        while let Some(m) = ch
+            .basic_get(
+                queue.into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .expect("basic.get")
+        {
+            out.push(m);
+        }
+        let _ = conn.close(200, "done".into()).await;
+        out
+    }
+
+    /// (fulfilled, duplicates suppressed) in the store.
+    pub fn store_counts(&self) -> (u64, u64) {
+        let path = self.path("fulfillment.db");
+        if !path.exists() {
+            return (0, 0);
+        }
+        let Ok(conn) = rusqlite::Connection::open(path) else {
+            return (0, 0);
+        };
+        conn.busy_timeout(Duration::from_secs(10)).ok();
+        conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(duplicates),0) FROM fulfillments",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )
+        .unwrap_or((0, 0))
+    }
+
+    /// Every order id in the store.
+    pub fn fulfilled_ids(&self) -> HashSet<String> {
+        let conn = rusqlite::Connection::open(self.path("fulfillment.db")).expect("store");
+        conn.busy_timeout(Duration::from_secs(10)).ok();
+        let mut stmt = conn
+            .prepare("SELECT order_id FROM fulfillments")
+            .expect("query");
+        let ids = stmt
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .map(|r| r.expect("row"))
+            .collect();
+        ids
+    }
+
+    /// Waits until the store holds `n` orders.
+    pub async fn wait_fulfilled(&self, n: u64) {
+        wait_for(&format!("{n} orders fulfilled"), LONG, || async {
+            (self.store_counts().0 >= n).then_some(())
+        })
+        .await;
+    }
+
+    /// How long after now the fulfilled count first grows past its current value.
+    pub async fn time_to_progress(&self) -> Duration {
+        let start = Instant::now();
+        let before = self.store_counts().0;
+        wait_for("fulfilment to resume", LONG, || async {
+            (self.store_counts().0 > before).then_some(())
+        })
+        .await;
+        start.elapsed()
+    }
+}
+
+/// A child process whose output goes to a log file; killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, log: PathBuf, stdin: Option<String>) -> Proc {
+        let err = std::fs::File::create(&log).expect("log file");
+        let out = std::fs::File::create(log.with_extension("out")).expect("out file");
+        cmd.stdout(out).stderr(err).stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        let mut child = cmd.spawn().expect("spawning a burrow binary");
+        if let Some(text) = stdin {
+            let mut input = child.stdin.take().expect("stdin");
+            std::thread::spawn(move || {
+                let _ = input.write_all(text.as_bytes());
+            });
+        }
+        Proc { child, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the exit, up to `timeout`; returns the exit code (`None` for a signal).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let status = wait_for("process to exit", timeout, || {
+            let r = self.child.try_wait().expect("try_wait");
+            async move { r }
+        })
+        .await;
+        status.code()
+    }
+
+    /// Its stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its stdout so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.log.with_extension("out")).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A valid order with a fresh id and `sku`.
+pub fn order(sku: &str) -> (String, Vec<u8>) {
+    let id = burrow::message::new_id("ord");
+    let body = serde_json::json!({
+        "order_id": id, "customer_id": "cus_42", "email": "ann@example.com",
+        "items": [{"sku": sku, "quantity": 2, "unit_price_cents": 1999}],
+        "currency": "EUR", "placed_at": "2026-11-28T05:00:00Z"
+    });
+    (id, body.to_string().into_bytes())
+}
+
+/// `n` valid orders as JSON lines for `producer orders --file -`, with their ids.
+pub fn order_lines(n: usize) -> (Vec<String>, String) {
+    let orders: Vec<_> = (0..n).map(|_| order("SKU-1")).collect();
+    let mut text = String::new();
+    for (_, body) in &orders {
+        text.push_str(std::str::from_utf8(body).expect("utf-8"));
+        text.push('\n');
+    }
+    (orders.into_iter().map(|(id, _)| id).collect(), text)
+}
+
+/// The numbers of one scenario.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub published: usize,
+    pub confirmed: usize,
+    pub fulfilled: u64,
+    pub duplicates: u64,
+    pub dead_lettered: usize,
+    pub lost: usize,
+    pub recovery: Option<Duration>,
+}
+
+/// Checks that every id of `confirmed` is in the store or among `dead` (message ids of
+/// `orders.dead`), fills the tally and prints (and appends to `faults-report.txt`) one line.
+pub fn settle_accounts(
+    scenario: &str,
+    shop: &Shop,
+    published: usize,
+    confirmed: &[String],
+    dead: &HashSet<String>,
+    recovery: Option<Duration>,
+) -> Tally {
+    let fulfilled = shop.fulfilled_ids();
+    let (count, duplicates) = shop.store_counts();
+    let lost: Vec<&String> = confirmed
+        .iter()
+        .filter(|id| !fulfilled.contains(*id) && !dead.contains(*id))
+        .collect();
+    let tally = Tally {
+        published,
+        confirmed: confirmed.len(),
+        fulfilled: count,
+        duplicates,
+        dead_lettered: dead.len(),
+        lost: lost.len(),
+        recovery,
+    };
+    let line = format!(
+        "scenario={scenario} published={} confirmed={} fulfilled={} duplicates_suppressed={} \
+         dead_lettered={} lost={} recovery={}",
+        tally.published,
+        tally.confirmed,
+        tally.fulfilled,
+        tally.duplicates,
+        tally.dead_lettered,
+        tally.lost,
+        tally
+            .recovery
+            .map_or_else(|| "-".to_owned(), |d| format!("{:.1}s", d.as_secs_f64()))
+    );
+    println!("{line}");
+    let report = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("faults-report.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(report)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+    assert!(lost.is_empty(), "{scenario}: lost orders: {lost:?}");
+    tally
+}
+
+/// Message ids of dead letters.
+pub fn ids_of(dead: &[lapin::message::BasicGetMessage]) -> HashSet<String> {
+    dead.iter()
+        .filter_map(|m| m.delivery.properties.message_id().as_ref())
+        .map(|s| s.to_string())
+        .collect()
+}
