@@ -164,8 +164,14 @@ pub async fn run(
         .sum();
     println!();
     println!("== burrow demo summary ==");
-    println!("orders:   {}", order_line.trim().trim_start_matches("orders: "));
-    println!("events:   {}", event_line.trim().trim_start_matches("events: "));
+    println!(
+        "orders:   {}",
+        order_line.trim().trim_start_matches("orders: ")
+    );
+    println!(
+        "events:   {}",
+        event_line.trim().trim_start_matches("events: ")
+    );
     println!(
         "settled:  {fulfilled} fulfilled, {dead} dead-lettered (orders.dead), {retried:.0} retries; all settled {:.1} s after the first publish ({:.0} orders/s end to end)",
         settled_after.as_secs_f64(),
