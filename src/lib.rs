@@ -11,10 +11,12 @@
 //! - [`fulfillment`]: the order fulfillment service (carrier, store, `order.fulfilled`).
 //! - [`producer`]: the order service and other publishers.
 //! - [`service`]: runs one service as a worker process; [`http`] and [`metrics`] serve it.
+//! - [`bench`]: `burrow bench`, burrow against raw lapin in one run.
 //! - [`cli`]: errors as one line and an exit code, shared by the binaries.
 //! - [`telemetry`]: the one tracing setup; [`shutdown`]: SIGINT/SIGTERM.
 
 pub mod backoff;
+pub mod bench;
 pub mod broker;
 pub mod children;
 pub mod cli;
