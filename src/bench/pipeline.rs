@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::ValueEnum;
 
 use super::latency::{stamp, wall_us, Latencies};
-use super::memory::rss;
+use super::memory::{cpu_seconds, rss};
 use super::report::Row;
 use super::runtime::padded_order;
 use super::vhost::BenchVhost;
@@ -323,7 +323,11 @@ async fn measure(
 
     let mut peak: Option<f64> = None;
     let mut others = Vec::new();
+    let mut fulfillment_cpu = 0.0;
     for (s, w) in &fleet.workers {
+        if *s == Service::Fulfillment {
+            fulfillment_cpu += cpu_seconds(w.pid()).unwrap_or(0.0);
+        }
         let Some(m) = rss(w.pid()) else { continue };
         if *s == Service::Fulfillment {
             peak = Some(peak.map_or(m.peak_mib, |p: f64| p.max(m.peak_mib)));
@@ -360,15 +364,24 @@ async fn measure(
         } else {
             format!("+ {}", services.join(", "))
         });
-        let expected_publishes = orders + events_confirmed + orders;
-        if let Some((publishes, deliveries)) = settled_stats(vhost, expected_publishes).await {
-            notes.push(format!(
-                "broker per order: {:.2} publishes, {:.2} deliveries",
-                publishes as f64 / orders.max(1) as f64,
-                deliveries as f64 / orders.max(1) as f64
-            ));
+        // Publishes: orders and order.placed by the bench, order.fulfilled by fulfillment
+        // (one per announced order). Deliveries: every message settled by any worker.
+        let announced = count_announced(&db).unwrap_or(0);
+        let mut deliveries = 0.0;
+        for s in std::iter::once(Service::Fulfillment).chain(activity.iter().copied()) {
+            deliveries += fleet.settled(s).await;
         }
+        let per_order = |x: f64| x / orders.max(1) as f64;
+        notes.push(format!(
+            "per order: {:.2} publishes, {:.2} deliveries",
+            per_order((orders + events_confirmed + announced) as f64),
+            per_order(deliveries)
+        ));
     }
+    notes.push(format!(
+        "fulfillment CPU {:.0} us/order",
+        1e6 * fulfillment_cpu / orders.max(1) as f64
+    ));
     if !others.is_empty() {
         notes.push(format!("peak MiB {}", others.join(", ")));
     }
@@ -388,21 +401,6 @@ async fn measure(
     })
 }
 
-/// Waits (up to 12 s: the broker refreshes statistics every 5 s) until the vhost's statistics
-/// count at least `expected` publishes, and returns `(publishes, deliveries)`.
-async fn settled_stats(vhost: &BenchVhost, expected: u64) -> Option<(u64, u64)> {
-    let deadline = Instant::now() + Duration::from_secs(12);
-    let mut last = None;
-    while Instant::now() < deadline {
-        last = vhost.message_stats().await.ok().flatten();
-        if last.is_some_and(|(p, _)| p >= expected) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    last
-}
-
 fn open_db(db: &Path) -> rusqlite::Result<rusqlite::Connection> {
     let conn = rusqlite::Connection::open_with_flags(
         db,
@@ -416,6 +414,14 @@ fn count_stored(db: &Path) -> rusqlite::Result<u64> {
     open_db(db)?.query_row("SELECT COUNT(*) FROM fulfillments", [], |r| {
         r.get::<_, i64>(0).map(|n| u64::try_from(n).unwrap_or(0))
     })
+}
+
+fn count_announced(db: &Path) -> rusqlite::Result<u64> {
+    open_db(db)?.query_row(
+        "SELECT COALESCE(SUM(announced), 0) FROM fulfillments",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| u64::try_from(n).unwrap_or(0)),
+    )
 }
 
 /// `(order_id, fulfilled_at in µs since the epoch)` of every stored order.

@@ -106,28 +106,6 @@ impl BenchVhost {
         Ok(())
     }
 
-    /// The vhost's cumulative `(publish, deliver_get)` message counts from the management
-    /// API's statistics, which the broker refreshes every few seconds; `None` before the first.
-    ///
-    /// # Errors
-    /// The management API failed.
-    pub async fn message_stats(&self) -> anyhow::Result<Option<(u64, u64)>> {
-        let url = format!("{}/api/vhosts/{}", self.api, encode_vhost(BENCH_VHOST));
-        let v: serde_json::Value = self
-            .http
-            .get(&url)
-            .basic_auth(&self.user, Some(&self.password))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let stats = &v["message_stats"];
-        Ok(stats["publish"]
-            .as_u64()
-            .map(|p| (p, stats["deliver_get"].as_u64().unwrap_or(0))))
-    }
-
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<()> {
         let response = request
             .basic_auth(&self.user, Some(&self.password))
