@@ -31,6 +31,17 @@ fn parse_status(status: &str) -> Option<Rss> {
     })
 }
 
+/// User plus system CPU time used so far by process `pid`, in seconds (from `/proc/PID/stat`).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // /proc reports clock ticks of USER_HZ, which the kernel ABI fixes at 100.
+    Some(ticks / 100.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,15 +58,4 @@ mod tests {
         );
         assert!(rss(std::process::id()).is_some_and(|r| r.peak_mib >= r.now_mib));
     }
-}
-
-/// User plus system CPU time used so far by process `pid`, in seconds (from `/proc/PID/stat`).
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    // /proc reports clock ticks of USER_HZ, which the kernel ABI fixes at 100.
-    Some(ticks / 100.0)
 }
