@@ -20,6 +20,9 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::Channel;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -31,7 +34,7 @@ pub use settle::{Decision, SettlePolicy};
 
 use crate::backoff::Backoff;
 use crate::broker::{self, BrokerError};
-use crate::metrics::{QueueLabels, WorkerMetrics};
+use crate::metrics::{OutcomeLabels, QueueLabels, WorkerMetrics};
 use crate::publisher::{self, Fate};
 use crate::settings::AmqpSettings;
 use crate::topology::Topology;
@@ -224,6 +227,8 @@ impl<H: Handler> Worker<H> {
             stop_settling.clone(),
         ));
         let publish_channel = Arc::new(publish_channel);
+        let policy = Arc::new(self.config.policy.clone());
+        let hot = Arc::new(HotMetrics::resolve(&self.metrics, queue));
 
         let end = loop {
             let permit = tokio::select! {
@@ -256,7 +261,8 @@ impl<H: Handler> Worker<H> {
             };
             let job = Job {
                 handler: self.handler.clone(),
-                policy: self.config.policy.clone(),
+                policy: policy.clone(),
+                hot: hot.clone(),
                 publish_channel: publish_channel.clone(),
                 settle: settle_tx.clone(),
                 metrics: self.metrics.clone(),
@@ -330,9 +336,36 @@ impl<H: Handler> Worker<H> {
     }
 }
 
+/// The metric series every delivery touches, looked up once per session rather than once per
+/// delivery (a lookup allocates the label strings and takes the family's lock).
+struct HotMetrics {
+    in_flight: Gauge,
+    handler_seconds: Histogram,
+    success: Counter,
+}
+
+impl HotMetrics {
+    fn resolve(metrics: &WorkerMetrics, queue: &str) -> Self {
+        let labels = QueueLabels {
+            queue: queue.to_owned(),
+        };
+        let outcome = OutcomeLabels {
+            queue: queue.to_owned(),
+            outcome: "success".to_owned(),
+        };
+        Self {
+            in_flight: metrics.in_flight.get_or_create(&labels).clone(),
+            handler_seconds: metrics.handler_seconds.get_or_create(&labels).clone(),
+            success: metrics.messages.get_or_create(&outcome).clone(),
+        }
+    }
+}
+
 struct Job<H> {
     handler: Arc<H>,
-    policy: SettlePolicy,
+    /// Shared by every job of a session: cloning the policy per delivery allocated its strings.
+    policy: Arc<SettlePolicy>,
+    hot: Arc<HotMetrics>,
     publish_channel: Arc<Channel>,
     settle: mpsc::UnboundedSender<Settle>,
     metrics: Arc<WorkerMetrics>,
@@ -341,10 +374,7 @@ struct Job<H> {
 
 impl<H: Handler> Job<H> {
     async fn run(self, tag: u64, msg: Incoming) {
-        let labels = QueueLabels {
-            queue: self.policy.queue.clone(),
-        };
-        let in_flight = self.metrics.in_flight.get_or_create(&labels).clone();
+        let in_flight = &self.hot.in_flight;
         in_flight.inc();
         let started = Instant::now();
         let outcome = std::panic::AssertUnwindSafe(self.handler.handle(&msg))
@@ -353,16 +383,14 @@ impl<H: Handler> Job<H> {
             .unwrap_or_else(|panic| {
                 Outcome::Transient(format!("handler panicked: {}", panic_text(&panic)))
             });
-        self.metrics
+        self.hot
             .handler_seconds
-            .get_or_create(&labels)
             .observe(started.elapsed().as_secs_f64());
         in_flight.dec();
         let queue = &self.policy.queue;
-        let id = msg.message_id().unwrap_or("-").to_owned();
         match self.policy.decide(&msg, outcome) {
             Decision::Ack => {
-                self.metrics.count(queue, "success");
+                self.hot.success.inc();
                 let _ = self.settle.send(Settle::Ack(tag));
             }
             Decision::Forward {
@@ -370,6 +398,7 @@ impl<H: Handler> Job<H> {
                 outcome,
                 reason,
             } => {
+                let id = msg.message_id().unwrap_or("-");
                 match publisher::publish_one(&self.publish_channel, &copy, self.confirm_timeout)
                     .await
                 {

@@ -1,0 +1,422 @@
+//! `burrow bench`: burrow against raw lapin, mode after mode in one run, each on fresh quorum
+//! queues in a vhost of its own (`burrow-bench`, created and deleted through the management
+//! API), with 512-byte persistent messages, publisher confirms and manual acks. Prints one table
+//! and which targets of the benchmark issue are met.
+//!
+//! - [`raw`]: the raw-lapin reference (baseline, baseline-tuned, publish-only).
+//! - [`runtime`]: burrow's producer path and worker runtime in-process (burrow-runtime, half-rate).
+//! - [`pipeline`]: the real `worker` processes (burrow-full, io-curve, idle memory).
+//! - [`producer_cli`]: the `producer` binary, start-up included.
+//! - [`latency`], [`memory`], [`report`], [`vhost`]: measuring and printing.
+
+pub mod latency;
+pub mod memory;
+pub mod pipeline;
+pub mod producer_cli;
+pub mod raw;
+pub mod report;
+pub mod runtime;
+pub mod vhost;
+
+use std::future::Future;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use self::pipeline::PipelineSpec;
+use self::raw::AckStyle;
+use self::report::Row;
+use self::runtime::RuntimeParams;
+use self::vhost::BenchVhost;
+use crate::settings::Settings;
+
+/// The modes, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Raw lapin, one `basic.ack` per message.
+    Baseline,
+    /// Raw lapin, `basic.ack(multiple=true)` every 64 deliveries and when idle.
+    BaselineTuned,
+    /// `BulkPublisher` + `Worker` in-process, decode+validate handler.
+    BurrowRuntime,
+    /// burrow-runtime with the publisher at half the measured maximum (p99 latency).
+    HalfRate,
+    /// Every service as `worker` processes, orders with events, until all are stored.
+    BurrowFull,
+    /// 20 ms carrier, 64 handlers, for 1, 2 and 4 fulfillment processes.
+    IoCurve,
+    /// `producer orders --count N --no-events` as a child process.
+    ProducerCli,
+    /// Idle RSS of a fresh worker (its peak under load comes from burrow-full).
+    Memory,
+}
+
+impl Mode {
+    /// Every mode.
+    pub const ALL: [Mode; 8] = [
+        Mode::Baseline,
+        Mode::BaselineTuned,
+        Mode::BurrowRuntime,
+        Mode::HalfRate,
+        Mode::BurrowFull,
+        Mode::IoCurve,
+        Mode::ProducerCli,
+        Mode::Memory,
+    ];
+}
+
+/// What `burrow bench` does.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Messages (orders) per mode.
+    pub messages: u64,
+    /// Publisher confirm window.
+    pub window: usize,
+    /// Consumer prefetch.
+    pub prefetch: u16,
+    /// Handlers at once of the in-process burrow worker.
+    pub concurrency: usize,
+    /// Modes to run, in [`Mode::ALL`] order.
+    pub modes: Vec<Mode>,
+    /// The command line, printed with the table.
+    pub command: String,
+}
+
+/// Deliveries between two `multiple=true` acks in baseline-tuned.
+const TUNED_ACK_EVERY: usize = 64;
+/// I/O curve: carrier latency and handlers per process.
+const IO_LATENCY_MS: u64 = 20;
+const IO_CONCURRENCY: usize = 64;
+
+#[derive(Default)]
+struct Measured {
+    rows: Vec<Row>,
+    errors: Vec<String>,
+    baseline: Option<Row>,
+    tuned: Option<Row>,
+    runtime: Option<Row>,
+    half: Option<Row>,
+    full: Option<pipeline::PipelineResult>,
+    io: Vec<(usize, f64, f64)>,
+    cli_ratio: Option<f64>,
+    idle_mib: Option<f64>,
+}
+
+/// Runs in a fresh `burrow-bench` vhost and deletes it afterwards, whatever happened.
+async fn in_vhost<T, F, Fut>(base: &Settings, f: F) -> anyhow::Result<T>
+where
+    F: FnOnce(BenchVhost) -> Fut,
+    Fut: Future<Output = (BenchVhost, anyhow::Result<T>)>,
+{
+    let vhost = BenchVhost::create(base).await?;
+    let (vhost, result) = f(vhost).await;
+    if let Err(e) = vhost.delete().await {
+        eprintln!("warning: {e:#}");
+    }
+    result
+}
+
+/// Runs the benchmark and prints the table.
+///
+/// # Errors
+/// Only when the management API cannot create the vhost; a failing mode is reported in the
+/// table and makes the exit code 1.
+pub async fn run(settings: &Settings, options: BenchOptions) -> anyhow::Result<ExitCode> {
+    let mut m = Measured::default();
+    let n = options.messages;
+    let params = RuntimeParams {
+        window: options.window,
+        prefetch: options.prefetch,
+        concurrency: options.concurrency,
+        rate: None,
+    };
+    for mode in Mode::ALL.into_iter().filter(|m| options.modes.contains(m)) {
+        let name = format!("{mode:?}");
+        eprintln!("running {name} ...");
+        let result = run_mode(settings, &options, mode, params, &mut m).await;
+        if let Err(e) = result {
+            let line = format!("{name}: {e:#}");
+            eprintln!("error: {line}");
+            m.errors.push(line);
+        }
+        if let Some(row) = m.rows.last() {
+            eprintln!(
+                "{}",
+                report::table(std::slice::from_ref(row))
+                    .lines()
+                    .nth(1)
+                    .unwrap_or("")
+            );
+        }
+    }
+
+    println!();
+    println!("== burrow bench: {n} messages per mode, 512-byte persistent, quorum queues ==");
+    println!("command: {}", options.command);
+    println!(
+        "machine: {} cores, load average {}",
+        std::thread::available_parallelism().map_or(0, usize::from),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!();
+    print!("{}", report::table(&m.rows));
+    if let Some(idle) = m.idle_mib {
+        println!("idle worker RSS after 3 s: {idle:.1} MiB");
+    }
+    println!();
+    println!("targets:");
+    for line in targets(&m) {
+        println!("  {line}");
+    }
+    for e in &m.errors {
+        println!("error: {e}");
+    }
+    Ok(if m.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn run_mode(
+    settings: &Settings,
+    options: &BenchOptions,
+    mode: Mode,
+    params: RuntimeParams,
+    m: &mut Measured,
+) -> anyhow::Result<()> {
+    let n = options.messages;
+    let (w, p) = (options.window, options.prefetch);
+    match mode {
+        Mode::Baseline | Mode::BaselineTuned => {
+            let (name, style) = if mode == Mode::Baseline {
+                ("baseline", AckStyle::PerMessage)
+            } else {
+                ("baseline-tuned", AckStyle::Batched(TUNED_ACK_EVERY))
+            };
+            let row = in_vhost(settings, |v| async move {
+                let r = raw::run(&v.settings, name, n, w, p, style).await;
+                (v, r)
+            })
+            .await?;
+            m.rows.push(row.clone());
+            if mode == Mode::Baseline {
+                m.baseline = Some(row);
+            } else {
+                m.tuned = Some(row);
+            }
+        }
+        Mode::BurrowRuntime => {
+            let row = in_vhost(settings, |v| async move {
+                let r = runtime::run(&v.settings, "burrow-runtime", n, params).await;
+                (v, r)
+            })
+            .await?;
+            m.rows.push(row.clone());
+            m.runtime = Some(row);
+        }
+        Mode::HalfRate => {
+            let max = match &m.runtime {
+                Some(r) => max_rate(r),
+                None => {
+                    let r = in_vhost(settings, |v| async move {
+                        let r = runtime::run(&v.settings, "burrow-runtime", n, params).await;
+                        (v, r)
+                    })
+                    .await?;
+                    max_rate(&r)
+                }
+            };
+            let half = RuntimeParams {
+                rate: Some(max / 2.0),
+                ..params
+            };
+            let row = in_vhost(settings, |v| async move {
+                let r = runtime::run(&v.settings, "half-rate", n, half).await;
+                (v, r)
+            })
+            .await?;
+            m.rows.push(row.clone());
+            m.half = Some(row);
+        }
+        Mode::BurrowFull => {
+            let spec = PipelineSpec {
+                mode: "burrow-full".into(),
+                orders: n,
+                window: w,
+                fulfillment: 1,
+                fulfillment_args: Vec::new(),
+                events: true,
+            };
+            let result = in_vhost(settings, |v| async move {
+                let r = pipeline::run(&v, &spec).await;
+                (v, r)
+            })
+            .await?;
+            m.rows.push(result.row.clone());
+            m.full = Some(result);
+        }
+        Mode::IoCurve => {
+            for procs in [1usize, 2, 4] {
+                let spec = PipelineSpec {
+                    mode: format!("io-curve x{procs}"),
+                    orders: n,
+                    window: w,
+                    fulfillment: procs,
+                    fulfillment_args: [
+                        "--carrier-latency-ms",
+                        &IO_LATENCY_MS.to_string(),
+                        "--concurrency",
+                        &IO_CONCURRENCY.to_string(),
+                        "--prefetch",
+                        &(2 * IO_CONCURRENCY).to_string(),
+                        "--no-events",
+                    ]
+                    .map(str::to_owned)
+                    .to_vec(),
+                    events: false,
+                };
+                let mut result = in_vhost(settings, |v| async move {
+                    let r = pipeline::run(&v, &spec).await;
+                    (v, r)
+                })
+                .await?;
+                let ideal = procs as f64 * IO_CONCURRENCY as f64 * 1000.0 / IO_LATENCY_MS as f64;
+                let rate = result.row.e2e_rate.unwrap_or(0.0);
+                result.row.note = format!(
+                    "{:.0}% of ideal {ideal:.0}/s; {}",
+                    100.0 * rate / ideal,
+                    result.row.note
+                );
+                m.io.push((procs, rate, ideal));
+                m.rows.push(result.row);
+            }
+        }
+        Mode::ProducerCli => {
+            let rows = in_vhost(settings, |v| async move {
+                let r = producer_cli::run(&v, n, w).await;
+                (v, r)
+            })
+            .await?;
+            if let [reference, cli] = rows.as_slice() {
+                m.cli_ratio = cli
+                    .publish_rate
+                    .zip(reference.publish_rate)
+                    .map(|(c, r)| c / r.max(1e-9));
+            }
+            m.rows.extend(rows);
+        }
+        Mode::Memory => {
+            let rss = in_vhost(settings, |v| async move {
+                let r = pipeline::idle_worker_rss(&v, Duration::from_secs(3)).await;
+                (v, r)
+            })
+            .await?;
+            m.idle_mib = rss.map(|r| r.now_mib);
+            let mut row = Row::new("memory (idle)", 0);
+            row.peak_rss_mib = rss.map(|r| r.peak_mib);
+            row.note = format!(
+                "fresh `worker fulfillment` after 3 s idle: VmRSS {}",
+                rss.map_or_else(|| "?".to_owned(), |r| format!("{:.1} MiB", r.now_mib))
+            );
+            m.rows.push(row);
+        }
+    }
+    Ok(())
+}
+
+/// The sustainable rate of a run: the slower of publishing and consuming.
+fn max_rate(row: &Row) -> f64 {
+    row.e2e_rate
+        .unwrap_or(0.0)
+        .min(row.publish_rate.unwrap_or(f64::MAX))
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "MET    "
+    } else {
+        "NOT MET"
+    }
+}
+
+fn targets(m: &Measured) -> Vec<String> {
+    let mut out = Vec::new();
+    let e2e = |r: &Option<Row>| r.as_ref().and_then(|r| r.e2e_rate);
+    if let (Some(rt), Some(base)) = (e2e(&m.runtime), e2e(&m.baseline)) {
+        out.push(format!(
+            "{} burrow-runtime e2e >= 1.3x baseline: {:.2}x ({rt:.0} vs {base:.0}/s)",
+            verdict(rt >= 1.3 * base),
+            rt / base
+        ));
+    }
+    if let (Some(rt), Some(tuned)) = (e2e(&m.runtime), e2e(&m.tuned)) {
+        out.push(format!(
+            "{} burrow-runtime e2e >= 0.95x baseline-tuned: {:.2}x ({rt:.0} vs {tuned:.0}/s)",
+            verdict(rt >= 0.95 * tuned),
+            rt / tuned
+        ));
+    }
+    if let Some(full) = &m.full {
+        let rate = full.row.e2e_rate.unwrap_or(0.0);
+        let services = if full.activity_services.is_empty() {
+            "fulfillment only: no activity services in `worker` yet".to_owned()
+        } else {
+            format!("fulfillment + {}", full.activity_services.join(", "))
+        };
+        out.push(format!(
+            "{} burrow-full >= 1000 orders/s, all services keeping up: {rate:.0}/s, {} ({services})",
+            verdict(rate >= 1000.0 && full.kept_up),
+            if full.kept_up { "kept up" } else { "fell behind" }
+        ));
+    }
+    if let Some(ratio) = m.cli_ratio {
+        out.push(format!(
+            "{} producer CLI >= 90% of baseline publish rate: {:.0}% (of raw publish-only, start-up included)",
+            verdict(ratio >= 0.9),
+            100.0 * ratio
+        ));
+    }
+    if let Some(peak) = m.full.as_ref().and_then(|f| f.fulfillment_peak_mib) {
+        out.push(format!(
+            "{} worker < 40 MB RSS under load: peak {peak:.1} MiB (fulfillment in burrow-full)",
+            verdict(peak * 1.048_576 < 40.0)
+        ));
+    }
+    if let Some(idle) = m.idle_mib {
+        out.push(format!(
+            "{} worker < 15 MB RSS idle: {idle:.1} MiB",
+            verdict(idle * 1.048_576 < 15.0)
+        ));
+    }
+    let broker_limit = m
+        .runtime
+        .as_ref()
+        .or(m.tuned.as_ref())
+        .map(max_rate)
+        .unwrap_or(f64::MAX);
+    for (procs, rate, ideal) in &m.io {
+        let goal = ideal.min(broker_limit);
+        out.push(format!(
+            "{} io-curve x{procs} >= 90% of min(ideal {ideal:.0}, broker limit {}): {rate:.0}/s = {:.0}%",
+            verdict(*rate >= 0.9 * goal),
+            if broker_limit < f64::MAX {
+                format!("{broker_limit:.0}")
+            } else {
+                "?".to_owned()
+            },
+            100.0 * rate / goal
+        ));
+    }
+    if let Some(p99) = m.half.as_ref().and_then(|r| r.latency).map(|l| l.p99) {
+        out.push(format!(
+            "{} p99 at half the max rate < 50 ms: {p99:.1} ms",
+            verdict(p99 < 50.0)
+        ));
+    }
+    out
+}
