@@ -27,6 +27,40 @@ impl std::fmt::Debug for Db {
     }
 }
 
+/// Opens `path` in WAL mode with a 30 s busy timeout, for a file that other processes may open
+/// at the same moment. Switching a fresh file to WAL takes a lock without waiting on the busy
+/// handler, so two workers started together can see `database is locked` here: that is retried
+/// with a short back-off for up to 30 s.
+///
+/// # Errors
+/// The file cannot be opened, or stays locked for 30 s.
+pub fn open_wal(path: &Path) -> anyhow::Result<Connection> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let attempt = (|| {
+            let conn = Connection::open(path)?;
+            conn.busy_timeout(Duration::from_secs(30))?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            Ok::<_, rusqlite::Error>(conn)
+        })();
+        match attempt {
+            Ok(conn) => return Ok(conn),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        }
+    }
+}
+
 impl Db {
     /// Opens (and creates) `path` in WAL mode, runs `schema`, and starts the thread.
     ///
@@ -36,10 +70,7 @@ impl Db {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
-        conn.busy_timeout(Duration::from_secs(30))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let conn = open_wal(path)?;
         conn.execute_batch(schema)
             .with_context(|| format!("creating the schema of {}", path.display()))?;
         let (tx, rx) = std_mpsc::channel::<Job>();
@@ -81,4 +112,24 @@ impl Db {
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processes_opening_a_fresh_file_at_once_all_get_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared.db");
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || open_wal(&path).map(|_| ()))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap().expect("every opener succeeds");
+        }
+    }
 }

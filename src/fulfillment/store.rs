@@ -7,7 +7,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
-use std::time::Duration;
 
 use anyhow::Context;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -132,12 +131,8 @@ CREATE TABLE IF NOT EXISTS fulfillments (
     duplicates   INTEGER NOT NULL DEFAULT 0
 );";
 
-fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(30))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    Ok(conn)
+fn open_connection(path: &Path) -> anyhow::Result<Connection> {
+    crate::sqlite::open_wal(path)
 }
 
 impl SqliteStore {
@@ -149,7 +144,7 @@ impl SqliteStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let conn = open_connection(path).with_context(|| format!("opening {}", path.display()))?;
+        let conn = open_connection(path)?;
         conn.execute_batch(SCHEMA)
             .context("creating the fulfillment schema")?;
         let (tx, rx) = std_mpsc::channel();
