@@ -4,15 +4,12 @@
 //!
 //! Failover: `AmqpSettings::failover_urls` (`AMQP_FAILOVER_URLS`) names other nodes. Every
 //! connection attempt tries `url` first, then each failover URL in order, so a client moves to a
-//! surviving node when its node dies and back to the primary once that is up again. The callers'
-//! pool (`deadpool_lapin::Pool`) has one URL; the failover URLs get pools of their own, kept in
-//! this module and made on first use.
+//! surviving node when its node dies and back to the primary once that is up again. A
+//! [`Pool`] keeps a deadpool-lapin pool per node.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
-use deadpool_lapin::{Pool, Runtime};
+use deadpool_lapin::Runtime;
 use lapin::{ConnectionProperties, ErrorKind};
 use tracing::info;
 
@@ -110,19 +107,44 @@ fn connect_url_for(settings: &AmqpSettings, url: &SecretUrl) -> String {
     url.to_string()
 }
 
-/// Builds a pool of connections named after `role`. Connections are made lazily; the pool drops
-/// a connection that is no longer connected instead of handing it out.
+/// Connections to the broker: one deadpool-lapin pool per node (`url`, then each failover URL),
+/// made lazily, each dropping a connection that is no longer connected instead of handing it
+/// out. Cheap to clone.
+#[derive(Clone)]
+pub struct Pool {
+    nodes: std::sync::Arc<Vec<(SecretUrl, deadpool_lapin::Pool)>>,
+    settings: AmqpSettings,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<String> = self.nodes.iter().map(|(u, _)| u.redacted()).collect();
+        f.debug_struct("Pool")
+            .field("nodes", &urls)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Pool`] whose connections are named after `role`.
 ///
 /// # Errors
 /// Only a malformed configuration; an unreachable broker shows on first use.
 pub fn pool(settings: &AmqpSettings, role: &str) -> anyhow::Result<Pool> {
-    *failover_role()
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner) = role.to_owned();
-    pool_for(settings, &settings.url, role)
+    let nodes = settings
+        .urls()
+        .map(|url| Ok((url.clone(), node_pool(settings, url, role)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Pool {
+        nodes: std::sync::Arc::new(nodes),
+        settings: settings.clone(),
+    })
 }
 
-fn pool_for(settings: &AmqpSettings, url: &SecretUrl, role: &str) -> anyhow::Result<Pool> {
+fn node_pool(
+    settings: &AmqpSettings,
+    url: &SecretUrl,
+    role: &str,
+) -> anyhow::Result<deadpool_lapin::Pool> {
     let name = connection_name(role);
     let config = deadpool_lapin::Config {
         url: Some(connect_url_for(settings, url)),
@@ -138,63 +160,44 @@ fn pool_for(settings: &AmqpSettings, url: &SecretUrl, role: &str) -> anyhow::Res
     Ok(pool)
 }
 
-/// The role of the last [`pool`] built, used to name failover connections.
-fn failover_role() -> &'static Mutex<String> {
-    static ROLE: OnceLock<Mutex<String>> = OnceLock::new();
-    ROLE.get_or_init(|| Mutex::new("client".to_owned()))
-}
-
-/// The pool of a failover URL, made on first use and kept for the life of the process.
-fn failover_pool(settings: &AmqpSettings, url: &SecretUrl) -> Result<Pool, BrokerError> {
-    static POOLS: OnceLock<Mutex<HashMap<String, Pool>>> = OnceLock::new();
-    let mut pools = POOLS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    if let Some(p) = pools.get(url.expose()) {
-        return Ok(p.clone());
-    }
-    let role = failover_role()
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
-    let p = pool_for(settings, url, &role).map_err(|e| BrokerError::Unreachable {
-        url: url.redacted(),
-        reason: crate::settings::redact_url(&e.to_string()),
-    })?;
-    pools.insert(url.expose().to_owned(), p.clone());
-    Ok(p)
-}
-
-/// Takes a live connection from the pool, or, when its node cannot be reached, from the first
-/// failover node that can (see the module documentation).
-///
-/// # Errors
-/// [`BrokerError`] when no node can be reached, or one refuses the login.
-pub async fn connection(
-    pool: &Pool,
-    settings: &AmqpSettings,
-) -> Result<deadpool_lapin::Connection, BrokerError> {
-    let mut last = match pooled(pool, settings, &settings.url).await {
-        Err(e) if e.is_transient() => e,
-        other => return other,
-    };
-    for url in &settings.failover_urls {
-        let failover = failover_pool(settings, url)?;
-        match pooled(&failover, settings, url).await {
-            Ok(conn) => {
-                info!(url = %url, unreachable = %last, "connected to a failover node");
-                return Ok(conn);
-            }
-            Err(e) if e.is_transient() => last = e,
-            Err(e) => return Err(e),
+impl Pool {
+    /// Closes every node's pool: idle connections are dropped, and no new ones are made.
+    pub fn close(&self) {
+        for (_, pool) in self.nodes.iter() {
+            pool.close();
         }
     }
-    Err(last)
+
+    /// The settings the pool was built from.
+    pub fn settings(&self) -> &AmqpSettings {
+        &self.settings
+    }
+
+    /// Takes a live connection from the first node that answers: `url`, then each failover URL
+    /// in order, so a client moves to a surviving node and back to the primary once it is up.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when no node can be reached, or one refuses the login.
+    pub async fn connection(&self) -> Result<deadpool_lapin::Connection, BrokerError> {
+        let mut last = None;
+        for (i, (url, pool)) in self.nodes.iter().enumerate() {
+            match pooled(pool, &self.settings, url).await {
+                Ok(conn) => {
+                    if let (true, Some(unreachable)) = (i > 0, &last) {
+                        info!(url = %url, %unreachable, "connected to a failover node");
+                    }
+                    return Ok(conn);
+                }
+                Err(e) if e.is_transient() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("a pool has at least the primary node"))
+    }
 }
 
 async fn pooled(
-    pool: &Pool,
+    pool: &deadpool_lapin::Pool,
     settings: &AmqpSettings,
     url: &SecretUrl,
 ) -> Result<deadpool_lapin::Connection, BrokerError> {

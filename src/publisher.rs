@@ -17,8 +17,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
-use crate::broker::{self, BrokerError};
-use crate::settings::AmqpSettings;
+use crate::broker::BrokerError;
 
 /// One message to publish.
 #[derive(Debug, Clone)]
@@ -137,8 +136,7 @@ pub const NACK_RESENDS: u32 = 3;
 /// While the broker blocks the connection (memory or disk alarm) publishes wait; one log line says
 /// so and another when it clears (see [`watch_blocked`]).
 pub struct BulkPublisher {
-    pool: deadpool_lapin::Pool,
-    settings: AmqpSettings,
+    pool: crate::broker::Pool,
     window: usize,
     rate: Option<f64>,
     confirm_timeout: Duration,
@@ -159,15 +157,9 @@ type Pending = Pin<Box<dyn Future<Output = (Tracked, Settled)> + Send>>;
 impl BulkPublisher {
     /// A publisher drawing connections from `pool`, with `window` unconfirmed messages at most
     /// and an optional rate limit in messages per second. A confirm is awaited 30 s by default.
-    pub fn new(
-        pool: deadpool_lapin::Pool,
-        settings: AmqpSettings,
-        window: usize,
-        rate: Option<f64>,
-    ) -> Self {
+    pub fn new(pool: crate::broker::Pool, window: usize, rate: Option<f64>) -> Self {
         Self {
             pool,
-            settings,
             window: window.max(1),
             rate: rate.filter(|r| *r > 0.0),
             confirm_timeout: Duration::from_secs(30),
@@ -312,10 +304,10 @@ impl BulkPublisher {
         let mut backoff = Backoff::default();
         loop {
             let attempt = async {
-                let conn = broker::connection(&self.pool, &self.settings).await?;
+                let conn = self.pool.connection().await?;
                 let ch = confirm_channel(&conn)
                     .await
-                    .map_err(|e| BrokerError::from_lapin(&self.settings.url, &e))?;
+                    .map_err(|e| BrokerError::from_lapin(&self.pool.settings().url, &e))?;
                 watch_blocked(&conn, blocked.clone());
                 Ok::<_, BrokerError>(ch)
             };

@@ -122,7 +122,6 @@ pub async fn run(
             let announcer = options.events.then(|| {
                 Arc::new(Announcer::new(
                     ctx.pool.clone(),
-                    settings.amqp.clone(),
                     Duration::from_millis(settings.producer.confirm_timeout_ms),
                 ))
             });
@@ -178,7 +177,7 @@ pub async fn run(
 struct Runner<'a> {
     settings: &'a Settings,
     topology: Arc<Topology>,
-    pool: deadpool_lapin::Pool,
+    pool: crate::broker::Pool,
     metrics: Arc<WorkerMetrics>,
     http: Option<SocketAddr>,
     shutdown: CancellationToken,
@@ -209,15 +208,9 @@ impl Runner<'_> {
         if let Some(addr) = self.http {
             crate::http::serve(addr, router, self.shutdown.clone()).await?;
         }
-        Worker::new(
-            config,
-            Arc::new(handler),
-            self.pool,
-            self.settings.amqp.clone(),
-            self.metrics,
-        )
-        .declare(self.topology)
-        .run(self.shutdown)
-        .await
+        Worker::new(config, Arc::new(handler), self.pool, self.metrics)
+            .declare(self.topology)
+            .run(self.shutdown)
+            .await
     }
 }

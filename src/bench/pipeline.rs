@@ -285,7 +285,6 @@ async fn measure(
     });
     let publisher = BulkPublisher::new(
         crate::broker::pool(&settings.amqp, "bench producer")?,
-        settings.amqp.clone(),
         spec.window,
         None,
     );

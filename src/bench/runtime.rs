@@ -128,14 +128,8 @@ pub async fn run(
     let worker_pool = crate::broker::pool(&settings.amqp, "bench worker")?;
     let shutdown = CancellationToken::new();
     let worker = tokio::spawn(
-        Worker::new(
-            config,
-            handler.clone(),
-            worker_pool,
-            settings.amqp.clone(),
-            WorkerMetrics::new(),
-        )
-        .run(shutdown.clone()),
+        Worker::new(config, handler.clone(), worker_pool, WorkerMetrics::new())
+            .run(shutdown.clone()),
     );
 
     let mut generator = OrderGenerator::new(0.0);
@@ -157,12 +151,7 @@ pub async fn run(
             .collect::<Vec<_>>()
     });
     let publisher_pool = crate::broker::pool(&settings.amqp, "bench producer")?;
-    let publisher = BulkPublisher::new(
-        publisher_pool,
-        settings.amqp.clone(),
-        params.window,
-        params.rate,
-    );
+    let publisher = BulkPublisher::new(publisher_pool, params.window, params.rate);
     let started_ns = now_ns();
     let started = Instant::now();
     let (mut confirmed, mut failed) = (0u64, 0u64);

@@ -25,22 +25,16 @@ pub const QUEUE: &str = "orders.fulfillment";
 
 /// Where the fulfillment handler announces `order.fulfilled`.
 pub struct Announcer {
-    pool: deadpool_lapin::Pool,
-    amqp: crate::settings::AmqpSettings,
+    pool: crate::broker::Pool,
     channel: Mutex<Option<Channel>>,
     timeout: Duration,
 }
 
 impl Announcer {
     /// Publishes to the `activity` exchange through connections from `pool`.
-    pub fn new(
-        pool: deadpool_lapin::Pool,
-        amqp: crate::settings::AmqpSettings,
-        timeout: Duration,
-    ) -> Self {
+    pub fn new(pool: crate::broker::Pool, timeout: Duration) -> Self {
         Self {
             pool,
-            amqp,
             channel: Mutex::new(None),
             timeout,
         }
@@ -51,7 +45,7 @@ impl Announcer {
         if let Some(ch) = guard.as_ref().filter(|c| c.status().connected()) {
             return Ok(ch.clone());
         }
-        let conn = crate::broker::connection(&self.pool, &self.amqp).await?;
+        let conn = self.pool.connection().await?;
         let ch = publisher::confirm_channel(&conn).await?;
         *guard = Some(ch.clone());
         Ok(ch)

@@ -206,7 +206,7 @@ pub async fn publish_activity(
     rate: Option<f64>,
 ) -> anyhow::Result<ExitCode> {
     let pool = broker::pool(&settings.amqp, "producer")?;
-    drop(broker::connection(&pool, &settings.amqp).await?);
+    drop(pool.connection().await?);
     let bar = ProgressBar::new(count);
     bar.set_style(
         ProgressStyle::with_template(
@@ -218,21 +218,16 @@ pub async fn publish_activity(
     let messages = (0..count).map(move |_| event_message(&generator.next_event(), None));
     let started = Instant::now();
     let (mut confirmed, mut nacked, mut returned) = (0u64, 0u64, 0u64);
-    let report = BulkPublisher::new(
-        pool,
-        settings.amqp.clone(),
-        settings.producer.confirm_window,
-        rate,
-    )
-    .run(messages, |_, fate| match fate {
-        Fate::Confirmed => {
-            confirmed += 1;
-            bar.inc(1);
-        }
-        Fate::Nacked => nacked += 1,
-        Fate::Returned(_) => returned += 1,
-    })
-    .await?;
+    let report = BulkPublisher::new(pool, settings.producer.confirm_window, rate)
+        .run(messages, |_, fate| match fate {
+            Fate::Confirmed => {
+                confirmed += 1;
+                bar.inc(1);
+            }
+            Fate::Nacked => nacked += 1,
+            Fate::Returned(_) => returned += 1,
+        })
+        .await?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     println!(

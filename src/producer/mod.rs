@@ -214,7 +214,7 @@ pub async fn publish_orders(
 ) -> anyhow::Result<ExitCode> {
     let pool = broker::pool(&settings.amqp, "producer")?;
     // Fail fast with one line when the broker is not there at all.
-    drop(broker::connection(&pool, &settings.amqp).await?);
+    drop(pool.connection().await?);
     let (total, planned): (
         Option<u64>,
         Box<dyn Iterator<Item = Result<Planned, String>> + Send>,
@@ -280,13 +280,8 @@ pub async fn publish_orders(
     });
     let started = Instant::now();
     let mut tally = Tally::default();
-    let publisher = BulkPublisher::new(
-        pool,
-        settings.amqp.clone(),
-        settings.producer.confirm_window,
-        rate,
-    )
-    .confirm_timeout(Duration::from_millis(settings.producer.confirm_timeout_ms));
+    let publisher = BulkPublisher::new(pool, settings.producer.confirm_window, rate)
+        .confirm_timeout(Duration::from_millis(settings.producer.confirm_timeout_ms));
     let report = publisher
         .run(messages, |msg, fate| match (msg.label, fate) {
             (LABEL_ORDER, Fate::Confirmed) => {

@@ -33,10 +33,9 @@ pub use handler::{Handler, Incoming, Outcome};
 pub use settle::{Decision, SettlePolicy};
 
 use crate::backoff::Backoff;
-use crate::broker::{self, BrokerError};
+use crate::broker::BrokerError;
 use crate::metrics::{OutcomeLabels, QueueLabels, WorkerMetrics};
 use crate::publisher::{self, Fate};
-use crate::settings::AmqpSettings;
 use crate::topology::Topology;
 
 /// How one worker process consumes.
@@ -61,8 +60,7 @@ pub struct WorkerConfig {
 pub struct Worker<H> {
     config: WorkerConfig,
     handler: Arc<H>,
-    pool: deadpool_lapin::Pool,
-    amqp: AmqpSettings,
+    pool: crate::broker::Pool,
     metrics: Arc<WorkerMetrics>,
     topology: Option<Arc<Topology>>,
 }
@@ -86,15 +84,13 @@ impl<H: Handler> Worker<H> {
     pub fn new(
         config: WorkerConfig,
         handler: Arc<H>,
-        pool: deadpool_lapin::Pool,
-        amqp: AmqpSettings,
+        pool: crate::broker::Pool,
         metrics: Arc<WorkerMetrics>,
     ) -> Self {
         Self {
             config,
             handler,
             pool,
-            amqp,
             metrics,
             topology: None,
         }
@@ -167,7 +163,7 @@ impl<H: Handler> Worker<H> {
         sessions: u64,
     ) -> Result<SessionEnd, BrokerError> {
         let queue = self.config.policy.queue.as_str();
-        let conn = broker::connection(&self.pool, &self.amqp).await?;
+        let conn = self.pool.connection().await?;
         let lost =
             |what: &str, e: &dyn std::fmt::Display| Ok(SessionEnd::Lost(format!("{what}: {e}")));
         if let Some(topology) = &self.topology {

@@ -175,7 +175,7 @@ impl Shop {
             label: 0,
         });
         let mut confirmed = Vec::new();
-        BulkPublisher::new(pool.clone(), self.amqp.clone(), 256, None)
+        BulkPublisher::new(pool.clone(), 256, None)
             .run(msgs, |msg, fate| {
                 if *fate == Fate::Confirmed {
                     let id = msg.properties.message_id().as_ref().map(|s| s.to_string());

@@ -283,7 +283,7 @@ impl TestVhost {
         let pool = burrow::broker::pool(&self.settings.amqp, "test publisher").expect("pool");
         let mut confirmed = 0usize;
         let mut total = 0usize;
-        BulkPublisher::new(pool, self.settings.amqp.clone(), 256, None)
+        BulkPublisher::new(pool, 256, None)
             .run(messages, |_, fate| {
                 total += 1;
                 if *fate == Fate::Confirmed {
@@ -335,27 +335,17 @@ impl TestVhost {
 
     /// Publishes orders straight to the `orders` exchange as any AMQP client would, confirmed.
     pub async fn publish_raw(&self, bodies: Vec<(String, Vec<u8>)>) {
-        use burrow::publisher::{BulkPublisher, Fate, Outgoing};
-        let pool = burrow::broker::pool(&self.settings.amqp, "test publisher").expect("pool");
-        let msgs = bodies.into_iter().map(|(id, body)| Outgoing {
-            exchange: "orders".into(),
-            routing_key: "order.placed".into(),
-            body,
-            properties: burrow::message::properties("order", &id),
-            label: 0,
-        });
-        let mut confirmed = 0usize;
-        let mut total = 0usize;
-        BulkPublisher::new(pool, self.settings.amqp.clone(), 256, None)
-            .run(msgs, |_, fate| {
-                total += 1;
-                if *fate == Fate::Confirmed {
-                    confirmed += 1;
-                }
+        let msgs = bodies
+            .into_iter()
+            .map(|(id, body)| burrow::publisher::Outgoing {
+                exchange: "orders".into(),
+                routing_key: "order.placed".into(),
+                body,
+                properties: burrow::message::properties("order", &id),
+                label: 0,
             })
-            .await
-            .expect("publish");
-        assert_eq!(confirmed, total, "every test publish is confirmed");
+            .collect();
+        self.publish_messages(msgs).await;
     }
 
     /// The fulfillment store of this test's directory.

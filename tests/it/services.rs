@@ -7,7 +7,7 @@ use std::io::BufRead;
 use std::time::Duration;
 
 use burrow::message::ActivityEvent;
-use burrow::publisher::{BulkPublisher, Fate, Outgoing};
+use burrow::publisher::Outgoing;
 
 use crate::helpers::{TestVhost, Worker};
 
@@ -113,18 +113,7 @@ impl TestVhost {
 
     /// Publishes messages to the `activity` exchange, confirmed; panics unless all are.
     pub async fn publish_activity(&self, messages: Vec<Outgoing>) {
-        let pool = burrow::broker::pool(&self.settings.amqp, "test publisher").expect("pool");
-        let (mut confirmed, mut total) = (0usize, 0usize);
-        BulkPublisher::new(pool, self.settings.amqp.clone(), 256, None)
-            .run(messages, |_, fate| {
-                total += 1;
-                if *fate == Fate::Confirmed {
-                    confirmed += 1;
-                }
-            })
-            .await
-            .expect("publish");
-        assert_eq!(confirmed, total, "every test publish is confirmed");
+        self.publish_messages(messages).await;
     }
 
     /// Publishes events to `activity`, confirmed.
