@@ -5,15 +5,13 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
@@ -65,7 +63,12 @@ pub async fn send(
     channel: &Channel,
     msg: &Outgoing,
 ) -> Result<impl Future<Output = Result<Fate, lapin::Error>> + Send + 'static, lapin::Error> {
-    let confirm = channel
+    let confirm = send_raw(channel, msg).await?;
+    Ok(async move { confirm.await.map(fate) })
+}
+
+async fn send_raw(channel: &Channel, msg: &Outgoing) -> Result<PublisherConfirm, lapin::Error> {
+    channel
         .basic_publish(
             msg.exchange.as_str().into(),
             msg.routing_key.as_str().into(),
@@ -76,8 +79,7 @@ pub async fn send(
             &msg.body,
             msg.properties.clone(),
         )
-        .await?;
-    Ok(async move { confirm.await.map(fate) })
+        .await
 }
 
 fn fate(c: Confirmation) -> Fate {
@@ -97,8 +99,9 @@ pub async fn publish_one(
     msg: &Outgoing,
     timeout: Duration,
 ) -> anyhow::Result<Fate> {
-    let confirm = send(channel, msg).await?;
-    match tokio::time::timeout(timeout, confirm).await {
+    // The timeout covers the send too: a publish on a connection that is dying must not hang.
+    let attempt = async { send(channel, msg).await?.await };
+    match tokio::time::timeout(timeout, attempt).await {
         Ok(fate) => Ok(fate?),
         Err(_) => anyhow::bail!("no confirm from the broker within {timeout:?}"),
     }
@@ -152,7 +155,24 @@ enum Settled {
     Lost(String),
 }
 
-type Pending = Pin<Box<dyn Future<Output = (Tracked, Settled)> + Send>>;
+/// A sent message waiting for its confirm. The broker confirms a channel's publishes in order,
+/// so in-flight messages are awaited oldest first, each until its own deadline: no per-message
+/// timer or boxed future on the hot path.
+struct InFlight {
+    tracked: Tracked,
+    confirm: PublisherConfirm,
+    deadline: tokio::time::Instant,
+}
+
+async fn settle_oldest(inflight: &mut VecDeque<InFlight>) -> Option<(Tracked, Settled)> {
+    let mut oldest = inflight.pop_front()?;
+    let settled = match tokio::time::timeout_at(oldest.deadline, &mut oldest.confirm).await {
+        Ok(Ok(c)) => Settled::Fate(fate(c)),
+        Ok(Err(e)) => Settled::Lost(e.to_string()),
+        Err(_) => Settled::Lost("no confirm within the confirm timeout".into()),
+    };
+    Some((oldest.tracked, settled))
+}
 
 impl BulkPublisher {
     /// A publisher drawing connections from `pool`, with `window` unconfirmed messages at most
@@ -185,7 +205,7 @@ impl BulkPublisher {
     {
         let mut input = messages.into_iter();
         let mut retry: VecDeque<Tracked> = VecDeque::new();
-        let mut inflight: FuturesUnordered<Pending> = FuturesUnordered::new();
+        let mut inflight: VecDeque<InFlight> = VecDeque::with_capacity(self.window);
         let mut channel: Option<Channel> = None;
         let mut report = BulkReport::default();
         let mut pacer = self.rate.map(|r| {
@@ -239,18 +259,12 @@ impl BulkPublisher {
                     channel = Some(self.reconnect(&mut report, &blocked).await?);
                 }
                 let ch = channel.as_ref().expect("channel set above");
-                match send(ch, &tracked.msg).await {
-                    Ok(confirm) => {
-                        let timeout = self.confirm_timeout;
-                        inflight.push(Box::pin(async move {
-                            let settled = match tokio::time::timeout(timeout, confirm).await {
-                                Ok(Ok(fate)) => Settled::Fate(fate),
-                                Ok(Err(e)) => Settled::Lost(e.to_string()),
-                                Err(_) => Settled::Lost(format!("no confirm within {timeout:?}")),
-                            };
-                            (tracked, settled)
-                        }));
-                    }
+                match send_raw(ch, &tracked.msg).await {
+                    Ok(confirm) => inflight.push_back(InFlight {
+                        tracked,
+                        confirm,
+                        deadline: tokio::time::Instant::now() + self.confirm_timeout,
+                    }),
                     Err(e) => {
                         warn!(error = %e, "publish failed; will reconnect and re-send");
                         retry.push_front(tracked);
@@ -259,7 +273,7 @@ impl BulkPublisher {
                     }
                 }
             }
-            match inflight.next().await {
+            match settle_oldest(&mut inflight).await {
                 Some((tracked, Settled::Fate(Fate::Nacked))) if tracked.nacks < NACK_RESENDS => {
                     if channel.is_some() {
                         warn!(message_id = ?tracked.msg.properties.message_id(), nacks = tracked.nacks + 1,

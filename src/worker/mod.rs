@@ -227,10 +227,25 @@ impl<H: Handler> Worker<H> {
         let hot = Arc::new(HotMetrics::resolve(&self.metrics, queue));
 
         let end = loop {
-            let permit = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break SessionEnd::Shutdown,
-                p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
+            // While every handler slot is busy the consumer is not polled, so the channel's
+            // health is checked here too: a dead connection ends the session even then.
+            let permit = loop {
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => break None,
+                    p = slots.clone().acquire_owned() => break Some(p.expect("semaphore never closed")),
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {
+                        if !consume_channel.status().connected() {
+                            break None;
+                        }
+                    }
+                }
+            };
+            let Some(permit) = permit else {
+                if shutdown.is_cancelled() {
+                    break SessionEnd::Shutdown;
+                }
+                break SessionEnd::Lost("the channel closed while every handler was busy".into());
             };
             let delivery = tokio::select! {
                 biased;

@@ -77,7 +77,7 @@ async fn worker_sigkilled_mid_stream_loses_nothing() {
     let (confirmed, recovery) = tokio::join!(shop.publish(orders), async {
         shop.wait_fulfilled(500).await;
         a.signal("KILL");
-        shop.time_to_progress().await
+        shop.time_to_progress(published).await
     });
     // The killed worker is restarted, as a supervisor would.
     let _a2 = shop.spawn_worker(0, &[], &[]);
@@ -108,7 +108,7 @@ async fn connections_closed_then_node_restarted_loses_nothing() {
     shop.wait_fulfilled(300).await;
     let started = Instant::now();
     node.close_all_connections();
-    shop.time_to_progress().await;
+    shop.time_to_progress(ids.len()).await;
     // Each worker is consuming again on a connection of its own, a new one.
     wait_for(
         "both workers reconnected",
@@ -132,7 +132,7 @@ async fn connections_closed_then_node_restarted_loses_nothing() {
     let started = Instant::now();
     node.restart();
     let downtime = started.elapsed();
-    let after_restart = shop.time_to_progress().await;
+    let after_restart = shop.time_to_progress(ids.len()).await;
 
     let code = producer.wait_exit(LONG).await;
     assert_eq!(code, Some(0), "producer: {}", producer.stderr());
@@ -186,7 +186,7 @@ async fn quorum_leader_sigkilled_in_a_3_node_cluster_loses_nothing() {
             .filter(|n| *n != leader && !n.is_empty())
     })
     .await;
-    shop.time_to_progress().await;
+    shop.time_to_progress(ids.len()).await;
     let recovery = started.elapsed();
 
     let code = producer.wait_exit(LONG).await;

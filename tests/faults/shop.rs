@@ -275,14 +275,39 @@ impl Shop {
     }
 
     /// How long after now the fulfilled count first grows past its current value.
-    pub async fn time_to_progress(&self) -> Duration {
+    pub async fn time_to_progress(&self, total: usize) -> Duration {
         let start = Instant::now();
         let before = self.store_counts().0;
+        // On a slow machine the survivors may finish every order before this is first read:
+        // then there is nothing left to make progress on, and the final tally still checks that
+        // nothing was lost.
         wait_for("fulfilment to resume", LONG, || async {
-            (self.store_counts().0 > before).then_some(())
+            let now = self.store_counts().0;
+            (now > before || now >= total as u64).then_some(())
         })
         .await;
         start.elapsed()
+    }
+}
+
+impl Drop for Shop {
+    /// On a failed scenario, keeps the processes' logs (the temp dir goes away) and says where.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let keep = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("fault-logs-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&keep);
+        if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "log" || x == "out") {
+                    let _ = std::fs::copy(&p, keep.join(e.file_name()));
+                }
+            }
+        }
+        eprintln!("logs of the failed scenario kept in {}", keep.display());
     }
 }
 
