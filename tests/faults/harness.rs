@@ -49,6 +49,11 @@ impl Node {
         let dir = std::env::temp_dir().join(format!("burrow-faults-{name}"));
         let node = Node { name, port, dir };
         let _ = node.ctl(&["stop"]); // leftovers of a killed test run, if any
+                                     // A leftover that no longer answers rabbitmqctl would hold the ports: only processes
+                                     // started with this node's private directory match.
+        let _ = Command::new("pkill")
+            .args(["-9", "-f", &format!("burrow-faults-{}", node.name)])
+            .status();
         let _ = std::fs::remove_dir_all(&node.dir);
         std::fs::create_dir_all(node.dir.join("mnesia")).expect("node dir");
         std::fs::create_dir_all(node.dir.join("log")).expect("node dir");
