@@ -72,6 +72,7 @@ pub async fn run(
     let store = FulfillmentStore::open(&settings.store).await?;
     let fulfilled_before = store.counts().await?.fulfilled;
     let dead_before = dead_letters(settings).await?;
+    let mails_before = count_files(&settings.mail.outbox, "eml");
 
     let mut workers = Vec::new();
     for i in 1..=2 {
