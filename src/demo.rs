@@ -189,9 +189,9 @@ pub async fn run(
         println!("  {name:<16} {ok:>6.0} handled, {failed:>4.0} dead-lettered");
     }
     let outbox = settings.mail.outbox.clone();
+    let mails = count_files(&outbox, "eml").saturating_sub(mails_before);
     println!(
-        "emails:   {} in {}",
-        count_files(&outbox, "eml"),
+        "emails:   {mails} sent by this run, into {}",
         outbox.display()
     );
     println!(
