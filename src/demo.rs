@@ -210,7 +210,7 @@ pub async fn run(
             .unwrap_or_default();
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(&stats) {
             println!(
-                "funnel:   {}",
+                "funnel (all runs, persisted): {}",
                 v.get("funnel").map(ToString::to_string).unwrap_or_default()
             );
         }
