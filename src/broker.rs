@@ -252,6 +252,32 @@ async fn connect_to(
     }
 }
 
+/// What the broker says of `queue` now (messages ready, consumers), by a passive declare on a
+/// channel of its own: a missing queue closes that channel, not the caller's.
+///
+/// # Errors
+/// The queue does not exist, or the connection failed.
+pub async fn queue_state(
+    conn: &lapin::Connection,
+    queue: &str,
+) -> Result<lapin::Queue, lapin::Error> {
+    let channel = conn.create_channel().await?;
+    let state = channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await;
+    if state.is_ok() {
+        let _ = channel.close(200, "done".into()).await;
+    }
+    state
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

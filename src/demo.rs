@@ -71,7 +71,9 @@ pub async fn run(
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let store = FulfillmentStore::open(&settings.store).await?;
     let fulfilled_before = store.counts().await?.fulfilled;
-    let dead_before = dead_letters(settings).await?;
+    // One connection for every depth check of the run.
+    let probe = crate::broker::connect(&settings.amqp, "demo").await?;
+    let dead_before = queue_depth(&probe, "orders.dead").await?;
     let mails_before = count_files(&settings.mail.outbox, "eml");
 
     let mut workers = Vec::new();
@@ -130,7 +132,9 @@ pub async fn run(
             .await?
             .fulfilled
             .saturating_sub(fulfilled_before);
-        let dead = dead_letters(settings).await?.saturating_sub(dead_before);
+        let dead = queue_depth(&probe, "orders.dead")
+            .await?
+            .saturating_sub(dead_before);
         bar.set_position(fulfilled + dead);
         if fulfilled + dead >= confirmed {
             break (fulfilled, dead);
@@ -150,7 +154,8 @@ pub async fn run(
     let settled_after = publish_started.elapsed();
 
     // Let the activity services drain their queues before reading their numbers.
-    wait_queues_empty(settings, &["activity.analytics", "activity.notifications"]).await;
+    wait_queues_empty(&probe, &["activity.analytics", "activity.notifications"]).await;
+    let _ = probe.close(200, "done".into()).await;
     let client = reqwest::Client::new();
     let mut metrics = Vec::new();
     for w in &workers {
@@ -261,12 +266,12 @@ async fn wait_healthy(workers: &mut [ChildWorker]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_queues_empty(settings: &Settings, queues: &[&str]) {
+async fn wait_queues_empty(probe: &lapin::Connection, queues: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         let mut total = 0;
         for q in queues {
-            total += queue_depth(settings, q).await.unwrap_or(0);
+            total += queue_depth(probe, q).await.unwrap_or(0);
         }
         if total == 0 {
             return;
@@ -286,25 +291,11 @@ async fn get_text(client: &reqwest::Client, url: &str) -> Option<String> {
     r.text().await.ok()
 }
 
-async fn queue_depth(settings: &Settings, queue: &str) -> anyhow::Result<u64> {
-    let conn = crate::broker::connect(&settings.amqp, "demo").await?;
-    let ch = conn.create_channel().await?;
-    let q = ch
-        .queue_declare(
-            queue.into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await?;
-    let _ = conn.close(200, "done".into()).await;
-    Ok(q.message_count().into())
-}
-
-async fn dead_letters(settings: &Settings) -> anyhow::Result<u64> {
-    queue_depth(settings, "orders.dead").await
+async fn queue_depth(probe: &lapin::Connection, queue: &str) -> anyhow::Result<u64> {
+    let state = crate::broker::queue_state(probe, queue)
+        .await
+        .with_context(|| format!("reading the depth of {queue}"))?;
+    Ok(state.message_count().into())
 }
 
 /// Runs `producer ARGS`, showing its progress bar, and returns its summary line.

@@ -156,18 +156,7 @@ impl Fleet {
         let conn = crate::broker::connect(&settings.amqp, "bench probe").await?;
         for (queue, consumers) in wanted {
             loop {
-                let ch = conn.create_channel().await?;
-                let q = ch
-                    .queue_declare(
-                        queue.into(),
-                        lapin::options::QueueDeclareOptions {
-                            passive: true,
-                            ..Default::default()
-                        },
-                        Default::default(),
-                    )
-                    .await;
-                let _ = ch.close(200, "done".into()).await;
+                let q = crate::broker::queue_state(&conn, queue).await;
                 if q.is_ok_and(|q| q.consumer_count() >= consumers) {
                     break;
                 }
