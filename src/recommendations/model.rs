@@ -80,6 +80,16 @@ pub struct Scored {
     pub score: i64,
 }
 
+impl Scored {
+    /// Reads a `(sku, score)` row.
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            sku: r.get(0)?,
+            score: r.get(1)?,
+        })
+    }
+}
+
 /// The model store.
 #[derive(Debug, Clone)]
 pub struct Model {
@@ -259,12 +269,7 @@ impl Model {
                      GROUP BY r.other ORDER BY score DESC, r.other LIMIT ?3",
                 )?;
                 let mut out: Vec<Scored> = q
-                    .query_map(params![user_id, RECENT_PRODUCTS, limit], |r| {
-                        Ok(Scored {
-                            sku: r.get(0)?,
-                            score: r.get(1)?,
-                        })
-                    })?
+                    .query_map(params![user_id, RECENT_PRODUCTS, limit], Scored::from_row)?
                     .collect::<rusqlite::Result<_>>()?;
                 if out.is_empty() {
                     let mut q = conn.prepare_cached(
@@ -274,12 +279,7 @@ impl Model {
                          GROUP BY sku ORDER BY score DESC, sku LIMIT ?2",
                     )?;
                     out = q
-                        .query_map(params![user_id, limit], |r| {
-                            Ok(Scored {
-                                sku: r.get(0)?,
-                                score: r.get(1)?,
-                            })
-                        })?
+                        .query_map(params![user_id, limit], Scored::from_row)?
                         .collect::<rusqlite::Result<_>>()?;
                 }
                 Ok(out)
@@ -303,12 +303,7 @@ impl Model {
                      ORDER BY users DESC, other LIMIT ?2",
                 )?;
                 let out = q
-                    .query_map(params![sku, limit], |r| {
-                        Ok(Scored {
-                            sku: r.get(0)?,
-                            score: r.get(1)?,
-                        })
-                    })?
+                    .query_map(params![sku, limit], Scored::from_row)?
                     .collect::<rusqlite::Result<_>>()?;
                 Ok(out)
             })
