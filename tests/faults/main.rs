@@ -6,6 +6,8 @@
 //! Needs root (nodes run as the `rabbitmq` user via `runuser`) and the RabbitMQ Debian package.
 //! Scenarios run one at a time ([`harness::SERIAL`]); each starts and removes its own nodes.
 
+#[path = "../common/mod.rs"]
+mod common;
 mod harness;
 mod scenarios;
 mod shop;

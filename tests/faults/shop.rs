@@ -3,7 +3,6 @@
 //! in-process confirmed publisher, queue inspection, and the end-of-scenario tally.
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -12,39 +11,10 @@ use std::time::{Duration, Instant};
 use burrow::publisher::{BulkPublisher, Fate, Outgoing};
 use burrow::settings::{AmqpSettings, SecretUrl};
 
+pub use crate::common::{fast_topology_text, order_body as order, wait_for};
+
 /// Scenario deadlines: generous for a slow 2-core machine; conditions end waits early.
 pub const LONG: Duration = Duration::from_secs(180);
-
-/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The shop topology with a fast retry ladder (100/200/300 ms); same names and arguments.
-pub fn fast_topology_text() -> String {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/topology/shop.toml"))
-        .expect("reading topology/shop.toml");
-    text.replace("x-message-ttl = 60000", "x-message-ttl = 300")
-        .replace("x-message-ttl = 10000", "x-message-ttl = 200")
-        .replace("x-message-ttl = 1000", "x-message-ttl = 100")
-        .replace("delay = \"60s\"", "delay = \"300ms\"")
-        .replace("delay = \"10s\"", "delay = \"200ms\"")
-        .replace("delay = \"1s\"", "delay = \"100ms\"")
-}
 
 /// One scenario's shop: clients get `urls[0]` and the rest as failover URLs.
 pub struct Shop {
@@ -377,17 +347,6 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A valid order with a fresh id and `sku`.
-pub fn order(sku: &str) -> (String, Vec<u8>) {
-    let id = burrow::message::new_id("ord");
-    let body = serde_json::json!({
-        "order_id": id, "customer_id": "cus_42", "email": "ann@example.com",
-        "items": [{"sku": sku, "quantity": 2, "unit_price_cents": 1999}],
-        "currency": "EUR", "placed_at": "2026-11-28T05:00:00Z"
-    });
-    (id, body.to_string().into_bytes())
 }
 
 /// `n` valid orders as JSON lines for `producer orders --file -`, with their ids.

@@ -3,6 +3,8 @@
 
 mod activity;
 mod cli;
+#[path = "../common/mod.rs"]
+mod common;
 mod compose;
 mod dlq;
 mod helpers;
