@@ -14,10 +14,10 @@ use clap::ValueEnum;
 use super::latency::{stamp, wall_us, Latencies};
 use super::memory::{cpu_seconds, rss};
 use super::report::Row;
-use super::runtime::padded_order;
+use super::runtime::PaddedOrders;
 use super::vhost::BenchVhost;
 use crate::children::{metric_sum, ChildWorker};
-use crate::producer::{order_messages, OrderGenerator};
+use crate::producer::order_messages;
 use crate::publisher::{BulkPublisher, Fate};
 use crate::service::Service;
 use crate::settings::Settings;
@@ -254,10 +254,10 @@ async fn measure(
 
     let sent: Arc<Mutex<HashMap<String, u64>>> = Arc::new(Mutex::new(HashMap::new()));
     let sent_in = sent.clone();
-    let mut generator = OrderGenerator::new(0.0);
+    let mut generator = PaddedOrders::new();
     let events = spec.events;
     let messages = (0..spec.orders).flat_map(move |_| {
-        let order = padded_order(&mut generator);
+        let order = generator.next_order();
         let now = wall_us();
         sent_in
             .lock()

@@ -3,9 +3,13 @@
 //! Deliveries are registered in tag order as they arrive. An ack is held until the batch is
 //! flushed; the flush acknowledges the prefix below the lowest unsettled tag with one
 //! `basic.ack(multiple=true)` and acks the rest one by one, so one slow handler never holds back
-//! the acks (and so the prefetch window) of the deliveries behind it.
+//! the acks (and so the prefetch window) of the deliveries behind it. [`Settler`] sends them on
+//! the channel the deliveries came from.
 
 use std::collections::BTreeSet;
+
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::Channel;
 
 /// What to send to the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +45,11 @@ impl AckTracker {
         self.unsettled.remove(&tag);
     }
 
+    /// Acks waiting for the next flush.
+    pub fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+
     /// Deliveries received and not settled.
     pub fn unsettled(&self) -> impl Iterator<Item = u64> + '_ {
         self.unsettled.iter().copied()
@@ -62,6 +71,110 @@ impl AckTracker {
         }
         frames.extend(above.into_iter().map(AckFrame::Single));
         frames
+    }
+}
+
+/// How a finished delivery is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// Acknowledged at the next flush.
+    Ack,
+    /// A failed forward: `basic.reject(requeue=true)` at once, never part of a multiple ack.
+    Reject,
+}
+
+/// Sends one channel's settlements: acks batched through an [`AckTracker`], rejects and
+/// releases at once. Delivery tags belong to their channel: once it is closed nothing is sent
+/// (a tag on another channel would settle some other delivery); the broker then redelivers
+/// whatever was not settled.
+pub struct Settler<'a> {
+    channel: &'a Channel,
+    tracker: AckTracker,
+    dead: bool,
+}
+
+impl<'a> Settler<'a> {
+    /// Settles deliveries of `channel`.
+    pub fn new(channel: &'a Channel) -> Self {
+        Self {
+            channel,
+            tracker: AckTracker::default(),
+            dead: false,
+        }
+    }
+
+    /// A delivery arrived.
+    pub fn received(&mut self, tag: u64) {
+        self.tracker.received(tag);
+    }
+
+    /// Acks waiting for the next flush.
+    pub fn ready(&self) -> usize {
+        self.tracker.ready_len()
+    }
+
+    /// Whether a settlement could not be sent because the channel is closed.
+    pub fn dead(&self) -> bool {
+        self.dead
+    }
+
+    /// A delivery finished.
+    pub async fn settle(&mut self, tag: u64, settlement: Settlement) {
+        match settlement {
+            Settlement::Ack => self.tracker.ack(tag),
+            Settlement::Reject => {
+                self.tracker.settled_otherwise(tag);
+                if self.alive() {
+                    let opts = BasicRejectOptions { requeue: true };
+                    self.dead = self.channel.basic_reject(tag, opts).await.is_err();
+                }
+            }
+        }
+    }
+
+    /// Gives a delivery back to the queue, not as a failure: `basic.nack(requeue=true)`.
+    pub async fn release(&mut self, tag: u64) {
+        self.tracker.settled_otherwise(tag);
+        self.nack(tag).await;
+    }
+
+    /// Sends the acks that are ready.
+    pub async fn flush(&mut self) {
+        let frames = self.tracker.flush();
+        for frame in frames {
+            if !self.alive() {
+                return;
+            }
+            let (tag, multiple) = match frame {
+                AckFrame::Single(tag) => (tag, false),
+                AckFrame::UpTo(tag) => (tag, true),
+            };
+            let opts = BasicAckOptions { multiple };
+            self.dead = self.channel.basic_ack(tag, opts).await.is_err();
+        }
+    }
+
+    /// Releases every delivery still unsettled (handlers past the grace period).
+    pub async fn release_unsettled(&mut self) {
+        let leftover: Vec<u64> = self.tracker.unsettled().collect();
+        for tag in leftover {
+            self.release(tag).await;
+        }
+    }
+
+    async fn nack(&mut self, tag: u64) {
+        if self.alive() {
+            let opts = BasicNackOptions {
+                multiple: false,
+                requeue: true,
+            };
+            self.dead = self.channel.basic_nack(tag, opts).await.is_err();
+        }
+    }
+
+    fn alive(&mut self) -> bool {
+        self.dead |= !self.channel.status().connected();
+        !self.dead
     }
 }
 
