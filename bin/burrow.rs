@@ -77,6 +77,10 @@ enum Command {
         /// Modes to run (comma-separated; default all).
         #[arg(long, value_enum, value_delimiter = ',')]
         modes: Vec<burrow::bench::Mode>,
+        /// Rounds of baseline, baseline-tuned and burrow-runtime, run interleaved; each
+        /// reports its median round.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
 }
 
@@ -186,6 +190,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             prefetch,
             concurrency,
             modes,
+            rounds,
         } => {
             let options = burrow::bench::BenchOptions {
                 messages,
@@ -197,6 +202,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 } else {
                     modes
                 },
+                rounds,
                 command: std::env::args().collect::<Vec<_>>().join(" "),
             };
             burrow::bench::run(&settings, options).await

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 use tracing::{info, warn};
@@ -174,6 +174,27 @@ async fn settle_oldest(inflight: &mut VecDeque<InFlight>) -> Option<(Tracked, Se
     Some((oldest.tracked, settled))
 }
 
+/// The oldest in-flight message, if its confirm has already arrived.
+fn settle_ready(inflight: &mut VecDeque<InFlight>) -> Option<(Tracked, Settled)> {
+    let confirmed = (&mut inflight.front_mut()?.confirm).now_or_never()?;
+    let oldest = inflight.pop_front()?;
+    let settled = match confirmed {
+        Ok(c) => Settled::Fate(fate(c)),
+        Err(e) => Settled::Lost(e.to_string()),
+    };
+    Some((oldest.tracked, settled))
+}
+
+/// Puts messages back at the head of the re-send queue, in their order.
+fn requeue_front(retry: &mut VecDeque<Tracked>, messages: Vec<Tracked>) {
+    for t in messages.into_iter().rev() {
+        retry.push_front(t);
+    }
+}
+
+/// Publishes sent at once at most (see [`BulkPublisher::run`]).
+const SEND_BATCH: usize = 64;
+
 impl BulkPublisher {
     /// A publisher drawing connections from `pool`, with `window` unconfirmed messages at most
     /// and an optional rate limit in messages per second. A confirm is awaited 30 s by default.
@@ -219,28 +240,39 @@ impl BulkPublisher {
         let mut pause = false;
         let mut retired: Vec<Channel> = Vec::new();
         let mut exhausted = false;
-        loop {
+        'publishing: loop {
             while inflight.len() < self.window {
-                let tracked = match retry.pop_front() {
-                    Some(t) => t,
-                    None if exhausted => break,
-                    None => match input.next() {
-                        Some(msg) => {
-                            if let Some(p) = pacer.as_mut() {
-                                p.tick().await;
+                // A batch of messages is sent at once: lapin hands each publish to its I/O
+                // thread and resolves it once written, so one at a time would cost a thread
+                // round trip per message. A rate-limited publisher sends one per tick.
+                let room = (self.window - inflight.len()).min(if pacer.is_some() {
+                    1
+                } else {
+                    SEND_BATCH
+                });
+                let mut batch: Vec<Tracked> = Vec::with_capacity(room);
+                while batch.len() < room {
+                    match retry.pop_front() {
+                        Some(t) => batch.push(t),
+                        None if exhausted => break,
+                        None => match input.next() {
+                            Some(msg) => {
+                                if let Some(p) = pacer.as_mut() {
+                                    p.tick().await;
+                                }
+                                batch.push(Tracked { msg, nacks: 0 });
                             }
-                            Tracked { msg, nacks: 0 }
-                        }
-                        None => {
-                            exhausted = true;
-                            break;
-                        }
-                    },
-                };
+                            None => exhausted = true,
+                        },
+                    }
+                }
+                if batch.is_empty() {
+                    break;
+                }
                 if channel.as_ref().is_none_or(|c| !c.status().connected()) {
                     if !inflight.is_empty() {
                         // Let the old channel's confirms settle first; they fail, time out or land.
-                        retry.push_front(tracked);
+                        requeue_front(&mut retry, batch);
                         break;
                     }
                     retired.extend(channel.take());
@@ -259,49 +291,75 @@ impl BulkPublisher {
                     channel = Some(self.reconnect(&mut report, &blocked).await?);
                 }
                 let ch = channel.as_ref().expect("channel set above");
-                match send_raw(ch, &tracked.msg).await {
-                    Ok(confirm) => inflight.push_back(InFlight {
-                        tracked,
-                        confirm,
-                        deadline: tokio::time::Instant::now() + self.confirm_timeout,
-                    }),
-                    Err(e) => {
-                        warn!(error = %e, "publish failed; will reconnect and re-send");
-                        retry.push_front(tracked);
-                        mark_broken(&mut channel, &mut retired, &mut pause);
-                        break;
+                let sent =
+                    futures::future::join_all(batch.iter().map(|t| send_raw(ch, &t.msg))).await;
+                let deadline = tokio::time::Instant::now() + self.confirm_timeout;
+                let mut unsent = Vec::new();
+                for (tracked, result) in batch.into_iter().zip(sent) {
+                    match result {
+                        Ok(confirm) => inflight.push_back(InFlight {
+                            tracked,
+                            confirm,
+                            deadline,
+                        }),
+                        Err(e) => {
+                            if unsent.is_empty() {
+                                warn!(error = %e, "publish failed; will reconnect and re-send");
+                            }
+                            unsent.push(tracked);
+                        }
                     }
+                }
+                if !unsent.is_empty() {
+                    requeue_front(&mut retry, unsent);
+                    mark_broken(&mut channel, &mut retired, &mut pause);
+                    break;
                 }
             }
-            match settle_oldest(&mut inflight).await {
-                Some((tracked, Settled::Fate(Fate::Nacked))) if tracked.nacks < NACK_RESENDS => {
-                    if channel.is_some() {
-                        warn!(message_id = ?tracked.msg.properties.message_id(), nacks = tracked.nacks + 1,
-                            "broker nacked a publish; re-sending it on a fresh channel");
+            // Wait for the oldest confirm, then take every other one that has already arrived
+            // (the broker confirms with `multiple=true`), so that the next batch is a full one.
+            let mut wait = true;
+            loop {
+                let settled = if std::mem::take(&mut wait) {
+                    settle_oldest(&mut inflight).await
+                } else {
+                    match settle_ready(&mut inflight) {
+                        Some(s) => Some(s),
+                        None => break,
                     }
-                    report.nack_resends += 1;
-                    mark_broken(&mut channel, &mut retired, &mut pause);
-                    retry.push_back(Tracked {
-                        nacks: tracked.nacks + 1,
-                        ..tracked
-                    });
-                }
-                Some((tracked, Settled::Fate(fate))) => {
-                    if fate == Fate::Confirmed {
-                        failures.reset();
+                };
+                match settled {
+                    Some((tracked, Settled::Fate(Fate::Nacked)))
+                        if tracked.nacks < NACK_RESENDS =>
+                    {
+                        if channel.is_some() {
+                            warn!(message_id = ?tracked.msg.properties.message_id(), nacks = tracked.nacks + 1,
+                                "broker nacked a publish; re-sending it on a fresh channel");
+                        }
+                        report.nack_resends += 1;
+                        mark_broken(&mut channel, &mut retired, &mut pause);
+                        retry.push_back(Tracked {
+                            nacks: tracked.nacks + 1,
+                            ..tracked
+                        });
                     }
-                    on_fate(&tracked.msg, &fate);
-                }
-                Some((tracked, Settled::Lost(reason))) => {
-                    if channel.is_some() {
-                        warn!(%reason, "publishes unconfirmed (connection lost or confirm timed out); re-sending them");
+                    Some((tracked, Settled::Fate(fate))) => {
+                        if fate == Fate::Confirmed {
+                            failures.reset();
+                        }
+                        on_fate(&tracked.msg, &fate);
                     }
-                    mark_broken(&mut channel, &mut retired, &mut pause);
-                    report.resent += 1;
-                    retry.push_back(tracked);
+                    Some((tracked, Settled::Lost(reason))) => {
+                        if channel.is_some() {
+                            warn!(%reason, "publishes unconfirmed (connection lost or confirm timed out); re-sending them");
+                        }
+                        mark_broken(&mut channel, &mut retired, &mut pause);
+                        report.resent += 1;
+                        retry.push_back(tracked);
+                    }
+                    None if exhausted && retry.is_empty() => break 'publishing,
+                    None => break,
                 }
-                None if exhausted && retry.is_empty() => break,
-                None => {}
             }
         }
         if let Some(ch) = channel {

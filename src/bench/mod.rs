@@ -77,6 +77,9 @@ pub struct BenchOptions {
     pub concurrency: usize,
     /// Modes to run, in [`Mode::ALL`] order.
     pub modes: Vec<Mode>,
+    /// Rounds of the head-to-head modes (baseline, baseline-tuned, burrow-runtime), run
+    /// interleaved; each reports its median round.
+    pub rounds: usize,
     /// The command line, printed with the table.
     pub command: String,
 }
@@ -129,7 +132,11 @@ pub async fn run(settings: &Settings, options: BenchOptions) -> anyhow::Result<E
         concurrency: options.concurrency,
         rate: None,
     };
-    for mode in Mode::ALL.into_iter().filter(|m| options.modes.contains(m)) {
+    head_to_head(settings, &options, params, &mut m).await;
+    let others = Mode::ALL
+        .into_iter()
+        .filter(|m| options.modes.contains(m) && !HEAD_TO_HEAD.contains(m));
+    for mode in others {
         let name = format!("{mode:?}");
         eprintln!("running {name} ...");
         let result = run_mode(settings, &options, mode, params, &mut m).await;
@@ -139,13 +146,7 @@ pub async fn run(settings: &Settings, options: BenchOptions) -> anyhow::Result<E
             m.errors.push(line);
         }
         if let Some(row) = m.rows.last() {
-            eprintln!(
-                "{}",
-                report::table(std::slice::from_ref(row))
-                    .lines()
-                    .nth(1)
-                    .unwrap_or("")
-            );
+            eprintln!("{}", report::line(row));
         }
     }
 
@@ -182,6 +183,94 @@ pub async fn run(settings: &Settings, options: BenchOptions) -> anyhow::Result<E
     })
 }
 
+/// The modes whose ratios are targets: run round-robin, `rounds` times, on fresh queues.
+const HEAD_TO_HEAD: [Mode; 3] = [Mode::Baseline, Mode::BaselineTuned, Mode::BurrowRuntime];
+
+/// Runs the head-to-head modes interleaved, `options.rounds` times, so that a burst of load
+/// from elsewhere on the machine hits every mode alike; keeps each mode's median round (by
+/// end-to-end rate) and lists every round's rate in its note.
+async fn head_to_head(
+    settings: &Settings,
+    options: &BenchOptions,
+    params: RuntimeParams,
+    m: &mut Measured,
+) {
+    let modes: Vec<Mode> = HEAD_TO_HEAD
+        .into_iter()
+        .filter(|mode| options.modes.contains(mode))
+        .collect();
+    let rounds = options.rounds.max(1);
+    let mut samples: Vec<Vec<Row>> = vec![Vec::new(); modes.len()];
+    for round in 1..=rounds {
+        for (i, &mode) in modes.iter().enumerate() {
+            eprintln!("running {mode:?} (round {round} of {rounds}) ...");
+            match head_to_head_row(settings, options, mode, params).await {
+                Ok(row) => {
+                    eprintln!("{}", report::line(&row));
+                    samples[i].push(row);
+                }
+                Err(e) => {
+                    let line = format!("{mode:?}: {e:#}");
+                    eprintln!("error: {line}");
+                    m.errors.push(line);
+                }
+            }
+        }
+    }
+    for (mode, mut rows) in modes.into_iter().zip(samples) {
+        rows.sort_by(|a, b| {
+            a.e2e_rate
+                .unwrap_or(0.0)
+                .total_cmp(&b.e2e_rate.unwrap_or(0.0))
+        });
+        let rates: Vec<String> = rows
+            .iter()
+            .map(|r| format!("{:.0}", r.e2e_rate.unwrap_or(0.0)))
+            .collect();
+        let Some(mut row) = rows.get(rows.len() / 2).cloned() else {
+            continue;
+        };
+        if rows.len() > 1 {
+            row.note = format!(
+                "median of {} rounds (e2e/s {}); {}",
+                rows.len(),
+                rates.join(", "),
+                row.note
+            );
+        }
+        m.rows.push(row.clone());
+        match mode {
+            Mode::Baseline => m.baseline = Some(row),
+            Mode::BaselineTuned => m.tuned = Some(row),
+            _ => m.runtime = Some(row),
+        }
+    }
+}
+
+async fn head_to_head_row(
+    settings: &Settings,
+    options: &BenchOptions,
+    mode: Mode,
+    params: RuntimeParams,
+) -> anyhow::Result<Row> {
+    let n = options.messages;
+    let (w, p) = (options.window, options.prefetch);
+    in_vhost(settings, |v| async move {
+        let r = match mode {
+            Mode::Baseline => {
+                raw::run(&v.settings, "baseline", n, w, p, AckStyle::PerMessage).await
+            }
+            Mode::BaselineTuned => {
+                let style = AckStyle::Batched(TUNED_ACK_EVERY);
+                raw::run(&v.settings, "baseline-tuned", n, w, p, style).await
+            }
+            _ => runtime::run(&v.settings, "burrow-runtime", n, params).await,
+        };
+        (v, r)
+    })
+    .await
+}
+
 async fn run_mode(
     settings: &Settings,
     options: &BenchOptions,
@@ -190,34 +279,10 @@ async fn run_mode(
     m: &mut Measured,
 ) -> anyhow::Result<()> {
     let n = options.messages;
-    let (w, p) = (options.window, options.prefetch);
+    let w = options.window;
     match mode {
-        Mode::Baseline | Mode::BaselineTuned => {
-            let (name, style) = if mode == Mode::Baseline {
-                ("baseline", AckStyle::PerMessage)
-            } else {
-                ("baseline-tuned", AckStyle::Batched(TUNED_ACK_EVERY))
-            };
-            let row = in_vhost(settings, |v| async move {
-                let r = raw::run(&v.settings, name, n, w, p, style).await;
-                (v, r)
-            })
-            .await?;
-            m.rows.push(row.clone());
-            if mode == Mode::Baseline {
-                m.baseline = Some(row);
-            } else {
-                m.tuned = Some(row);
-            }
-        }
-        Mode::BurrowRuntime => {
-            let row = in_vhost(settings, |v| async move {
-                let r = runtime::run(&v.settings, "burrow-runtime", n, params).await;
-                (v, r)
-            })
-            .await?;
-            m.rows.push(row.clone());
-            m.runtime = Some(row);
+        Mode::Baseline | Mode::BaselineTuned | Mode::BurrowRuntime => {
+            unreachable!("head-to-head modes run in head_to_head")
         }
         Mode::HalfRate => {
             let max = match &m.runtime {

@@ -38,6 +38,15 @@ fn num(v: Option<f64>, decimals: usize) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
+/// One row as the table prints it, for progress output.
+pub fn line(row: &Row) -> String {
+    table(std::slice::from_ref(row))
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// The table, one row per line, aligned.
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();

@@ -95,13 +95,16 @@ impl<H: Handler> Session<'_, H> {
         let mut health = tokio::time::interval(Duration::from_secs(1));
         health.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let concurrency = self.concurrency.max(1);
+        // One waiter for the whole session, not one registered and dropped per loop turn.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
 
         let end = loop {
             let room = jobs.len() < concurrency;
             let unflushed = settler.ready() > 0;
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => break SessionEnd::Shutdown,
+                () = &mut cancelled => break SessionEnd::Shutdown,
                 Some((tag, settlement)) = jobs.next(), if !jobs.is_empty() => {
                     settler.settle(tag, settlement).await;
                     if settler.ready() >= ACK_BATCH {
@@ -122,8 +125,8 @@ impl<H: Handler> Session<'_, H> {
                 },
                 // Nothing else is ready: send the acks now rather than wait for more traffic.
                 () = std::future::ready(()), if unflushed => settler.flush().await,
-                _ = health.tick() => {
-                    if !room && !self.channel.status().connected() {
+                _ = health.tick(), if !room => {
+                    if !self.channel.status().connected() {
                         break SessionEnd::Lost(
                             "the channel closed while every handler was busy".into(),
                         );
