@@ -3,7 +3,7 @@
 //! some hitting transient carrier failures) and activity events with the real `producer`, waits
 //! until every order is settled, prints a summary and stops the children cleanly.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -74,7 +74,7 @@ pub async fn run(
     // One connection for every depth check of the run.
     let probe = crate::broker::connect(&settings.amqp, "demo").await?;
     let dead_before = queue_depth(&probe, "orders.dead").await?;
-    let mails_before = count_files(&settings.mail.outbox, "eml");
+    let mails_before = count_mails(&settings.mail.outbox);
 
     let mut workers = Vec::new();
     for i in 1..=2 {
@@ -194,10 +194,10 @@ pub async fn run(
         println!("  {name:<16} {ok:>6.0} handled, {failed:>4.0} dead-lettered");
     }
     let outbox = settings.mail.outbox.clone();
-    let mails = count_files(&outbox, "eml").saturating_sub(mails_before);
+    let mails = count_mails(&outbox).saturating_sub(mails_before);
     println!(
         "emails:   {mails} sent by this run, into {}",
-        outbox.display()
+        crate::notifications::outbox_file(&outbox).display()
     );
     println!(
         "UI:       {} (guest/guest) → Queues",
@@ -325,14 +325,8 @@ fn first_number_before(text: &str, marker: &str) -> Option<u64> {
         .ok()
 }
 
-fn count_files(dir: &PathBuf, ext: &str) -> usize {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .filter(|e| e.path().extension().is_some_and(|x| x == ext))
-                .count()
-        })
-        .unwrap_or(0)
+fn count_mails(outbox: &Path) -> usize {
+    crate::notifications::read_outbox(outbox).map_or(0, |m| m.len())
 }
 
 #[cfg(test)]

@@ -212,7 +212,7 @@ pub struct StoreSettings {
 /// Outgoing mail.
 #[derive(Debug, Clone, Deserialize)]
 pub struct MailSettings {
-    /// Directory of the file outbox (one `.eml` per mail).
+    /// Directory of the file outbox (`outbox.mbox`, every mail appended).
     pub outbox: PathBuf,
     /// Optional SMTP URL (`smtp://user:pass@host:587`); the outbox is used when unset.
     pub smtp_url: Option<SecretUrl>,

@@ -4,6 +4,11 @@
 //! Every service store that is shared by the processes of one host (notifications, analytics,
 //! recommendations) uses WAL mode and a busy timeout, and writes in `BEGIN IMMEDIATE`
 //! transactions, so two processes serialize on the write lock instead of failing.
+//!
+//! Group commit: the thread runs every call queued at the moment in one `BEGIN IMMEDIATE`
+//! transaction, each call in a savepoint of its own (a failing call rolls back only its own
+//! writes), and answers the calls once the transaction is committed. A call is atomic and its
+//! answer means it is durable, as with a transaction per call, at one commit per batch.
 
 use std::path::Path;
 use std::sync::mpsc as std_mpsc;
@@ -13,7 +18,54 @@ use anyhow::Context;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+/// One call queued for the database thread.
+trait Call: Send {
+    /// Runs (in a savepoint of its own when `isolated`) and returns whether it succeeded and
+    /// how to answer once the batch's fate is known.
+    fn run(self: Box<Self>, conn: &Connection, isolated: bool) -> (bool, Answer);
+    /// The batch could not start: answers with why, without running.
+    fn refuse(self: Box<Self>, why: String);
+}
+
+type Job = Box<dyn Call>;
+/// Answers a call: `Ok` when the batch committed, else why it did not.
+type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+struct Pending<T, F> {
+    f: F,
+    reply: oneshot::Sender<anyhow::Result<T>>,
+}
+
+impl<T, F> Call for Pending<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+{
+    fn run(self: Box<Self>, conn: &Connection, isolated: bool) -> (bool, Answer) {
+        let Pending { f, reply } = *self;
+        let result = if isolated {
+            in_savepoint(conn, f)
+        } else {
+            f(conn)
+        };
+        let ok = result.is_ok();
+        let answer: Answer = Box::new(move |committed| {
+            let answer = match committed {
+                Ok(()) => result.map_err(anyhow::Error::from),
+                Err(why) => Err(anyhow::anyhow!(why)),
+            };
+            let _ = reply.send(answer);
+        });
+        (ok, answer)
+    }
+
+    fn refuse(self: Box<Self>, why: String) {
+        let _ = self.reply.send(Err(anyhow::anyhow!(why)));
+    }
+}
+
+/// Calls committed together at most.
+const MAX_BATCH: usize = 256;
 
 /// A SQLite database file served by its own thread.
 #[derive(Clone)]
@@ -81,31 +133,93 @@ impl Db {
         std::thread::Builder::new()
             .name(format!("{name}-db"))
             .spawn(move || {
-                let mut conn = conn;
-                while let Ok(job) = rx.recv() {
-                    job(&mut conn);
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    run_batch(&conn, batch);
                 }
             })
             .context("starting the database thread")?;
         Ok(Self { jobs: tx })
     }
 
-    /// Runs `f` on the database thread and returns its result.
+    /// Runs `f` on the database thread, atomically (in a write transaction), and returns its
+    /// result once it is committed.
     ///
     /// # Errors
-    /// `f` failed, or the database thread is gone.
+    /// `f` failed (its writes are rolled back), the commit failed, or the database thread is
+    /// gone.
     pub async fn call<T, F>(&self, f: F) -> anyhow::Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
         self.jobs
-            .send(Box::new(move |conn| {
-                let _ = reply.send(f(conn));
-            }))
+            .send(Box::new(Pending { f, reply }))
             .map_err(|_| anyhow::anyhow!("database thread stopped"))?;
-        Ok(rx.await.context("database thread stopped")??)
+        rx.await.context("database thread stopped")?
+    }
+}
+
+/// Runs `f` in a savepoint: released when `f` succeeds, rolled back when it fails.
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    sql(conn, "SAVEPOINT call")?;
+    let result = f(conn);
+    let end = if result.is_ok() {
+        sql(conn, "RELEASE call")
+    } else {
+        sql(conn, "ROLLBACK TO call").and_then(|()| sql(conn, "RELEASE call"))
+    };
+    match (result, end) {
+        (Ok(v), Ok(())) => Ok(v),
+        (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+    }
+}
+
+/// Runs a statement without parameters, prepared once per connection.
+fn sql(conn: &Connection, statement: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(statement)?.execute([]).map(|_| ())
+}
+
+/// Runs `batch` in one `BEGIN IMMEDIATE` transaction and answers every call after the commit.
+/// A call alone in its batch needs no savepoint: when it fails, the transaction is rolled back.
+fn run_batch(conn: &Connection, batch: Vec<Job>) {
+    if let Err(e) = sql(conn, "BEGIN IMMEDIATE") {
+        let why = format!("starting a transaction: {e}");
+        for job in batch {
+            job.refuse(why.clone());
+        }
+        return;
+    }
+    let isolated = batch.len() > 1;
+    let (mut all_ok, mut answers) = (true, Vec::with_capacity(batch.len()));
+    for job in batch {
+        let (ok, answer) = job.run(conn, isolated);
+        all_ok &= ok;
+        answers.push(answer);
+    }
+    let committed = if all_ok || isolated {
+        sql(conn, "COMMIT").map_err(|e| {
+            let _ = sql(conn, "ROLLBACK");
+            format!("committing: {e}")
+        })
+    } else {
+        // The single call failed part-way: none of its writes may stay. Its own error is its
+        // answer.
+        let _ = sql(conn, "ROLLBACK");
+        Ok(())
+    };
+    for answer in answers {
+        answer(committed.clone());
     }
 }
 
@@ -131,5 +245,69 @@ mod tests {
         for t in threads {
             t.join().unwrap().expect("every opener succeeds");
         }
+    }
+
+    fn counter_db(dir: &Path) -> Db {
+        Db::open(
+            &dir.join("t.db"),
+            "CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, n INTEGER NOT NULL);",
+        )
+        .unwrap()
+    }
+
+    async fn rows(db: &Db) -> Vec<String> {
+        db.call(|c| {
+            let mut q = c.prepare("SELECT k FROM t ORDER BY k")?;
+            let keys = q.query_map([], |r| r.get(0))?.collect();
+            keys
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failing_call_alone_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = counter_db(dir.path());
+        let err = db
+            .call(|c| {
+                c.execute("INSERT INTO t VALUES ('half', 1)", [])?;
+                c.execute("INSERT INTO t VALUES ('half', 2)", [])?; // duplicate key
+                Ok(())
+            })
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("UNIQUE"), "{err:#}");
+        assert!(rows(&db).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn calls_committed_together_keep_their_own_atomicity() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = counter_db(dir.path());
+        // Queued at once, so the thread runs them as one batch (or several; either way each
+        // call must be all-or-nothing and answered with its own result).
+        let calls = (0..50).map(|i| {
+            let db = db.clone();
+            async move {
+                db.call(move |c| {
+                    c.execute("INSERT INTO t VALUES (?1, 1)", [format!("k{i:02}")])?;
+                    if i % 10 == 3 {
+                        c.execute("INSERT INTO t VALUES (?1, 1)", [format!("k{i:02}")])?;
+                    }
+                    Ok(i)
+                })
+                .await
+            }
+        });
+        let results = futures::future::join_all(calls).await;
+        for (i, r) in results.iter().enumerate() {
+            assert_eq!(r.is_err(), i % 10 == 3, "call {i}: {r:?}");
+        }
+        let expected: Vec<String> = (0..50)
+            .filter(|i| i % 10 != 3)
+            .map(|i| format!("k{i:02}"))
+            .collect();
+        assert_eq!(rows(&db).await, expected);
     }
 }

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use rusqlite::{params, TransactionBehavior};
+use rusqlite::params;
 use serde::Serialize;
 
 use crate::message::{ActivityEvent, EventKind};
@@ -129,38 +129,38 @@ impl AnalyticsStore {
         let products = products_of(event);
         self.db
             .call(move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let new = tx.execute(
-                    "INSERT INTO seen (event_id, kind, counted_at) VALUES (?1, ?2, ?3)
+                let new = conn
+                    .prepare_cached(
+                        "INSERT INTO seen (event_id, kind, counted_at) VALUES (?1, ?2, ?3)
                      ON CONFLICT(event_id) DO NOTHING",
-                    params![event_id, kind, now_ms()],
-                )? == 1;
+                    )?
+                    .execute(params![event_id, kind, now_ms()])?
+                    == 1;
                 if new {
-                    tx.execute(
+                    conn.prepare_cached(
                         "INSERT INTO by_kind (kind, n) VALUES (?1, 1)
                          ON CONFLICT(kind) DO UPDATE SET n = n + 1",
-                        [kind],
-                    )?;
-                    tx.execute(
+                    )?
+                    .execute([kind])?;
+                    conn.prepare_cached(
                         "INSERT INTO by_minute (minute, kind, n) VALUES (?1, ?2, 1)
                          ON CONFLICT(minute, kind) DO UPDATE SET n = n + 1",
-                        [&minute, kind],
+                    )?
+                    .execute([&minute, kind])?;
+                    let mut by_product = conn.prepare_cached(
+                        "INSERT INTO by_product (sku, kind, n) VALUES (?1, ?2, 1)
+                         ON CONFLICT(sku, kind) DO UPDATE SET n = n + 1",
                     )?;
                     for sku in &products {
-                        tx.execute(
-                            "INSERT INTO by_product (sku, kind, n) VALUES (?1, ?2, 1)
-                             ON CONFLICT(sku, kind) DO UPDATE SET n = n + 1",
-                            [sku, kind],
-                        )?;
+                        by_product.execute([sku, kind])?;
                     }
                 } else {
-                    tx.execute(
+                    conn.prepare_cached(
                         "INSERT INTO duplicates (id, n) VALUES (0, 1)
                          ON CONFLICT(id) DO UPDATE SET n = n + 1",
-                        [],
-                    )?;
+                    )?
+                    .execute([])?;
                 }
-                tx.commit()?;
                 Ok(new)
             })
             .await

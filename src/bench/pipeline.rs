@@ -314,10 +314,13 @@ async fn measure(
 
     let mut peak: Option<f64> = None;
     let mut others = Vec::new();
-    let mut fulfillment_cpu = 0.0;
+    // CPU seconds by service, in the order the services were started.
+    let mut cpu: Vec<(Service, f64)> = Vec::new();
     for (s, w) in &fleet.workers {
-        if *s == Service::Fulfillment {
-            fulfillment_cpu += cpu_seconds(w.pid()).unwrap_or(0.0);
+        let secs = cpu_seconds(w.pid()).unwrap_or(0.0);
+        match cpu.iter_mut().find(|(c, _)| c == s) {
+            Some((_, total)) => *total += secs,
+            None => cpu.push((*s, secs)),
         }
         let Some(m) = rss(w.pid()) else { continue };
         if *s == Service::Fulfillment {
@@ -369,10 +372,11 @@ async fn measure(
             per_order(deliveries)
         ));
     }
-    notes.push(format!(
-        "fulfillment CPU {:.0} us/order",
-        1e6 * fulfillment_cpu / orders.max(1) as f64
-    ));
+    let cpu: Vec<String> = cpu
+        .iter()
+        .map(|(s, secs)| format!("{} {:.0}", s.name(), 1e6 * secs / orders.max(1) as f64))
+        .collect();
+    notes.push(format!("CPU us/order: {}", cpu.join(", ")));
     if !others.is_empty() {
         notes.push(format!("peak MiB {}", others.join(", ")));
     }

@@ -9,9 +9,9 @@ pub mod store;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, warn};
 
-pub use mail::{Mail, MailError, Mailer};
+pub use mail::{outbox_file, read_outbox, Mail, MailError, Mailer};
 pub use store::{Claim, NotificationCounts, NotificationStore};
 
 use crate::message::{ActivityEvent, EventKind};
@@ -167,7 +167,9 @@ impl Notifications {
                     // The mail is out; only the record is missing. Retrying would send it again.
                     error!(event_id = %event.event_id, error = %format!("{e:#}"), "mail sent but not recorded");
                 }
-                info!(event_id = %event.event_id, kind = %event.kind, "mail sent");
+                // debug: one line per mail is hot-path cost; sent mails are counted in
+                // `burrow_messages_total` and recorded in the notifications store.
+                debug!(event_id = %event.event_id, kind = %event.kind, "mail sent");
                 Outcome::Success
             }
             Some(outcome) => {

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, OptionalExtension};
 
 use crate::sqlite::{now_ms, Db};
 
@@ -82,17 +82,17 @@ impl NotificationStore {
         let lease_ms = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
         self.db
             .call(move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let now = now_ms();
-                let inserted = tx.execute(
-                    "INSERT INTO notifications (event_id, kind, recipient, status, owner, claimed_at)
-                     VALUES (?1, ?2, ?3, 'sending', ?4, ?5) ON CONFLICT(event_id) DO NOTHING",
-                    params![event_id, kind, recipient, owner, now],
-                )?;
+                let inserted = conn
+                    .prepare_cached(
+                        "INSERT INTO notifications (event_id, kind, recipient, status, owner, claimed_at)
+                         VALUES (?1, ?2, ?3, 'sending', ?4, ?5) ON CONFLICT(event_id) DO NOTHING",
+                    )?
+                    .execute(params![event_id, kind, recipient, owner, now])?;
                 let claim = if inserted == 1 {
                     Claim::Won
                 } else {
-                    let row: Option<(String, i64)> = tx
+                    let row: Option<(String, i64)> = conn
                         .query_row(
                             "SELECT status, claimed_at FROM notifications WHERE event_id = ?1",
                             [&event_id],
@@ -102,7 +102,7 @@ impl NotificationStore {
                     match row {
                         Some((status, _)) if status == "sent" => Claim::AlreadySent,
                         Some((_, claimed_at)) if now.saturating_sub(claimed_at) > lease_ms => {
-                            tx.execute(
+                            conn.execute(
                                 "UPDATE notifications SET owner = ?2, claimed_at = ?3 WHERE event_id = ?1",
                                 params![event_id, owner, now],
                             )?;
@@ -111,7 +111,6 @@ impl NotificationStore {
                         _ => Claim::Busy,
                     }
                 };
-                tx.commit()?;
                 Ok(claim)
             })
             .await
@@ -125,11 +124,11 @@ impl NotificationStore {
         let (event_id, owner) = (event_id.to_owned(), owner.to_owned());
         self.db
             .call(move |conn| {
-                conn.execute(
+                conn.prepare_cached(
                     "UPDATE notifications SET status = 'sent', sent_at = ?3
                      WHERE event_id = ?1 AND owner = ?2",
-                    params![event_id, owner, now_ms()],
-                )
+                )?
+                .execute(params![event_id, owner, now_ms()])
                 .map(|_| ())
             })
             .await

@@ -15,7 +15,7 @@
 
 use std::path::Path;
 
-use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use crate::message::{ActivityEvent, EventKind};
@@ -105,34 +105,31 @@ fn weight(kind: EventKind) -> i64 {
     }
 }
 
-fn touch(tx: &Transaction<'_>, user: &str, sku: &str, w: i64, offset: i64) -> rusqlite::Result<()> {
-    let known: bool = tx
-        .query_row(
-            "SELECT 1 FROM interest WHERE user_id = ?1 AND sku = ?2",
-            [user, sku],
-            |_| Ok(()),
-        )
+fn touch(conn: &Connection, user: &str, sku: &str, w: i64, offset: i64) -> rusqlite::Result<()> {
+    let known: bool = conn
+        .prepare_cached("SELECT 1 FROM interest WHERE user_id = ?1 AND sku = ?2")?
+        .query_row([user, sku], |_| Ok(()))
         .optional()?
         .is_some();
     if !known {
-        tx.execute(
+        conn.prepare_cached(
             "INSERT INTO related (sku, other, users)
              SELECT ?2, sku, 1 FROM interest WHERE user_id = ?1
              ON CONFLICT(sku, other) DO UPDATE SET users = users + 1",
-            [user, sku],
-        )?;
-        tx.execute(
+        )?
+        .execute([user, sku])?;
+        conn.prepare_cached(
             "INSERT INTO related (sku, other, users)
              SELECT sku, ?2, 1 FROM interest WHERE user_id = ?1
              ON CONFLICT(sku, other) DO UPDATE SET users = users + 1",
-            [user, sku],
-        )?;
+        )?
+        .execute([user, sku])?;
     }
-    tx.execute(
+    conn.prepare_cached(
         "INSERT INTO interest (user_id, sku, weight, last_offset) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT(user_id, sku) DO UPDATE SET weight = weight + ?3, last_offset = ?4",
-        params![user, sku, w, offset],
-    )?;
+    )?
+    .execute(params![user, sku, w, offset])?;
     Ok(())
 }
 
@@ -146,10 +143,8 @@ impl Model {
         if rebuild {
             db.call(|conn| {
                 conn.execute_batch(
-                    "BEGIN IMMEDIATE;
-                     DELETE FROM seen; DELETE FROM interest; DELETE FROM related; DELETE FROM stock;
-                     UPDATE state SET stream_offset = NULL, events = 0, skipped = 0;
-                     COMMIT;",
+                    "DELETE FROM seen; DELETE FROM interest; DELETE FROM related; DELETE FROM stock;
+                     UPDATE state SET stream_offset = NULL, events = 0, skipped = 0;",
                 )
             })
             .await?;
@@ -169,50 +164,53 @@ impl Model {
     ) -> anyhow::Result<Applied> {
         self.db
             .call(move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let last: Option<i64> =
-                    tx.query_row("SELECT stream_offset FROM state WHERE id = 0", [], |r| {
-                        r.get(0)
-                    })?;
+                let last: Option<i64> = conn
+                    .prepare_cached("SELECT stream_offset FROM state WHERE id = 0")?
+                    .query_row([], |r| r.get(0))?;
                 if last.is_some_and(|l| offset <= l) {
                     return Ok(Applied::AlreadyApplied);
                 }
                 let applied = match event {
                     Err(_) => {
-                        tx.execute("UPDATE state SET skipped = skipped + 1 WHERE id = 0", [])?;
+                        conn.execute("UPDATE state SET skipped = skipped + 1 WHERE id = 0", [])?;
                         Applied::Skipped
                     }
                     Ok(e) => {
-                        let new = tx.execute(
-                            "INSERT INTO seen (event_id) VALUES (?1) ON CONFLICT DO NOTHING",
-                            [&e.event_id],
-                        )? == 1;
+                        let new = conn
+                            .prepare_cached(
+                                "INSERT INTO seen (event_id) VALUES (?1) ON CONFLICT DO NOTHING",
+                            )?
+                            .execute([&e.event_id])?
+                            == 1;
                         if new {
                             let w = weight(e.kind);
                             if w > 0 {
                                 for sku in crate::analytics::store::products_of(&e) {
-                                    touch(&tx, &e.user_id, &sku, w, offset)?;
+                                    touch(conn, &e.user_id, &sku, w, offset)?;
                                 }
                             }
                             if e.kind == EventKind::InventoryChanged {
                                 let stock = e.data.get("stock").and_then(serde_json::Value::as_i64);
                                 if let (Some(sku), Some(stock)) = (&e.product_id, stock) {
-                                    tx.execute(
+                                    conn.execute(
                                         "INSERT INTO stock (sku, stock) VALUES (?1, ?2)
                                          ON CONFLICT(sku) DO UPDATE SET stock = ?2",
                                         params![sku, stock],
                                     )?;
                                 }
                             }
-                            tx.execute("UPDATE state SET events = events + 1 WHERE id = 0", [])?;
+                            conn.prepare_cached(
+                                "UPDATE state SET events = events + 1 WHERE id = 0",
+                            )?
+                            .execute([])?;
                             Applied::Event
                         } else {
                             Applied::Duplicate
                         }
                     }
                 };
-                tx.execute("UPDATE state SET stream_offset = ?1 WHERE id = 0", [offset])?;
-                tx.commit()?;
+                conn.prepare_cached("UPDATE state SET stream_offset = ?1 WHERE id = 0")?
+                    .execute([offset])?;
                 Ok(applied)
             })
             .await

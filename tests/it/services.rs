@@ -127,27 +127,14 @@ impl TestVhost {
         .await;
     }
 
-    /// `.eml` files in the outbox.
+    /// Mails in the outbox.
     pub fn outbox_count(&self) -> usize {
-        std::fs::read_dir(&self.settings.mail.outbox)
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
-                    .count()
-            })
-            .unwrap_or(0)
+        self.outbox().len()
     }
 
-    /// The `.eml` files' contents.
+    /// The mails in the outbox, as written.
     pub fn outbox(&self) -> Vec<String> {
-        std::fs::read_dir(&self.settings.mail.outbox)
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
-                    .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-                    .collect()
-            })
-            .unwrap_or_default()
+        burrow::notifications::read_outbox(&self.settings.mail.outbox).unwrap_or_default()
     }
 
     /// Messages in `queue`, ready and unacked, from the management API (refreshed every few
