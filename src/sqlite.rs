@@ -33,6 +33,9 @@ type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 struct Pending<T, F> {
     f: F,
+    /// The call writes with one statement at most, which SQLite undoes by itself when it
+    /// fails: no savepoint needed.
+    one_statement: bool,
     reply: oneshot::Sender<anyhow::Result<T>>,
 }
 
@@ -42,8 +45,12 @@ where
     F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
 {
     fn run(self: Box<Self>, conn: &Connection, isolated: bool) -> (bool, Answer) {
-        let Pending { f, reply } = *self;
-        let result = if isolated {
+        let Pending {
+            f,
+            one_statement,
+            reply,
+        } = *self;
+        let result = if isolated && !one_statement {
             in_savepoint(conn, f)
         } else {
             f(conn)
@@ -159,9 +166,35 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
+        self.submit(f, false).await
+    }
+
+    /// [`Db::call`] for a call that writes with one statement at most: it skips the savepoint
+    /// (SQLite undoes a failing statement by itself), which keeps the write lock, shared with
+    /// the other processes of the host, for less time.
+    ///
+    /// # Errors
+    /// As [`Db::call`].
+    pub async fn call_one_statement<T, F>(&self, f: F) -> anyhow::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.submit(f, true).await
+    }
+
+    async fn submit<T, F>(&self, f: F, one_statement: bool) -> anyhow::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
         let (reply, rx) = oneshot::channel();
         self.jobs
-            .send(Box::new(Pending { f, reply }))
+            .send(Box::new(Pending {
+                f,
+                one_statement,
+                reply,
+            }))
             .map_err(|_| anyhow::anyhow!("database thread stopped"))?;
         rx.await.context("database thread stopped")?
     }

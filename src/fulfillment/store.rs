@@ -1,16 +1,15 @@
 //! The fulfillment record, keyed by `order_id` and shared by every fulfillment process: a SQLite
 //! file in WAL mode on one host, or PostgreSQL when workers span hosts.
 //!
-//! SQLite writes go through one writer thread per process that commits whatever requests have
-//! queued up in one transaction (group commit): one fsync for many orders, and no mutex held
+//! SQLite writes go through the process's [`Db`] thread, which commits whatever calls have
+//! queued up in one transaction (group commit): one commit for many orders, and no mutex held
 //! across an await on the hot path.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc as std_mpsc;
 
-use anyhow::Context;
 use rusqlite::{params, Connection, OptionalExtension};
-use tokio::sync::oneshot;
+
+use crate::sqlite::Db;
 
 /// What recording an order found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,18 +21,6 @@ pub enum Recorded {
     Duplicate {
         /// Whether the fulfilment event went out.
         announced: bool,
-    },
-}
-
-enum Request {
-    Record {
-        order_id: String,
-        shipment_id: String,
-        reply: oneshot::Sender<rusqlite::Result<Recorded>>,
-    },
-    Announced {
-        order_id: String,
-        reply: oneshot::Sender<rusqlite::Result<()>>,
     },
 }
 
@@ -119,7 +106,7 @@ impl FulfillmentStore {
 /// The SQLite store.
 pub struct SqliteStore {
     path: PathBuf,
-    writer: std_mpsc::Sender<Request>,
+    db: Db,
 }
 
 const SCHEMA: &str = "
@@ -136,49 +123,50 @@ fn open_connection(path: &Path) -> anyhow::Result<Connection> {
 }
 
 impl SqliteStore {
-    /// Opens (and creates) the store at `path`, starting its writer thread.
+    /// Opens (and creates) the store at `path`, starting its database thread.
     ///
     /// # Errors
     /// The file cannot be opened or the schema created.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let conn = open_connection(path)?;
-        conn.execute_batch(SCHEMA)
-            .context("creating the fulfillment schema")?;
-        let (tx, rx) = std_mpsc::channel();
-        std::thread::Builder::new()
-            .name("fulfillment-store".into())
-            .spawn(move || writer_loop(conn, rx))
-            .context("starting the store writer")?;
         Ok(Self {
             path: path.to_owned(),
-            writer: tx,
+            db: Db::open(path, SCHEMA)?,
         })
     }
 
     async fn record(&self, order_id: &str, shipment_id: &str) -> anyhow::Result<Recorded> {
-        let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(Request::Record {
-                order_id: order_id.to_owned(),
-                shipment_id: shipment_id.to_owned(),
-                reply,
+        let (order_id, shipment_id) = (order_id.to_owned(), shipment_id.to_owned());
+        self.db
+            .call_one_statement(move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO fulfillments (order_id, shipment_id) VALUES (?1, ?2)
+                     ON CONFLICT(order_id) DO UPDATE SET duplicates = duplicates + 1
+                     RETURNING duplicates, announced",
+                )?
+                .query_row(params![order_id, shipment_id], |r| {
+                    let dups: i64 = r.get(0)?;
+                    let announced: i64 = r.get(1)?;
+                    Ok(if dups == 0 {
+                        Recorded::New
+                    } else {
+                        Recorded::Duplicate {
+                            announced: announced != 0,
+                        }
+                    })
+                })
             })
-            .map_err(|_| anyhow::anyhow!("store writer stopped"))?;
-        Ok(rx.await.context("store writer stopped")??)
+            .await
     }
 
     async fn mark_announced(&self, order_id: &str) -> anyhow::Result<()> {
-        let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(Request::Announced {
-                order_id: order_id.to_owned(),
-                reply,
+        let order_id = order_id.to_owned();
+        self.db
+            .call_one_statement(move |conn| {
+                conn.prepare_cached("UPDATE fulfillments SET announced = 1 WHERE order_id = ?1")?
+                    .execute([order_id])
+                    .map(|_| ())
             })
-            .map_err(|_| anyhow::anyhow!("store writer stopped"))?;
-        Ok(rx.await.context("store writer stopped")??)
+            .await
     }
 
     fn counts(&self) -> anyhow::Result<StoreCounts> {
@@ -204,80 +192,6 @@ impl SqliteStore {
             )
             .optional()?
             .is_some())
-    }
-}
-
-/// Commits queued requests in batches until every sender is gone.
-fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Request>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < 512 {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
-        commit_batch(&mut conn, batch);
-    }
-}
-
-/// Runs every request of `batch` in one transaction and answers each; on a failed commit every
-/// request is answered with the error.
-fn commit_batch(conn: &mut Connection, batch: Vec<Request>) {
-    let mut answers: Vec<rusqlite::Result<Option<Recorded>>> = Vec::with_capacity(batch.len());
-    let tx_result = (|| -> rusqlite::Result<()> {
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO fulfillments (order_id, shipment_id) VALUES (?1, ?2) ON CONFLICT(order_id) DO UPDATE SET duplicates = duplicates + 1 RETURNING duplicates, announced",
-            )?;
-            let mut announce =
-                tx.prepare_cached("UPDATE fulfillments SET announced = 1 WHERE order_id = ?1")?;
-            for req in batch.iter() {
-                answers.push(match req {
-                    Request::Record {
-                        order_id,
-                        shipment_id,
-                        ..
-                    } => insert.query_row(params![order_id, shipment_id], |r| {
-                        let dups: i64 = r.get(0)?;
-                        let announced: i64 = r.get(1)?;
-                        Ok(Some(if dups == 0 {
-                            Recorded::New
-                        } else {
-                            Recorded::Duplicate {
-                                announced: announced != 0,
-                            }
-                        }))
-                    }),
-                    Request::Announced { order_id, .. } => {
-                        announce.execute([order_id]).map(|_| None)
-                    }
-                });
-            }
-        }
-        tx.commit()
-    })();
-    for (req, answer) in batch.into_iter().zip(
-        answers
-            .into_iter()
-            .chain(std::iter::repeat_with(|| Ok(None))),
-    ) {
-        let answer = match &tx_result {
-            Err(e) => Err(rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
-                Some(format!("commit failed: {e}")),
-            )),
-            Ok(()) => answer,
-        };
-        match req {
-            Request::Record { reply, .. } => {
-                let _ = reply.send(answer.map(|r| r.unwrap_or(Recorded::New)));
-            }
-            Request::Announced { reply, .. } => {
-                let _ = reply.send(answer.map(|_| ()));
-            }
-        }
     }
 }
 

@@ -123,7 +123,7 @@ impl NotificationStore {
     pub async fn sent(&self, event_id: &str, owner: &str) -> anyhow::Result<()> {
         let (event_id, owner) = (event_id.to_owned(), owner.to_owned());
         self.db
-            .call(move |conn| {
+            .call_one_statement(move |conn| {
                 conn.prepare_cached(
                     "UPDATE notifications SET status = 'sent', sent_at = ?3
                      WHERE event_id = ?1 AND owner = ?2",
