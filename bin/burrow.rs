@@ -79,7 +79,7 @@ enum Command {
         modes: Vec<burrow::bench::Mode>,
         /// Rounds of baseline, baseline-tuned and burrow-runtime, run interleaved; each
         /// reports its median round.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
 }
