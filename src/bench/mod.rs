@@ -127,6 +127,8 @@ where
 /// Only when the management API cannot create the vhost; a failing mode is reported in the
 /// table and makes the exit code 1.
 pub async fn run(settings: &Settings, options: BenchOptions) -> anyhow::Result<ExitCode> {
+    // Every mode needs its vhost: find out once, before anything runs, that it can be made.
+    BenchVhost::create(settings).await?.delete().await?;
     let mut m = Measured::default();
     let n = options.messages;
     let params = RuntimeParams {

@@ -66,7 +66,14 @@ impl BenchVhost {
             password,
             settings: bench_settings,
         };
-        vhost.delete().await?;
+        vhost.delete().await.with_context(|| {
+            format!(
+                "the management API at {} does not answer as expected (the benchmark makes a \
+                 vhost of its own through it; `rabbitmq-plugins enable rabbitmq_management` \
+                 turns it on)",
+                vhost.api
+            )
+        })?;
         let path = format!("/api/vhosts/{}", encode_vhost(BENCH_VHOST));
         vhost
             .send(vhost.http.put(format!("{}{path}", vhost.api)))
