@@ -135,7 +135,13 @@ impl<'a> Settler<'a> {
     /// Gives a delivery back to the queue, not as a failure: `basic.nack(requeue=true)`.
     pub async fn release(&mut self, tag: u64) {
         self.tracker.settled_otherwise(tag);
-        self.nack(tag).await;
+        if self.alive() {
+            let opts = BasicNackOptions {
+                multiple: false,
+                requeue: true,
+            };
+            self.dead = self.channel.basic_nack(tag, opts).await.is_err();
+        }
     }
 
     /// Sends the acks that are ready.
@@ -159,16 +165,6 @@ impl<'a> Settler<'a> {
         let leftover: Vec<u64> = self.tracker.unsettled().collect();
         for tag in leftover {
             self.release(tag).await;
-        }
-    }
-
-    async fn nack(&mut self, tag: u64) {
-        if self.alive() {
-            let opts = BasicNackOptions {
-                multiple: false,
-                requeue: true,
-            };
-            self.dead = self.channel.basic_nack(tag, opts).await.is_err();
         }
     }
 

@@ -19,9 +19,8 @@ use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use acks::{AckFrame, AckTracker, Settlement, Settler};
+pub use acks::{AckFrame, AckTracker};
 pub use handler::{Handler, Incoming, Outcome};
-pub use session::ACK_BATCH;
 pub use settle::{Decision, SettlePolicy};
 
 use self::session::{Session, SessionEnd};
