@@ -1,5 +1,5 @@
 //! Helpers shared by the test binaries (`tests/it`, `tests/faults`): waiting on a condition,
-//! the shop topology with a fast retry ladder, and a valid order body.
+//! the shop topology with a fast retry ladder, a valid order body, and emptying a queue.
 
 #![allow(dead_code)]
 
@@ -45,4 +45,24 @@ pub fn order_body(sku: &str) -> (String, Vec<u8>) {
         "currency": "EUR", "placed_at": "2026-11-28T05:00:00Z"
     });
     (id, order.to_string().into_bytes())
+}
+
+/// Takes every message out of `queue` on a channel of `conn` (no-ack) and returns them.
+pub async fn drain_queue(
+    conn: &lapin::Connection,
+    queue: &str,
+) -> Vec<lapin::message::BasicGetMessage> {
+    let ch = conn.create_channel().await.expect("channel");
+    let mut out = Vec::new();
+    while let Some(m) = ch
+        .basic_get(
+            queue.into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .expect("basic.get")
+    {
+        out.push(m);
+    }
+    out
 }

@@ -187,18 +187,7 @@ impl Shop {
         let conn = burrow::broker::connect(&self.amqp, "fault test")
             .await
             .expect("connect");
-        let ch = conn.create_channel().await.expect("channel");
-        let mut out = Vec::new();
-        while let Some(m) = ch
-            .basic_get(
-                queue.into(),
-                lapin::options::BasicGetOptions { no_ack: true },
-            )
-            .await
-            .expect("basic.get")
-        {
-            out.push(m);
-        }
+        let out = crate::common::drain_queue(&conn, queue).await;
         let _ = conn.close(200, "done".into()).await;
         out
     }

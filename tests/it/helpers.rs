@@ -288,18 +288,7 @@ impl TestVhost {
     /// Takes every message out of `queue` (acking them) and returns them.
     pub async fn drain(&self, queue: &str) -> Vec<lapin::message::BasicGetMessage> {
         let conn = self.connect().await;
-        let ch = conn.create_channel().await.expect("channel");
-        let mut out = Vec::new();
-        while let Some(m) = ch
-            .basic_get(
-                queue.into(),
-                lapin::options::BasicGetOptions { no_ack: true },
-            )
-            .await
-            .expect("basic.get")
-        {
-            out.push(m);
-        }
+        let out = crate::common::drain_queue(&conn, queue).await;
         let _ = conn.close(200, "done".into()).await;
         out
     }
