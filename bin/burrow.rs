@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use burrow::settings::Settings;
 use burrow::telemetry::LogFormat;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "burrow", version, about)]
@@ -99,34 +99,45 @@ enum DlqCommand {
     },
     /// Move dead letters back to their source queue (confirmed before the dead copy is removed).
     Replay {
-        /// Only messages whose reason contains this (case-insensitive).
-        #[arg(long)]
-        filter: Option<String>,
-        /// At most this many messages.
-        #[arg(long)]
-        limit: Option<usize>,
-        /// Count what would be replayed; move nothing.
-        #[arg(long)]
-        dry_run: bool,
+        #[command(flatten)]
+        select: SelectionArgs,
         /// At most this many messages per second, so the workers are not flooded.
         #[arg(long)]
         rate: Option<f64>,
     },
     /// Delete dead letters for good (requires --yes).
     Purge {
-        /// Only messages whose reason contains this (case-insensitive).
-        #[arg(long)]
-        filter: Option<String>,
-        /// At most this many messages.
-        #[arg(long)]
-        limit: Option<usize>,
-        /// Count what would be deleted; delete nothing.
-        #[arg(long)]
-        dry_run: bool,
+        #[command(flatten)]
+        select: SelectionArgs,
         /// Yes, delete them.
         #[arg(long)]
         yes: bool,
     },
+}
+
+/// Which dead letters `dlq replay` and `dlq purge` take.
+#[derive(Args)]
+struct SelectionArgs {
+    /// Only messages whose reason contains this (case-insensitive).
+    #[arg(long)]
+    filter: Option<String>,
+    /// At most this many messages.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Count what would be replayed or deleted; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+impl SelectionArgs {
+    fn selection(self, rate: Option<f64>) -> burrow::dlq::Selection {
+        burrow::dlq::Selection {
+            filter: self.filter,
+            limit: self.limit,
+            dry_run: self.dry_run,
+            rate,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -245,37 +256,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             burrow::status::run(&settings, &file, &options, burrow::shutdown::on_signal()).await
         }
         Command::Dlq { queue, command } => {
-            use burrow::dlq::{self, Selection};
+            use burrow::dlq;
             match command {
                 DlqCommand::List { limit } => dlq::run_list(&settings, &queue, limit).await,
                 DlqCommand::Show { id } => dlq::run_show(&settings, &queue, &id).await,
-                DlqCommand::Replay {
-                    filter,
-                    limit,
-                    dry_run,
-                    rate,
-                } => {
-                    let selection = Selection {
-                        filter,
-                        limit,
-                        dry_run,
-                        rate,
-                    };
-                    dlq::run_replay(&settings, &queue, &selection).await
+                DlqCommand::Replay { select, rate } => {
+                    dlq::run_replay(&settings, &queue, &select.selection(rate)).await
                 }
-                DlqCommand::Purge {
-                    filter,
-                    limit,
-                    dry_run,
-                    yes,
-                } => {
-                    let selection = Selection {
-                        filter,
-                        limit,
-                        dry_run,
-                        rate: None,
-                    };
-                    dlq::run_purge(&settings, &queue, &selection, yes).await
+                DlqCommand::Purge { select, yes } => {
+                    dlq::run_purge(&settings, &queue, &select.selection(None), yes).await
                 }
             }
         }

@@ -640,15 +640,25 @@ async fn depth(conn: &Connection, queue: &str) -> u32 {
     }
 }
 
-fn progress_bar(total: u32) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(u64::from(total));
+/// Runs `scan` over `queue` on a connection of its own, behind a progress bar sized to the
+/// queue's depth, and closes both afterwards.
+async fn scan_with_progress<T>(
+    settings: &Settings,
+    queue: &str,
+    scan: impl AsyncFnOnce(&Connection, &indicatif::ProgressBar) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let conn = connect(settings).await?;
+    let bar = indicatif::ProgressBar::new(u64::from(depth(&conn, queue).await));
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{bar:40} {pos}/{len} scanned  {msg}  {per_sec} eta {eta}",
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    bar
+    let result = scan(&conn, &bar).await;
+    bar.finish_and_clear();
+    let _ = conn.close(200, "done".into()).await;
+    result
 }
 
 /// `burrow dlq replay`: moves the selected dead letters back to their source queues and prints
@@ -661,16 +671,14 @@ pub async fn run_replay(
     queue: &str,
     selection: &Selection,
 ) -> anyhow::Result<ExitCode> {
-    let conn = connect(settings).await?;
-    let bar = progress_bar(depth(&conn, queue).await);
-    let counts = replay(&conn, queue, selection, |c| {
-        bar.set_position(c.scanned);
-        bar.set_message(format!("{} replayed", c.done));
+    let c = scan_with_progress(settings, queue, async |conn, bar| {
+        replay(conn, queue, selection, |c| {
+            bar.set_position(c.scanned);
+            bar.set_message(format!("{} replayed", c.done));
+        })
+        .await
     })
-    .await;
-    bar.finish_and_clear();
-    let _ = conn.close(200, "done".into()).await;
-    let c = counts?;
+    .await?;
     let verb = if selection.dry_run {
         "would replay"
     } else {
@@ -705,12 +713,10 @@ pub async fn run_purge(
         yes || selection.dry_run,
         "purge deletes dead letters for good: add --yes to confirm (or --dry-run to count them)"
     );
-    let conn = connect(settings).await?;
-    let bar = progress_bar(depth(&conn, queue).await);
-    let counts = purge(&conn, queue, selection, |c| bar.set_position(c.scanned)).await;
-    bar.finish_and_clear();
-    let _ = conn.close(200, "done".into()).await;
-    let c = counts?;
+    let c = scan_with_progress(settings, queue, async |conn, bar| {
+        purge(conn, queue, selection, |c| bar.set_position(c.scanned)).await
+    })
+    .await?;
     let verb = if selection.dry_run {
         "would purge"
     } else {
