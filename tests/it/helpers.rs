@@ -9,6 +9,17 @@ use burrow::settings::{encode_vhost, SecretUrl, Settings};
 
 pub use crate::common::{fast_topology_text, order_body, wait_for};
 
+/// `producer` arguments that place one valid order (customer `cus_42`, one line of SKU-1).
+pub const ONE_ORDER: [&str; 7] = [
+    "order",
+    "--customer",
+    "cus_42",
+    "--email",
+    "ann@example.com",
+    "--item",
+    "SKU-1:2:1999",
+];
+
 /// A vhost that exists for one test and is deleted when dropped.
 pub struct TestVhost {
     pub name: String,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use burrow::message::{header_str, HEADER_TRACEPARENT};
 
-use crate::helpers::{order_body, wait_for, TestVhost};
+use crate::helpers::{order_body, wait_for, TestVhost, ONE_ORDER};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -126,18 +126,7 @@ async fn worker_serves_health_and_metrics_and_logs_json() {
 #[tokio::test]
 async fn traceparent_of_an_order_reaches_its_order_fulfilled_event() {
     let t = TestVhost::new("obs-trace").await.with_fast_topology().await;
-    let (code, out, err) = t.producer(
-        &[
-            "order",
-            "--customer",
-            "cus_42",
-            "--email",
-            "ann@example.com",
-            "--item",
-            "SKU-1:2:1999",
-        ],
-        None,
-    );
+    let (code, out, err) = t.producer(&ONE_ORDER, None);
     assert_eq!(code, 0, "{err}");
     let order_id = out.trim().to_owned();
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use burrow::message::{header_str, header_u32, HEADER_ATTEMPTS, HEADER_ERROR, HEADER_SOURCE_QUEUE};
 
-use crate::helpers::{order_body, wait_for, TestVhost};
+use crate::helpers::{order_body, wait_for, TestVhost, ONE_ORDER};
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -232,20 +232,8 @@ async fn unroutable_order_is_reported_with_a_non_zero_exit() {
 #[tokio::test]
 async fn producer_order_prints_the_id_of_a_confirmed_order() {
     let t = TestVhost::new("one-order").await.with_fast_topology().await;
-    let (code, stdout, stderr) = t.producer(
-        &[
-            "order",
-            "--customer",
-            "cus_42",
-            "--email",
-            "ann@example.com",
-            "--item",
-            "SKU-1:2:1999",
-            "--item",
-            "SKU-2:1:500",
-        ],
-        None,
-    );
+    let args = [&ONE_ORDER[..], &["--item", "SKU-2:1:500"]].concat();
+    let (code, stdout, stderr) = t.producer(&args, None);
     assert_eq!(code, 0, "{stderr}");
     let id = stdout.trim();
     assert!(id.starts_with("ord_"), "{stdout}");

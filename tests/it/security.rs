@@ -8,7 +8,7 @@ use burrow::settings::SecretUrl;
 use burrow::topology::{Topology, UserDefinition};
 use lapin::options::{BasicConsumeOptions, BasicGetOptions};
 
-use crate::helpers::{order_body, wait_for, TestVhost};
+use crate::helpers::{order_body, wait_for, TestVhost, ONE_ORDER};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -163,15 +163,7 @@ async fn least_privilege_worker_and_producer_fulfil_an_order_end_to_end() {
     // The worker re-declares the topology on connect without configure permission.
     let _w = t.spawn_worker("fulfillment", &[], &[("AMQP_URL", worker_url.expose())]);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_producer"))
-        .args([
-            "order",
-            "--customer",
-            "cus_42",
-            "--email",
-            "ann@example.com",
-            "--item",
-            "SKU-1:2:1999",
-        ])
+        .args(ONE_ORDER)
         .envs(t.env())
         .env("AMQP_URL", producer_url.expose())
         .output()
@@ -205,15 +197,7 @@ async fn least_privilege_worker_and_producer_fulfil_an_order_end_to_end() {
 #[tokio::test]
 async fn wrong_credentials_are_refused_in_one_line_without_the_password() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_producer"))
-        .args([
-            "order",
-            "--customer",
-            "cus_42",
-            "--email",
-            "ann@example.com",
-            "--item",
-            "SKU-1:2:1999",
-        ])
+        .args(ONE_ORDER)
         .env("AMQP_URL", "amqp://nobody:wrong-s3cret@127.0.0.1:5672/%2f")
         .env("RUST_LOG", "off")
         .output()
