@@ -163,21 +163,9 @@ impl Shop {
         let Ok(conn) = burrow::broker::connect(&self.amqp, "fault test").await else {
             return 0;
         };
-        let count = match conn.create_channel().await {
-            Ok(ch) => ch
-                .queue_declare(
-                    queue.into(),
-                    lapin::options::QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    Default::default(),
-                )
-                .await
-                .map(|q| q.message_count())
-                .unwrap_or(0),
-            Err(_) => 0,
-        };
+        let count = burrow::broker::queue_state(&conn, queue)
+            .await
+            .map_or(0, |q| q.message_count());
         let _ = conn.close(200, "done".into()).await;
         count
     }

@@ -280,16 +280,7 @@ impl TestVhost {
     /// Messages ready in `queue` (not counting unacked ones).
     pub async fn ready(&self, queue: &str) -> u32 {
         let conn = self.connect().await;
-        let ch = conn.create_channel().await.expect("channel");
-        let q = ch
-            .queue_declare(
-                queue.into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
+        let q = burrow::broker::queue_state(&conn, queue)
             .await
             .unwrap_or_else(|e| panic!("passive declare of {queue}: {e}"));
         let _ = conn.close(200, "done".into()).await;

@@ -21,13 +21,8 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// GET `path` as JSON.
     pub async fn get(&self, path: &str) -> serde_json::Value {
-        reqwest::get(format!("{}{path}", self.base))
-            .await
-            .and_then(|r| r.error_for_status())
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
-            .json()
-            .await
-            .expect("json")
+        let text = self.text(path).await;
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {text}"))
     }
 
     /// GET `path` as text.
