@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -353,6 +354,31 @@ impl Reader {
     pub async fn close(self) {
         let _ = self.channel.close(200, "done".into()).await;
     }
+
+    /// Reads at most [`Reader::depth`] messages, handing each to `visit` until it says stop,
+    /// then closes the reader (every message read goes back to the queue), also on an error.
+    async fn scan(
+        self,
+        mut visit: impl FnMut(DeadLetter) -> ControlFlow<()>,
+    ) -> anyhow::Result<()> {
+        let mut result = Ok(());
+        for _ in 0..self.depth {
+            match self.next().await {
+                Ok(Some((_, m))) => {
+                    if visit(m).is_break() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        self.close().await;
+        result
+    }
 }
 
 /// Reads up to `limit` dead letters, leaving every one in the queue.
@@ -360,20 +386,20 @@ impl Reader {
 /// # Errors
 /// The queue does not exist or the connection failed.
 pub async fn list(conn: &Connection, queue: &str, limit: usize) -> anyhow::Result<Vec<DeadLetter>> {
-    let reader = Reader::open(conn, queue).await?;
     let mut out = Vec::new();
-    let max = limit.min(reader.depth as usize);
-    while out.len() < max {
-        match reader.next().await {
-            Ok(Some((_, m))) => out.push(m),
-            Ok(None) => break,
-            Err(e) => {
-                reader.close().await;
-                return Err(e);
+    Reader::open(conn, queue)
+        .await?
+        .scan(|m| {
+            if out.len() < limit {
+                out.push(m);
             }
-        }
-    }
-    reader.close().await;
+            if out.len() >= limit {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .await?;
     Ok(out)
 }
 
@@ -382,23 +408,18 @@ pub async fn list(conn: &Connection, queue: &str, limit: usize) -> anyhow::Resul
 /// # Errors
 /// The queue does not exist or the connection failed.
 pub async fn find(conn: &Connection, queue: &str, id: &str) -> anyhow::Result<Option<DeadLetter>> {
-    let reader = Reader::open(conn, queue).await?;
     let mut found = None;
-    for _ in 0..reader.depth {
-        match reader.next().await {
-            Ok(Some((_, m))) if m.id == id => {
+    Reader::open(conn, queue)
+        .await?
+        .scan(|m| {
+            if m.id == id {
                 found = Some(m);
-                break;
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
             }
-            Ok(Some(_)) => {}
-            Ok(None) => break,
-            Err(e) => {
-                reader.close().await;
-                return Err(e);
-            }
-        }
-    }
-    reader.close().await;
+        })
+        .await?;
     Ok(found)
 }
 
