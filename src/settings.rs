@@ -172,7 +172,8 @@ pub struct WorkerSettings {
     pub concurrency: usize,
     /// Deliveries the broker may send ahead of acks.
     pub prefetch: u16,
-    /// How long in-flight handlers may run after a shutdown signal.
+    /// How long a worker may keep handling (in flight and already prefetched) after a shutdown
+    /// signal; what is unstarted when it ends is requeued.
     pub grace_ms: u64,
 }
 

@@ -3,8 +3,12 @@
 //! caught, reconnection with jittered back-off, and graceful shutdown.
 //!
 //! The consume loop only feeds handlers and settles: a delivery is taken from the consumer only
-//! once a handler slot is free, so on shutdown whatever the broker prefetched but no handler
-//! started is still in the consumer's buffer and is released with `basic.nack(requeue=true)`.
+//! once a handler slot is free. On shutdown the consumer is cancelled and what the broker already
+//! sent (prefetched, still in the consumer's buffer) is handled and settled like any delivery,
+//! within the grace period; only what is unfinished or unstarted when the grace period ends is
+//! released with `basic.nack(requeue=true)`. A stop within the grace period hands nothing back,
+//! so scaling down never raises a message's delivery count (RabbitMQ 3.10–4.2 count every
+//! requeue toward `x-delivery-limit`).
 
 mod acks;
 mod handler;
@@ -40,7 +44,9 @@ pub struct WorkerConfig {
     /// Deliveries the broker sends ahead of acks. At least `concurrency`, so that every handler
     /// slot has work waiting; more only hides broker round-trips.
     pub prefetch: u16,
-    /// How long in-flight handlers may run after shutdown begins.
+    /// How long the worker may keep handling after shutdown begins: the deliveries in flight and
+    /// those already prefetched. Enough for a prefetch window's worth of handling means a stop
+    /// never requeues.
     pub grace: Duration,
     /// How long a forwarded copy may wait for its confirm.
     pub confirm_timeout: Duration,

@@ -79,8 +79,16 @@ pub struct Session<'a, H> {
 }
 
 impl<H: Handler> Session<'_, H> {
-    /// Consumes until shutdown or until the session is lost, then lets the handlers in flight
-    /// finish (within the grace period) and settles them while the channel lives.
+    /// Consumes until shutdown or until the session is lost.
+    ///
+    /// On shutdown the consumer is cancelled (`basic.cancel`) and the session keeps handling
+    /// and settling, with the usual concurrency, every delivery the broker already sent: lapin
+    /// queues deliveries and the end of the consumer in one channel, in arrival order, and the
+    /// end is queued when `cancel-ok` arrives, so the stream yields the whole buffer and then
+    /// ends. All of this within the grace period; only what is unfinished or unstarted when it
+    /// ends is released (`basic.nack(requeue=true)`). Releasing is what raises a message's
+    /// delivery count (RabbitMQ 3.10–4.2 count every requeue toward `x-delivery-limit`), so a
+    /// stop within the grace period never does.
     pub async fn consume(
         &self,
         consumer: &mut lapin::Consumer,
@@ -98,113 +106,119 @@ impl<H: Handler> Session<'_, H> {
         // One waiter for the whole session, not one registered and dropped per loop turn.
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
+        // Set once shutdown began: the end of the grace period.
+        let mut draining: Option<tokio::time::Instant> = None;
+        let grace_over = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(grace_over);
+        // Whether the consumer may still yield deliveries.
+        let mut open = true;
+        let started = Instant::now();
 
         let end = loop {
+            if draining.is_some() && !open && jobs.is_empty() {
+                break SessionEnd::Shutdown;
+            }
             let room = jobs.len() < concurrency;
             let unflushed = settler.ready() > 0;
             tokio::select! {
                 biased;
-                () = &mut cancelled => break SessionEnd::Shutdown,
+                () = &mut cancelled, if draining.is_none() => {
+                    info!(%queue, grace = ?self.grace, "shutting down: consumer cancelled; handling what was already delivered");
+                    let deadline = tokio::time::Instant::now() + self.grace;
+                    draining = Some(deadline);
+                    grace_over.as_mut().reset(deadline);
+                    if let Err(e) = self
+                        .channel
+                        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                        .await
+                    {
+                        // The channel is closing: the consumer stream ends with it.
+                        debug!(error = %e, "cancel failed");
+                    }
+                }
+                () = &mut grace_over, if draining.is_some() => break SessionEnd::Shutdown,
                 Some((tag, settlement)) = jobs.next(), if !jobs.is_empty() => {
                     settler.settle(tag, settlement).await;
                     if settler.ready() >= ACK_BATCH {
                         settler.flush().await;
                     }
                 }
-                delivery = consumer.next(), if room => match delivery {
+                delivery = consumer.next(), if room && open => match delivery {
                     Some(Ok(delivery)) => {
+                        if !self.channel.status().connected() {
+                            // Its acks could not be sent; the broker redelivers it anyway.
+                            break SessionEnd::Lost("the channel closed".into());
+                        }
                         settler.received(delivery.delivery_tag);
                         jobs.push(self.job(&hot, delivery));
                     }
-                    Some(Err(e)) => break SessionEnd::Lost(format!("consumer failed: {e}")),
-                    None => {
+                    Some(Err(e)) if draining.is_none() => {
+                        break SessionEnd::Lost(format!("consumer failed: {e}"))
+                    }
+                    None if draining.is_none() => {
                         break SessionEnd::Lost(format!(
                             "the broker cancelled the consumer of {queue} (queue deleted?)"
                         ))
                     }
+                    // After our basic.cancel: everything buffered was handed out.
+                    Some(Err(_)) | None => open = false,
                 },
                 // Nothing else is ready: send the acks now rather than wait for more traffic.
                 () = std::future::ready(()), if unflushed => settler.flush().await,
-                _ = health.tick(), if !room => {
+                _ = health.tick(), if !room || draining.is_some() => {
                     if !self.channel.status().connected() {
                         break SessionEnd::Lost(
-                            "the channel closed while every handler was busy".into(),
+                            "the channel closed while handlers were busy".into(),
                         );
                     }
                 }
             }
         };
 
-        let consumer = match end {
+        match end {
             SessionEnd::Shutdown => {
-                info!(%queue, "shutting down: no new work; finishing handlers in flight");
-                if let Err(e) = self
-                    .channel
-                    .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-                    .await
-                {
-                    debug!(error = %e, "cancel failed");
+                settler.flush().await;
+                // Past the grace period: what the consumer still buffers was never started.
+                let mut released = 0u32;
+                while let Some(Some(Ok(d))) = consumer.next().now_or_never() {
+                    settler.received(d.delivery_tag);
+                    settler.release(d.delivery_tag).await;
+                    released += 1;
                 }
-                Some(consumer)
+                if !jobs.is_empty() || released > 0 {
+                    warn!(%queue, grace = ?self.grace, unfinished = jobs.len(), unstarted = released, "grace period over; releasing what was not handled");
+                }
+                self.release_rest(&mut settler).await;
+                info!(%queue, waited_ms = started.elapsed().as_millis() as u64, "session drained");
             }
-            SessionEnd::Lost(_) => None,
-        };
-        self.finish(&mut jobs, &mut settler, consumer).await;
+            SessionEnd::Lost(_) => self.finish(&mut jobs, &mut settler).await,
+        }
         end
     }
 
-    /// Runs the handlers in flight to completion (at most the grace period) and settles them;
-    /// releases with `basic.nack(requeue=true)` what the consumer still holds (prefetched, never
-    /// started) and, after the grace period, whatever is still unsettled.
-    async fn finish<F>(
-        &self,
-        jobs: &mut FuturesUnordered<F>,
-        settler: &mut Settler<'_>,
-        mut consumer: Option<&mut lapin::Consumer>,
-    ) where
+    /// After the session was lost: runs the handlers in flight to completion (at most the grace
+    /// period) and settles them if the channel still lives, then releases the rest.
+    async fn finish<F>(&self, jobs: &mut FuturesUnordered<F>, settler: &mut Settler<'_>)
+    where
         F: Future<Output = (u64, Settlement)>,
     {
-        let queue = self.policy.queue.as_str();
-        let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.grace;
-        let mut released = 0u32;
-        let mut in_time = true;
-        while !jobs.is_empty() || consumer.is_some() {
-            let unflushed = settler.ready() > 0;
-            let open = consumer.is_some();
-            let buffered = async {
-                match consumer.as_mut() {
-                    Some(c) => tokio::time::timeout(Duration::from_millis(500), c.next()).await,
-                    None => std::future::pending().await,
-                }
-            };
+        while !jobs.is_empty() {
             tokio::select! {
-                biased;
-                Some((tag, s)) = jobs.next(), if !jobs.is_empty() => settler.settle(tag, s).await,
-                d = buffered, if open => match d {
-                    Ok(Some(Ok(d))) => {
-                        settler.received(d.delivery_tag);
-                        settler.release(d.delivery_tag).await;
-                        released += 1;
-                    }
-                    _ => consumer = None,
-                },
-                () = std::future::ready(()), if unflushed => settler.flush().await,
-                () = tokio::time::sleep_until(deadline) => {
-                    in_time = false;
-                    break;
-                }
+                Some((tag, s)) = jobs.next() => settler.settle(tag, s).await,
+                () = tokio::time::sleep_until(deadline) => break,
             }
         }
         settler.flush().await;
-        if !in_time {
-            warn!(%queue, grace = ?self.grace, unfinished = jobs.len(), "grace period over; releasing unfinished deliveries");
-        }
+        self.release_rest(settler).await;
+    }
+
+    /// Releases every delivery still unsettled (handlers past the grace period).
+    async fn release_rest(&self, settler: &mut Settler<'_>) {
         settler.release_unsettled().await;
         if settler.dead() {
-            debug!(%queue, "some settlements were not sent: the channel is closed; the broker redelivers them");
+            debug!(queue = %self.policy.queue, "some settlements were not sent: the channel is closed; the broker redelivers them");
         }
-        info!(%queue, released, waited_ms = started.elapsed().as_millis() as u64, "session finished");
     }
 
     /// Handles one delivery and decides its settlement: ack, or forward a copy (retry or dead

@@ -9,6 +9,7 @@ mod compose;
 mod dlq;
 mod helpers;
 mod observability;
+mod operations;
 mod pipeline;
 mod postgres;
 mod recommendations;

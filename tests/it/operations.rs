@@ -1,0 +1,99 @@
+//! Everyday operations on workers: scaling down (SIGTERM) hands nothing back to the broker, and a
+//! worker whose forwarding channel was closed by the broker opens a new one without hot-looping.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::helpers::{order_body, wait_for, TestVhost};
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// Consumers of `queue` as the queue itself reports them (a passive declare, no stats delay).
+async fn consumers(t: &TestVhost, queue: &str) -> u32 {
+    let conn = t.connect().await;
+    let q = burrow::broker::queue_state(&conn, queue)
+        .await
+        .unwrap_or_else(|e| panic!("passive declare of {queue}: {e}"));
+    let _ = conn.close(200, "done".into()).await;
+    q.consumer_count()
+}
+
+#[tokio::test]
+async fn scaling_down_ten_times_dead_letters_no_healthy_order_and_redelivers_nothing() {
+    let t = TestVhost::new("scale-down")
+        .await
+        .with_fast_topology()
+        .await;
+    let orders: Vec<_> = (0..100).map(|_| order_body("SKU-1")).collect();
+    let ids: HashSet<String> = orders.iter().map(|(id, _)| id.clone()).collect();
+    t.publish_raw(orders).await;
+
+    // A slow worker with a deep prefetch, stopped as soon as it holds deliveries, ten times.
+    // The grace period covers handling a whole prefetch window (64 × 300 ms).
+    for stop in 0..10 {
+        let mut slow = t.spawn_worker(
+            "fulfillment",
+            &[
+                "--concurrency",
+                "1",
+                "--prefetch",
+                "64",
+                "--carrier-latency-ms",
+                "300",
+                "--no-events",
+            ],
+            &[("BURROW__WORKER__GRACE_MS", "60000")],
+        );
+        wait_for("the slow worker to consume", LONG, || async {
+            (consumers(&t, "orders.fulfillment").await == 1).then_some(())
+        })
+        .await;
+        wait_for("the slow worker to hold deliveries", LONG, || async {
+            let ready = u64::from(t.ready("orders.fulfillment").await);
+            (ready + t.store_counts().0 < 100 || ready == 0).then_some(())
+        })
+        .await;
+        slow.signal("TERM");
+        assert_eq!(
+            slow.wait_exit(LONG).await,
+            Some(0),
+            "stop {stop}: the worker exits cleanly within its grace period"
+        );
+        assert_eq!(t.ready("orders.dead").await, 0, "after stop {stop}");
+    }
+
+    let _fast = t.spawn_worker("fulfillment", &["--no-events"], &[]);
+    wait_for("all 100 orders fulfilled", LONG, || async {
+        (t.store_counts().0 >= 100).then_some(())
+    })
+    .await;
+    let (fulfilled, duplicates) = t.store_counts();
+    assert_eq!(
+        t.fulfilled_ids().into_iter().collect::<HashSet<_>>(),
+        ids,
+        "every order fulfilled"
+    );
+    assert_eq!(
+        (fulfilled, duplicates),
+        (100, 0),
+        "each order fulfilled exactly once (no duplicate deliveries reached the store)"
+    );
+    assert_eq!(
+        t.ready("orders.dead").await,
+        0,
+        "no healthy order dead-lettered"
+    );
+    // A stop never requeues: the queue redelivered nothing. The management API's message
+    // stats lag; wait until they have counted all 100 acks, then read the redeliveries.
+    let stats = wait_for("queue stats to count 100 acks", LONG, || async {
+        let q = t.api_get("/api/queues/{vhost}/orders.fulfillment").await;
+        let stats = q["message_stats"].clone();
+        (stats["ack"].as_u64().unwrap_or(0) >= 100).then_some(stats)
+    })
+    .await;
+    assert_eq!(
+        stats["redeliver"].as_u64().unwrap_or(0),
+        0,
+        "no delivery count rose because of a stop: {stats}"
+    );
+}
