@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::Channel;
 
 /// What to send to the broker.
@@ -79,12 +79,12 @@ impl AckTracker {
 pub enum Settlement {
     /// Acknowledged at the next flush.
     Ack,
-    /// A failed forward: `basic.reject(requeue=true)` at once, never part of a multiple ack.
-    Reject,
+    /// Given back to the queue at once (a forward that kept failing):
+    /// `basic.nack(requeue=true, multiple=false)`, never part of a multiple ack or nack.
+    Release,
 }
 
-/// Sends one channel's settlements: acks batched through an [`AckTracker`], rejects and
-/// releases at once. Delivery tags belong to their channel: once it is closed nothing is sent
+/// Sends one channel's settlements: acks batched through an [`AckTracker`], releases at once. Delivery tags belong to their channel: once it is closed nothing is sent
 /// (a tag on another channel would settle some other delivery); the broker then redelivers
 /// whatever was not settled.
 pub struct Settler<'a> {
@@ -122,13 +122,7 @@ impl<'a> Settler<'a> {
     pub async fn settle(&mut self, tag: u64, settlement: Settlement) {
         match settlement {
             Settlement::Ack => self.tracker.ack(tag),
-            Settlement::Reject => {
-                self.tracker.settled_otherwise(tag);
-                if self.alive() {
-                    let opts = BasicRejectOptions { requeue: true };
-                    self.dead = self.channel.basic_reject(tag, opts).await.is_err();
-                }
-            }
+            Settlement::Release => self.release(tag).await,
         }
     }
 

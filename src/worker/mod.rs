@@ -11,6 +11,7 @@
 //! requeue toward `x-delivery-limit`).
 
 mod acks;
+mod forward;
 mod handler;
 mod session;
 mod settle;
@@ -27,11 +28,11 @@ pub use acks::{AckFrame, AckTracker};
 pub use handler::{Handler, Incoming, Outcome};
 pub use settle::{Decision, SettlePolicy};
 
+use self::forward::Forwarder;
 use self::session::{Session, SessionEnd};
 use crate::backoff::Backoff;
 use crate::broker::BrokerError;
 use crate::metrics::{QueueLabels, WorkerMetrics};
-use crate::publisher;
 use crate::topology::Topology;
 
 /// How one worker process consumes.
@@ -151,10 +152,7 @@ impl<H: Handler> Worker<H> {
             Ok(c) => c,
             Err(e) => return lost("opening a channel", &e),
         };
-        let publish_channel = match publisher::confirm_channel(&conn).await {
-            Ok(c) => c,
-            Err(e) => return lost("opening a confirm channel", &e),
-        };
+        let forwarder = Forwarder::new(&conn, self.config.confirm_timeout);
         if let Err(e) = consume_channel
             .basic_qos(self.config.prefetch.max(1), BasicQosOptions::default())
             .await
@@ -191,15 +189,14 @@ impl<H: Handler> Worker<H> {
             policy: &self.config.policy,
             metrics: &self.metrics,
             channel: &consume_channel,
-            publish_channel: &publish_channel,
+            forwarder: &forwarder,
             concurrency: self.config.concurrency,
             grace: self.config.grace,
-            confirm_timeout: self.config.confirm_timeout,
         }
         .consume(&mut consumer, shutdown)
         .await;
         if matches!(end, SessionEnd::Shutdown) {
-            let _ = publish_channel.close(200, "shutdown".into()).await;
+            forwarder.close("shutdown").await;
             let _ = consume_channel.close(200, "shutdown".into()).await;
             let _ = conn.close(200, "shutdown".into()).await;
         } else if conn.status().connected() {
@@ -209,7 +206,7 @@ impl<H: Handler> Worker<H> {
             // dead channels.
             let close = async {
                 let _ = consume_channel.close(200, "session ended".into()).await;
-                let _ = publish_channel.close(200, "session ended".into()).await;
+                forwarder.close("session ended").await;
             };
             let _ = tokio::time::timeout(Duration::from_secs(5), close).await;
         }

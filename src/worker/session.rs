@@ -23,10 +23,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::acks::{Settlement, Settler};
+use super::forward::Forwarder;
 use super::handler::{Handler, Incoming, Outcome};
 use super::settle::{Decision, SettlePolicy};
+use crate::backoff::Backoff;
 use crate::metrics::{OutcomeLabels, QueueLabels, WorkerMetrics};
-use crate::publisher::{self, Fate};
+use crate::publisher::Fate;
+
+/// How long a delivery whose copy could not be forwarded is held (the forward tried again with
+/// back-off) before it is released to the queue.
+pub const FORWARD_HOLD: Duration = Duration::from_secs(120);
 
 /// Successes acknowledged with one frame at most; fewer when the loop runs out of work first.
 pub const ACK_BATCH: usize = 64;
@@ -71,11 +77,10 @@ pub struct Session<'a, H> {
     pub metrics: &'a WorkerMetrics,
     /// The channel consumed from; delivery tags belong to it.
     pub channel: &'a Channel,
-    /// A confirm channel for forwarding failed messages.
-    pub publish_channel: &'a Channel,
+    /// Forwards copies of failed messages on a confirm channel of its own.
+    pub forwarder: &'a Forwarder<'a>,
     pub concurrency: usize,
     pub grace: Duration,
-    pub confirm_timeout: Duration,
 }
 
 impl<H: Handler> Session<'_, H> {
@@ -150,7 +155,7 @@ impl<H: Handler> Session<'_, H> {
                             break SessionEnd::Lost("the channel closed".into());
                         }
                         settler.received(delivery.delivery_tag);
-                        jobs.push(self.job(&hot, delivery));
+                        jobs.push(self.job(&hot, delivery, shutdown));
                     }
                     Some(Err(e)) if draining.is_none() => {
                         break SessionEnd::Lost(format!("consumer failed: {e}"))
@@ -222,8 +227,19 @@ impl<H: Handler> Session<'_, H> {
     }
 
     /// Handles one delivery and decides its settlement: ack, or forward a copy (retry or dead
-    /// letter) and ack once the copy is confirmed, or reject(requeue) when the forward failed.
-    async fn job(&self, hot: &HotMetrics, delivery: Delivery) -> (u64, Settlement) {
+    /// letter) and ack once the copy is confirmed.
+    ///
+    /// A forward that fails (the forwarding channel was closed, the broker nacked or returned
+    /// the copy) is tried again with back-off while the delivery is held, so the message is not
+    /// handled again and its delivery count does not rise; the forwarder opens a new channel
+    /// meanwhile. Only after [`FORWARD_HOLD`], at shutdown, or when the consuming channel is gone
+    /// is the delivery released.
+    async fn job(
+        &self,
+        hot: &HotMetrics,
+        delivery: Delivery,
+        shutdown: &CancellationToken,
+    ) -> (u64, Settlement) {
         let tag = delivery.delivery_tag;
         let msg = Incoming {
             body: delivery.data,
@@ -255,26 +271,41 @@ impl<H: Handler> Session<'_, H> {
             } => (copy, outcome, reason),
         };
         let id = msg.message_id().unwrap_or("-");
-        match publisher::publish_one(self.publish_channel, &copy, self.confirm_timeout).await {
-            Ok(Fate::Confirmed) => {
-                if outcome == "dead_lettered" {
-                    warn!(%queue, message_id = %id, %reason, "dead-lettered");
-                } else {
-                    info!(%queue, message_id = %id, %reason, to = %copy.routing_key, "scheduled retry");
-                }
-                self.metrics.count(queue, outcome);
-                (tag, Settlement::Ack)
-            }
-            other => {
-                let why = match other {
-                    Ok(fate) => format!("{fate:?}"),
-                    Err(e) => format!("{e:#}"),
-                };
-                error!(%queue, message_id = %id, error = %why, "could not forward a failed message; requeueing it");
+        let held_since = Instant::now();
+        let mut backoff = Backoff::default();
+        loop {
+            let why = match self.forwarder.forward(&copy).await {
+                Ok(Fate::Confirmed) => break,
+                Ok(fate) => format!("{fate:?}"),
+                Err(e) => format!("{e:#}"),
+            };
+            self.metrics.count(queue, "forward_failed");
+            let gone = !self.channel.status().connected();
+            if gone || shutdown.is_cancelled() || held_since.elapsed() >= FORWARD_HOLD {
+                // Released with basic.nack(requeue=true), not basic.reject: the message did
+                // nothing wrong, our path to the retry queue or the dead-letter exchange did.
+                // RabbitMQ 4.3+ does not count a nack toward x-delivery-limit, so a broken
+                // forward path never makes the broker dead-letter a message without a reason
+                // there; 3.10–4.2 count every requeue, and the hold keeps that to one count
+                // per FORWARD_HOLD instead of one per redelivery.
+                error!(%queue, message_id = %id, error = %why, held = ?held_since.elapsed(), "could not forward a failed message; releasing it to the queue");
                 self.metrics.count(queue, "requeued");
-                (tag, Settlement::Reject)
+                return (tag, Settlement::Release);
+            }
+            let delay = backoff.next_delay();
+            warn!(%queue, message_id = %id, error = %why, ?delay, "could not forward a failed message; holding it and trying again");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown.cancelled() => {}
             }
         }
+        if outcome == "dead_lettered" {
+            warn!(%queue, message_id = %id, %reason, "dead-lettered");
+        } else {
+            info!(%queue, message_id = %id, %reason, to = %copy.routing_key, "scheduled retry");
+        }
+        self.metrics.count(queue, outcome);
+        (tag, Settlement::Ack)
     }
 }
 

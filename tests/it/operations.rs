@@ -97,3 +97,76 @@ async fn scaling_down_ten_times_dead_letters_no_healthy_order_and_redelivers_not
         "no delivery count rose because of a stop: {stats}"
     );
 }
+
+/// The value of `burrow_messages_total` for `outcome` on `orders.fulfillment` (0 when absent).
+fn counted(metrics: &str, outcome: &str) -> u64 {
+    let series =
+        format!(r#"burrow_messages_total{{queue="orders.fulfillment",outcome="{outcome}"}} "#);
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |v| v.trim().parse().expect("counter value"))
+}
+
+#[tokio::test]
+async fn a_closed_forwarding_channel_is_reopened_and_a_failed_forward_does_not_hot_loop() {
+    use burrow::message::{header_str, HEADER_ERROR};
+
+    let t = TestVhost::new("forward").await.with_fast_topology().await;
+    let w = t.spawn_service("fulfillment", &["--no-events"], &[]);
+    wait_for("the worker to consume", LONG, || async {
+        (consumers(&t, "orders.fulfillment").await == 1).then_some(())
+    })
+    .await;
+    // Forwarding a dead letter now fails: the broker closes the channel with 404.
+    t.api_delete("/api/exchanges/{vhost}/orders.dlx").await;
+    t.publish_raw(vec![("bad-1".into(), b"not json, first".to_vec())])
+        .await;
+    wait_for("a failed forward", LONG, || async {
+        let m = w.text("/metrics").await;
+        (counted(&m, "forward_failed") + counted(&m, "requeued") > 0).then_some(())
+    })
+    .await;
+    t.apply_topology().await;
+    t.publish_raw(vec![("bad-2".into(), b"not json, second".to_vec())])
+        .await;
+    wait_for("both malformed orders in orders.dead", LONG, || async {
+        (t.ready("orders.dead").await >= 2).then_some(())
+    })
+    .await;
+    let dead = t.drain("orders.dead").await;
+    let mut reasons: Vec<(String, Option<String>)> = dead
+        .iter()
+        .map(|m| {
+            let p = &m.delivery.properties;
+            (
+                p.message_id()
+                    .as_ref()
+                    .map(|s| s.to_string())
+                    .unwrap_or_default(),
+                header_str(p.headers().as_ref(), HEADER_ERROR),
+            )
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    for ((id, reason), expected) in reasons.iter().zip(["bad-1", "bad-2"]) {
+        assert_eq!(id, expected);
+        assert!(
+            reason
+                .as_deref()
+                .is_some_and(|r| r.contains("malformed JSON")),
+            "{id} was dead-lettered by the worker with its reason, not by the broker: {reason:?}"
+        );
+    }
+    // No hot loop: the held message was forwarded again at the pace of the back-off (100 ms
+    // doubling), not re-handled and requeued as fast as the broker redelivers it.
+    let m = w.text("/metrics").await;
+    let (failed, requeued) = (counted(&m, "forward_failed"), counted(&m, "requeued"));
+    assert!(
+        failed + requeued <= 20,
+        "failed forwards {failed}, requeued {requeued}"
+    );
+    assert_eq!(counted(&m, "dead_lettered"), 2);
+    w.stop().await;
+}
