@@ -18,7 +18,8 @@ use crate::settings::{AmqpSettings, SecretUrl};
 /// Why the broker could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    /// Nothing answered, or the connection was cut before the handshake finished.
+    /// Nothing answered, or the connection was cut before the handshake finished (a node
+    /// starting or stopping).
     #[error("cannot reach RabbitMQ at {url}: {reason}")]
     Unreachable {
         /// The URL with its password redacted.
@@ -26,7 +27,18 @@ pub enum BrokerError {
         /// Why, in a few words.
         reason: String,
     },
-    /// The broker answered but refused the login or the vhost.
+    /// The broker answered but cannot serve the connection now: it is shutting down (320
+    /// CONNECTION_FORCED), the vhost is down on that node (530), or it failed internally.
+    /// Another node, or the same one a moment later, can.
+    #[error("RabbitMQ at {url} is not accepting connections now: {reason}")]
+    Unavailable {
+        /// The URL with its password redacted.
+        url: String,
+        /// The broker's reply, e.g. `CONNECTION_FORCED - broker forced connection closure…`.
+        reason: String,
+    },
+    /// The broker refused the login (403 ACCESS_REFUSED) or the vhost does not exist; waiting
+    /// will not change that.
     #[error("RabbitMQ at {url} refused the connection: {reason}")]
     Refused {
         /// The URL with its password redacted.
@@ -36,33 +48,70 @@ pub enum BrokerError {
     },
 }
 
+/// What a failed connection attempt means for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Nothing answered or the socket closed: try again, or another node.
+    Unreachable,
+    /// The broker answered "not now": try again, or another node.
+    Unavailable,
+    /// Credentials, permissions or the vhost are wrong: stop and say so.
+    Refused,
+}
+
+/// Sorts a lapin error met while connecting (or opening a channel).
+///
+/// lapin advertises the `authentication_failure_close` capability, so RabbitMQ answers a wrong
+/// user or password with `connection.close` 403 ACCESS_REFUSED instead of dropping the socket
+/// (measured on 3.10.8: `ACCESS_REFUSED - Login was refused using authentication mechanism
+/// PLAIN`). A socket closed during the handshake is therefore not a refused login but a node
+/// starting or stopping, and is retried.
+fn classify(error: &lapin::Error) -> Class {
+    use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+    match error.kind() {
+        ErrorKind::ProtocolError(amqp) => match amqp.kind() {
+            // 403: wrong credentials, or no permission on the vhost.
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => Class::Refused,
+            // 530 is both "vhost x not found" (a wrong URL) and "vhost x is down" (on a node
+            // that is booting or recovering the vhost): only the text tells them apart.
+            AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED)
+                if amqp.get_message().as_str().contains("not found") =>
+            {
+                Class::Refused
+            }
+            // 320 CONNECTION_FORCED (node shutting down), 530 vhost down, 541 INTERNAL_ERROR,
+            // 506 RESOURCE_ERROR and the rest: the node, not the client's settings.
+            _ => Class::Unavailable,
+        },
+        ErrorKind::InvalidProtocolVersion(_) | ErrorKind::AuthProviderError(_) => Class::Refused,
+        _ => Class::Unreachable,
+    }
+}
+
 impl BrokerError {
-    /// Classifies a lapin connection error.
+    /// Classifies a lapin connection error: only refused credentials or permissions and a
+    /// vhost that does not exist are [`BrokerError::Refused`]; everything a node starting,
+    /// stopping or failing over can cause is transient.
     pub fn from_lapin(url: &SecretUrl, error: &lapin::Error) -> Self {
-        let url_text = url.redacted();
-        match error.kind() {
-            ErrorKind::IOError(io) => Self::Unreachable {
-                url: url_text,
-                reason: io_reason(io),
-            },
-            ErrorKind::ProtocolError(amqp) => Self::Refused {
-                url: url_text,
-                reason: amqp.to_string(),
-            },
-            ErrorKind::InvalidConnectionState(_) => Self::Refused {
-                url: url_text,
-                reason: "the broker closed the connection during the handshake (wrong user, password or vhost?)".into(),
-            },
-            _ => Self::Unreachable {
-                url: url_text,
-                reason: crate::settings::redact_url(&error.to_string()),
-            },
+        let url = url.redacted();
+        let reason = match error.kind() {
+            ErrorKind::ProtocolError(amqp) => amqp.get_message().to_string(),
+            ErrorKind::IOError(io) => io_reason(io),
+            ErrorKind::InvalidConnectionState(_) => {
+                "the connection closed during the handshake (node starting or stopping?)".into()
+            }
+            _ => crate::settings::redact_url(&error.to_string()),
+        };
+        match classify(error) {
+            Class::Unreachable => Self::Unreachable { url, reason },
+            Class::Unavailable => Self::Unavailable { url, reason },
+            Class::Refused => Self::Refused { url, reason },
         }
     }
 
-    /// Whether trying again later can help.
+    /// Whether trying again later, or another node, can help.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unreachable { .. })
+        !matches!(self, Self::Refused { .. })
     }
 }
 
@@ -72,7 +121,7 @@ fn io_reason(io: &std::io::Error) -> String {
         K::ConnectionRefused => "connection refused".into(),
         K::TimedOut => "timed out".into(),
         K::ConnectionReset | K::UnexpectedEof | K::ConnectionAborted => {
-            "connection closed by the peer (wrong credentials, vhost or TLS setting?)".into()
+            "connection closed by the peer (node starting or stopping, or a TLS setting?)".into()
         }
         _ => io.to_string().to_lowercase(),
     }
@@ -281,6 +330,112 @@ pub async fn queue_state(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn amqp(code: u16, text: &str) -> lapin::Error {
+        let error = lapin::protocol::AMQPError::from_id(code, text.into()).expect("a reply code");
+        ErrorKind::ProtocolError(error).into()
+    }
+
+    fn io(kind: std::io::ErrorKind) -> lapin::Error {
+        std::io::Error::from(kind).into()
+    }
+
+    fn secret() -> SecretUrl {
+        SecretUrl::new("amqp://ann:s3cret@node1:5672/shop")
+    }
+
+    #[test]
+    fn a_refused_login_is_fatal_and_names_no_password() {
+        // What RabbitMQ 3.10.8 sends for a wrong user or password (lapin advertises
+        // authentication_failure_close).
+        let e = BrokerError::from_lapin(
+            &secret(),
+            &amqp(
+                403,
+                "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For \
+                 details see the broker logfile.",
+            ),
+        );
+        assert!(matches!(e, BrokerError::Refused { .. }), "{e:?}");
+        assert!(!e.is_transient());
+        let text = e.to_string();
+        assert!(
+            text.contains("refused") && text.contains("ACCESS_REFUSED"),
+            "{text}"
+        );
+        assert!(!text.contains("s3cret"), "{text}");
+        // No permission on the vhost is also a 403.
+        let e = amqp(
+            403,
+            "ACCESS_REFUSED - access to vhost 'shop' refused for user 'ann'",
+        );
+        assert_eq!(classify(&e), Class::Refused);
+    }
+
+    #[test]
+    fn a_vhost_that_does_not_exist_is_fatal_but_one_that_is_down_is_retried() {
+        assert_eq!(
+            classify(&amqp(530, "NOT_ALLOWED - vhost shop not found")),
+            Class::Refused
+        );
+        let down = amqp(
+            530,
+            "NOT_ALLOWED - access to vhost 'shop' refused for user 'ann': vhost 'shop' is down",
+        );
+        assert_eq!(classify(&down), Class::Unavailable);
+        assert!(BrokerError::from_lapin(&secret(), &down).is_transient());
+    }
+
+    #[test]
+    fn a_node_shutting_down_or_failing_is_retried() {
+        for (code, text) in [
+            (
+                320,
+                "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'",
+            ),
+            (541, "INTERNAL_ERROR"),
+            (506, "RESOURCE_ERROR - out of file descriptors"),
+        ] {
+            let e = BrokerError::from_lapin(&secret(), &amqp(code, text));
+            assert!(
+                matches!(e, BrokerError::Unavailable { .. }),
+                "{code}: {e:?}"
+            );
+            assert!(e.is_transient(), "{code}");
+            assert!(e.to_string().contains(text), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_handshake_cut_short_is_retried() {
+        use lapin::ConnectionState;
+        for state in [ConnectionState::Closed, ConnectionState::Error] {
+            let e = BrokerError::from_lapin(
+                &secret(),
+                &ErrorKind::InvalidConnectionState(state).into(),
+            );
+            assert!(matches!(e, BrokerError::Unreachable { .. }), "{e:?}");
+            assert!(e.is_transient());
+        }
+        for kind in [
+            std::io::ErrorKind::ConnectionRefused,
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::UnexpectedEof,
+            std::io::ErrorKind::TimedOut,
+        ] {
+            let e = BrokerError::from_lapin(&secret(), &io(kind));
+            assert!(e.is_transient(), "{kind:?}");
+            assert!(!e.to_string().contains("s3cret"));
+        }
+        let e = BrokerError::from_lapin(&secret(), &ErrorKind::MissingHeartbeatError.into());
+        assert!(e.is_transient());
+    }
+
+    #[test]
+    fn an_auth_provider_failure_is_fatal() {
+        let e: lapin::Error = ErrorKind::AuthProviderError("no token".into()).into();
+        assert_eq!(classify(&e), Class::Refused);
+    }
 
     #[test]
     fn connection_name_names_role_host_and_pid() {

@@ -173,6 +173,33 @@ impl Node {
         self.ctl_ok(&["await_startup", "--timeout", "90"]);
     }
 
+    /// The nodes of the cluster that run now, as this node sees them.
+    pub fn running_nodes(&self) -> Vec<String> {
+        let out = self.ctl(&["cluster_status", "--formatter", "json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| {
+                v["running_nodes"].as_array().map(|nodes| {
+                    nodes
+                        .iter()
+                        .filter_map(|n| n.as_str().map(str::to_owned))
+                        .collect()
+                })
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether stopping this node now would leave a quorum queue without a majority of
+    /// members in sync (`rabbitmq-queues check_if_node_is_quorum_critical`): a rolling restart
+    /// waits until it is not.
+    pub fn quorum_critical(&self) -> bool {
+        let out = as_rabbitmq("rabbitmq-queues")
+            .args(["-n", &self.name, "check_if_node_is_quorum_critical"])
+            .output()
+            .expect("running rabbitmq-queues");
+        !out.status.success()
+    }
+
     /// The node that leads quorum queue `queue` of the default vhost, as this node sees it.
     pub fn quorum_leader(&self, queue: &str) -> Option<String> {
         let out = self.ctl(&["list_queues", "-q", "--no-table-headers", "name", "leader"]);

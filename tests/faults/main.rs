@@ -8,6 +8,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod fake_node;
 mod harness;
 mod scenarios;
 mod shop;

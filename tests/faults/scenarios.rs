@@ -5,7 +5,10 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use burrow::message::{header_str, header_u32, HEADER_ATTEMPTS, HEADER_ERROR};
+use burrow::settings::{AmqpSettings, SecretUrl};
+use tokio_util::sync::CancellationToken;
 
+use crate::fake_node::{Failure, FakeNode};
 use crate::harness::{self, Node};
 use crate::shop::{ids_of, order, order_lines, settle_accounts, wait_for, Shop, LONG};
 
@@ -542,4 +545,226 @@ async fn conflicting_queue_is_reported_as_drift_and_the_worker_keeps_running() {
         Some(recovery),
     );
     assert_eq!(t.fulfilled as usize, confirmed.len());
+}
+
+/// What a client met connecting to a node while it stopped and started: each error, as burrow
+/// reports it, with how often, and whether burrow retries it.
+#[derive(Default)]
+struct Handshakes {
+    ok: usize,
+    errors: std::collections::BTreeMap<(bool, String), usize>,
+}
+
+/// Connects to `url` (and only there) again and again until `stop`, recording each outcome.
+async fn probe(amqp: AmqpSettings, url: String, stop: CancellationToken) -> Handshakes {
+    let settings = AmqpSettings {
+        url: SecretUrl::new(url),
+        failover_urls: Vec::new(),
+        connect_timeout_ms: 2000,
+        ..amqp.clone()
+    };
+    let mut seen = Handshakes::default();
+    while !stop.is_cancelled() {
+        match burrow::broker::connect(&settings, "fault test probe").await {
+            Ok(conn) => {
+                seen.ok += 1;
+                let _ = conn.close(200, "probe".into()).await;
+            }
+            Err(e) => {
+                // The node's port differs per node; the reason is what matters.
+                let reason = e.to_string().replace(&settings.url.redacted(), "<node>");
+                *seen.errors.entry((e.is_transient(), reason)).or_default() += 1;
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = tokio::time::sleep(Duration::from_millis(25)) => {}
+        }
+    }
+    seen
+}
+
+/// Restarts `node` gracefully (as an operator rolling a cluster would: only once no quorum
+/// queue depends on it) and waits until `witness` sees all `size` nodes running again. A probe
+/// connects to the node all the while.
+async fn roll(shop: &Shop, node: &Node, witness: &Node, size: usize) -> (Duration, Handshakes) {
+    wait_for(
+        &format!("{} no longer quorum-critical", node.name),
+        LONG,
+        || async { (!node.quorum_critical()).then_some(()) },
+    )
+    .await;
+    let started = Instant::now();
+    let stop = CancellationToken::new();
+    // A task of its own: the restart below blocks this one.
+    let prober = tokio::spawn(probe(shop.amqp.clone(), node.url(), stop.clone()));
+    tokio::task::block_in_place(|| node.restart());
+    wait_for(&format!("{} to rejoin", node.name), LONG, || async {
+        (witness.running_nodes().len() == size).then_some(())
+    })
+    .await;
+    stop.cancel();
+    let seen = prober.await.expect("probe task");
+    (started.elapsed(), seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_of_the_3_node_cluster_under_load_loses_nothing() {
+    let _serial = harness::SERIAL.lock().await;
+    let nodes = harness::cluster(3);
+    let shop = Shop::new(nodes.iter().map(Node::url).collect());
+    shop.apply_topology_ok();
+    // One worker per node as its primary, each with the other two as failover URLs; the
+    // producer's primary is the first node restarted.
+    let mut workers: Vec<_> = (0..3).map(|i| shop.spawn_worker(i, &[], &[])).collect();
+    let (mut producer, feed) = shop.spawn_producer_feed(0, &["--rate", "150"]);
+    shop.wait_fulfilled(200).await;
+
+    let started = Instant::now();
+    let mut downtimes = Vec::new();
+    let mut handshakes = Handshakes::default();
+    for (i, node) in nodes.iter().enumerate() {
+        let witness = &nodes[(i + 1) % nodes.len()];
+        let (downtime, seen) = roll(&shop, node, witness, nodes.len()).await;
+        downtimes.push(downtime);
+        handshakes.ok += seen.ok;
+        for (k, n) in seen.errors {
+            *handshakes.errors.entry(k).or_default() += n;
+        }
+        // Orders flow again after each step, and no process gave up.
+        let done = shop.store_counts().0;
+        wait_for(
+            &format!("fulfilment after restarting {}", node.name),
+            LONG,
+            || async { (shop.store_counts().0 >= done + 100).then_some(()) },
+        )
+        .await;
+        for w in &mut workers {
+            assert!(w.running(), "a worker exited: {}", w.stderr());
+        }
+        assert!(
+            producer.running(),
+            "the producer exited: {}",
+            producer.stderr()
+        );
+    }
+    let rolled = started.elapsed();
+
+    let written = feed.stop();
+    let code = producer.wait_exit(LONG).await;
+    assert_eq!(code, Some(0), "producer: {}", producer.stderr());
+    assert_eq!(producer_confirmed(&producer.stdout()), written.len());
+    let dead = settle(&shop, written.len()).await;
+    for w in &mut workers {
+        assert!(w.running(), "a worker exited: {}", w.stderr());
+    }
+    let reconnects: usize = workers
+        .iter()
+        .map(|w| {
+            w.stderr()
+                .matches("reconnected and consuming again")
+                .count()
+        })
+        .sum();
+    let t = settle_accounts(
+        "8-rolling-restart",
+        &shop,
+        written.len(),
+        &written,
+        &ids_of(&dead),
+        Some(rolled),
+    );
+    println!(
+        "  (3 nodes restarted one after another in {:.1}s, each down and back in {}; worker \
+         reconnects {reconnects}; producer: {})",
+        rolled.as_secs_f64(),
+        downtimes
+            .iter()
+            .map(|d| format!("{:.1}s", d.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join("/"),
+        producer.stdout().trim()
+    );
+    println!(
+        "  (a probe connecting to each node while it restarted: {} connected",
+        handshakes.ok
+    );
+    for ((transient, reason), n) in &handshakes.errors {
+        let verdict = if *transient { "retried" } else { "FATAL" };
+        println!("     {n:>5} x {verdict}: {reason}");
+    }
+    println!("  )");
+    assert_eq!(t.dead_lettered, 0, "healthy orders dead-lettered");
+    assert_eq!(t.fulfilled as usize, written.len());
+    // Every error a rolling restart causes at the handshake is retried, not fatal.
+    let fatal: Vec<_> = handshakes.errors.keys().filter(|(t, _)| !t).collect();
+    assert!(
+        fatal.is_empty(),
+        "fatal handshake errors during a rolling restart: {fatal:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_failures_of_a_stopping_node_fail_over_and_end_no_worker_or_producer() {
+    let _serial = harness::SERIAL.lock().await;
+    let node = Node::start(1);
+    // Every client's primary node fails each handshake as a node that stops or boots does; the
+    // real node is its failover.
+    let fake = FakeNode::start();
+    let shop = Shop::new(vec![fake.url(), node.url()]);
+    // The topology straight on the real node, so that this test is about the processes below.
+    Shop::new(vec![node.url()]).apply_topology_ok();
+    let http = free_addr();
+    let mut w = shop.spawn_worker(0, &["--http", &http], &[]);
+    let (ids, lines) = order_lines(1500);
+    let mut producer = shop.spawn_producer(0, lines, &["--rate", "150"]);
+    shop.wait_fulfilled(100).await;
+
+    // Each time the real node drops its connections, every client reconnects: the fake first,
+    // then the real node. Three rounds meet each kind of failure at least once.
+    let started = Instant::now();
+    for round in 1..=3u64 {
+        let done = shop.store_counts().0;
+        node.close_all_connections();
+        wait_for("the worker to consume again", LONG, || async {
+            (reconnects(&http).await >= round).then_some(())
+        })
+        .await;
+        shop.wait_fulfilled((done + 50).min(ids.len() as u64)).await;
+        assert!(w.running(), "the worker exited: {}", w.stderr());
+    }
+    let recovery = started.elapsed();
+    let code = producer.wait_exit(LONG).await;
+    assert_eq!(code, Some(0), "producer: {}", producer.stderr());
+    assert_eq!(producer_confirmed(&producer.stdout()), ids.len());
+    let dead = settle(&shop, ids.len()).await;
+    assert!(w.running(), "the worker exited: {}", w.stderr());
+    let served = [
+        Failure::ConnectionForced,
+        Failure::VhostDown,
+        Failure::Dropped,
+    ]
+    .map(|f| fake.served(f));
+    let t = settle_accounts(
+        "9-handshake-failover",
+        &shop,
+        ids.len(),
+        &ids,
+        &ids_of(&dead),
+        Some(recovery),
+    );
+    println!(
+        "  (handshakes failed by the fake primary: {} x 320 CONNECTION_FORCED, {} x 530 vhost \
+         down, {} x closed mid-handshake; worker reconnects {})",
+        served[0],
+        served[1],
+        served[2],
+        reconnects(&http).await
+    );
+    assert!(
+        served.iter().all(|n| *n > 0),
+        "each kind of failure was met: {served:?}"
+    );
+    assert_eq!(t.dead_lettered, 0);
+    assert_eq!(t.fulfilled as usize, ids.len());
 }

@@ -133,6 +133,47 @@ impl Shop {
         Proc::spawn(cmd, self.path("producer.log"), Some(lines))
     }
 
+    /// Starts `producer orders --file - --no-events` fed by a thread that writes one valid order
+    /// after another to its stdin until [`Feed::stop`]: orders flow for as long as a scenario
+    /// lasts. The pipe's buffer and `--rate` pace the thread.
+    pub fn spawn_producer_feed(&self, first: usize, args: &[&str]) -> (Proc, Feed) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_producer"));
+        cmd.args(["orders", "--file", "-", "--no-events"])
+            .args(args)
+            .envs(self.env_for(&self.urls_from(first)));
+        let log = self.path("producer.log");
+        let err = std::fs::File::create(&log).expect("log file");
+        let out = std::fs::File::create(log.with_extension("out")).expect("out file");
+        let mut child = cmd
+            .stdout(out)
+            .stderr(err)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawning the producer");
+        let mut input = child.stdin.take().expect("stdin");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let writer = std::thread::spawn(move || {
+            let mut written = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let (id, mut body) = order("SKU-1");
+                body.push(b'\n');
+                if input.write_all(&body).is_err() {
+                    break; // the producer is gone; the test says so
+                }
+                written.push(id);
+            }
+            written // dropping `input` closes stdin: the producer publishes the rest and exits
+        });
+        (
+            Proc { child, log },
+            Feed {
+                stop,
+                writer: Some(writer),
+            },
+        )
+    }
+
     /// Publishes `(message_id, body)` pairs to `orders` in-process, confirmed; returns the ids
     /// confirmed.
     pub async fn publish(&self, bodies: Vec<(String, Vec<u8>)>) -> Vec<String> {
@@ -323,6 +364,31 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The thread feeding a producer's stdin (see [`Shop::spawn_producer_feed`]).
+pub struct Feed {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    writer: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Feed {
+    /// Stops writing and closes the producer's stdin; returns the ids of every order written
+    /// (the producer publishes all of them before it exits).
+    pub fn stop(mut self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.writer
+            .take()
+            .expect("stopped once")
+            .join()
+            .expect("feeder thread")
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
