@@ -161,12 +161,13 @@ pub async fn run(
                 rebuild,
                 "recommendations model loaded"
             );
-            let handler = Recommendations::new(model);
+            let handler = Recommendations::new(model, options.since);
             let mut config = ctx.queue_config_with(recommendations::settle_policy());
             // One handler at a time: the model applies events in stream order. Streams require
-            // a prefetch; acks only release the broker's credit.
+            // a prefetch; acks only release the broker's credit. The start offset is asked of
+            // the model before every session (`Handler::consume_arguments`), not fixed here.
             config.concurrency = 1;
-            config.consume_arguments = start.consume_arguments();
+            config.stream = true;
             ctx.serve_and_run(router.merge(handler.router()), handler, config)
                 .await
         }
@@ -196,6 +197,7 @@ impl Runner<'_> {
             grace: self.settings.worker.grace(),
             confirm_timeout: Duration::from_millis(self.settings.producer.confirm_timeout_ms),
             consume_arguments: lapin::types::FieldTable::default(),
+            stream: false,
         }
     }
 

@@ -87,19 +87,46 @@ pub enum Settlement {
 /// releases at once. Delivery tags belong to their channel: once it is closed nothing is sent
 /// (a tag on another channel would settle some other delivery); the broker then redelivers
 /// whatever was not settled.
+///
+/// On a stream (`stream = true`) nothing but `basic.ack` is ever sent: `basic.nack` and
+/// `basic.reject` close a stream consumer's channel before RabbitMQ 3.13, and a stream never
+/// requeues anyway. A reject or a release becomes an ack (which only returns the consumer's
+/// credit); the reader reads the message again from its stored offset in its next session.
 pub struct Settler<'a> {
     channel: &'a Channel,
     tracker: AckTracker,
     dead: bool,
+    stream: bool,
+}
+
+/// The frame a settlement other than success is sent as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Otherwise {
+    /// `basic.reject(requeue=true)`: a failed forward.
+    Reject,
+    /// `basic.nack(requeue=true)`: handed back, not a failure.
+    Release,
+    /// Acked with the next flush: a stream, which must never see a nack or a reject.
+    Ack,
+}
+
+/// How `settlement` (or a release, when `None`) is sent on a stream or a queue.
+pub fn frame_for(stream: bool, settlement: Option<Settlement>) -> Otherwise {
+    match (stream, settlement) {
+        (true, _) | (false, Some(Settlement::Ack)) => Otherwise::Ack,
+        (false, Some(Settlement::Reject)) => Otherwise::Reject,
+        (false, None) => Otherwise::Release,
+    }
 }
 
 impl<'a> Settler<'a> {
-    /// Settles deliveries of `channel`.
-    pub fn new(channel: &'a Channel) -> Self {
+    /// Settles deliveries of `channel`; `stream` when it consumes a stream.
+    pub fn new(channel: &'a Channel, stream: bool) -> Self {
         Self {
             channel,
             tracker: AckTracker::default(),
             dead: false,
+            stream,
         }
     }
 
@@ -120,9 +147,10 @@ impl<'a> Settler<'a> {
 
     /// A delivery finished.
     pub async fn settle(&mut self, tag: u64, settlement: Settlement) {
-        match settlement {
-            Settlement::Ack => self.tracker.ack(tag),
-            Settlement::Reject => {
+        match frame_for(self.stream, Some(settlement)) {
+            Otherwise::Ack => self.tracker.ack(tag),
+            Otherwise::Release => self.release(tag).await,
+            Otherwise::Reject => {
                 self.tracker.settled_otherwise(tag);
                 if self.alive() {
                     let opts = BasicRejectOptions { requeue: true };
@@ -134,6 +162,10 @@ impl<'a> Settler<'a> {
 
     /// Gives a delivery back to the queue, not as a failure: `basic.nack(requeue=true)`.
     pub async fn release(&mut self, tag: u64) {
+        if frame_for(self.stream, None) == Otherwise::Ack {
+            self.tracker.ack(tag);
+            return;
+        }
         self.tracker.settled_otherwise(tag);
         if self.alive() {
             let opts = BasicNackOptions {
@@ -165,6 +197,9 @@ impl<'a> Settler<'a> {
         let leftover: Vec<u64> = self.tracker.unsettled().collect();
         for tag in leftover {
             self.release(tag).await;
+        }
+        if self.stream {
+            self.flush().await;
         }
     }
 
@@ -201,6 +236,22 @@ mod tests {
         );
         t.ack(3);
         assert_eq!(t.flush(), vec![AckFrame::Single(3)]);
+    }
+
+    #[test]
+    fn a_stream_is_never_sent_a_nack_or_a_reject() {
+        for settlement in [None, Some(Settlement::Ack), Some(Settlement::Reject)] {
+            assert_eq!(
+                frame_for(true, settlement),
+                Otherwise::Ack,
+                "{settlement:?}"
+            );
+        }
+        assert_eq!(frame_for(false, None), Otherwise::Release);
+        assert_eq!(
+            frame_for(false, Some(Settlement::Reject)),
+            Otherwise::Reject
+        );
     }
 
     #[test]
