@@ -136,7 +136,7 @@ pub async fn run(
         Service::Notifications => {
             let store = Arc::new(NotificationStore::open(
                 &settings.store.dir,
-                notifications::CLAIM_LEASE,
+                Duration::from_millis(settings.mail.claim_lease_ms),
             )?);
             let mailer = Mailer::from_settings(&settings.mail)?;
             let handler = Notifications::new(mailer, settings.mail.from.clone(), store);
