@@ -116,9 +116,26 @@ pub async fn run(
         http: options.http,
         shutdown,
     };
+    let window = settings.store.retention();
+    // Purges de-duplication records past the retention window, in small batches, until shutdown.
+    macro_rules! purge {
+        ($what:literal, $store:expr) => {{
+            let store = $store.clone();
+            tokio::spawn(crate::sqlite::run_purges(
+                $what,
+                crate::sqlite::purge_interval(window),
+                ctx.shutdown.clone(),
+                move || {
+                    let store = store.clone();
+                    async move { store.purge(window).await }
+                },
+            ));
+        }};
+    }
     match service {
         Service::Fulfillment => {
             let store = Arc::new(FulfillmentStore::open(&settings.store).await?);
+            purge!("fulfillment", store);
             let announcer = options.events.then(|| {
                 Arc::new(Announcer::new(
                     ctx.pool.clone(),
@@ -138,6 +155,7 @@ pub async fn run(
                 &settings.store.dir,
                 Duration::from_millis(settings.mail.claim_lease_ms),
             )?);
+            purge!("notifications", store);
             let mailer = Mailer::from_settings(&settings.mail)?;
             let handler = Notifications::new(mailer, settings.mail.from.clone(), store);
             let config = ctx.queue_config(service.queue())?;
@@ -145,6 +163,7 @@ pub async fn run(
         }
         Service::Analytics => {
             let store = Arc::new(AnalyticsStore::open(&settings.store.dir)?);
+            purge!("analytics", store);
             let handler = Analytics::new(store, &ctx.metrics);
             let config = ctx.queue_config(service.queue())?;
             ctx.serve_and_run(router.merge(handler.router()), handler, config)
@@ -153,6 +172,7 @@ pub async fn run(
         Service::Recommendations => {
             let rebuild = options.rebuild || options.since.is_some();
             let model = Arc::new(Model::open(&settings.store.dir, rebuild).await?);
+            purge!("recommendations", model);
             let state = model.state().await?;
             let start = StartAt::resume(&state, options.since);
             tracing::info!(

@@ -239,6 +239,24 @@ impl NotificationStore {
             .await
     }
 
+    /// Forgets the events claimed (and, for sent ones, last renewed) longer than `window` ago,
+    /// in batches; returns how many. A redelivery after the window mails again.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn purge(&self, window: Duration) -> anyhow::Result<u64> {
+        let window = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = rusqlite::types::Value::Integer(now_ms().saturating_sub(window));
+        self.db
+            .purge_older(
+                "notifications",
+                "claimed_at",
+                cutoff,
+                crate::sqlite::PURGE_BATCH,
+            )
+            .await
+    }
+
     /// The lease of a claim.
     pub fn lease(&self) -> Duration {
         self.lease
