@@ -116,9 +116,26 @@ pub async fn run(
         http: options.http,
         shutdown,
     };
+    let window = settings.store.retention();
+    // Purges de-duplication records past the retention window, in small batches, until shutdown.
+    macro_rules! purge {
+        ($what:literal, $store:expr) => {{
+            let store = $store.clone();
+            tokio::spawn(crate::sqlite::run_purges(
+                $what,
+                crate::sqlite::purge_interval(window),
+                ctx.shutdown.clone(),
+                move || {
+                    let store = store.clone();
+                    async move { store.purge(window).await }
+                },
+            ));
+        }};
+    }
     match service {
         Service::Fulfillment => {
             let store = Arc::new(FulfillmentStore::open(&settings.store).await?);
+            purge!("fulfillment", store);
             let announcer = options.events.then(|| {
                 Arc::new(Announcer::new(
                     ctx.pool.clone(),
@@ -136,8 +153,9 @@ pub async fn run(
         Service::Notifications => {
             let store = Arc::new(NotificationStore::open(
                 &settings.store.dir,
-                notifications::CLAIM_LEASE,
+                Duration::from_millis(settings.mail.claim_lease_ms),
             )?);
+            purge!("notifications", store);
             let mailer = Mailer::from_settings(&settings.mail)?;
             let handler = Notifications::new(mailer, settings.mail.from.clone(), store);
             let config = ctx.queue_config(service.queue())?;
@@ -145,6 +163,7 @@ pub async fn run(
         }
         Service::Analytics => {
             let store = Arc::new(AnalyticsStore::open(&settings.store.dir)?);
+            purge!("analytics", store);
             let handler = Analytics::new(store, &ctx.metrics);
             let config = ctx.queue_config(service.queue())?;
             ctx.serve_and_run(router.merge(handler.router()), handler, config)
@@ -153,6 +172,7 @@ pub async fn run(
         Service::Recommendations => {
             let rebuild = options.rebuild || options.since.is_some();
             let model = Arc::new(Model::open(&settings.store.dir, rebuild).await?);
+            purge!("recommendations", model);
             let state = model.state().await?;
             let start = StartAt::resume(&state, options.since);
             tracing::info!(
@@ -161,12 +181,13 @@ pub async fn run(
                 rebuild,
                 "recommendations model loaded"
             );
-            let handler = Recommendations::new(model);
+            let handler = Recommendations::new(model, options.since);
             let mut config = ctx.queue_config_with(recommendations::settle_policy());
             // One handler at a time: the model applies events in stream order. Streams require
-            // a prefetch; acks only release the broker's credit.
+            // a prefetch; acks only release the broker's credit. The start offset is asked of
+            // the model before every session (`Handler::consume_arguments`), not fixed here.
             config.concurrency = 1;
-            config.consume_arguments = start.consume_arguments();
+            config.stream = true;
             ctx.serve_and_run(router.merge(handler.router()), handler, config)
                 .await
         }
@@ -196,6 +217,7 @@ impl Runner<'_> {
             grace: self.settings.worker.grace(),
             confirm_timeout: Duration::from_millis(self.settings.producer.confirm_timeout_ms),
             consume_arguments: lapin::types::FieldTable::default(),
+            stream: false,
         }
     }
 

@@ -208,6 +208,17 @@ pub struct StoreSettings {
     pub dir: PathBuf,
     /// Optional PostgreSQL URL for the fulfillment store, when workers span hosts.
     pub url: Option<SecretUrl>,
+    /// How long de-duplication records (fulfilled orders, sent mails, counted and applied
+    /// event ids) are kept, in seconds; older ones are deleted in small batches. A message
+    /// redelivered after this window is handled again. 7 days, as NServiceBus keeps them.
+    pub retention_secs: u64,
+}
+
+impl StoreSettings {
+    /// The retention window as a duration.
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.retention_secs)
+    }
 }
 
 /// Outgoing mail.
@@ -219,6 +230,14 @@ pub struct MailSettings {
     pub smtp_url: Option<SecretUrl>,
     /// The sender address.
     pub from: String,
+    /// How long a notifications worker's claim on an event lasts without renewal; the live
+    /// owner renews it while it sends, and a claim of a process that is gone is taken over
+    /// at once.
+    pub claim_lease_ms: u64,
+    /// The outbox file is rotated (`outbox.mbox` → `outbox.mbox.1` …) once it reaches this size.
+    pub outbox_max_bytes: u64,
+    /// Rotated outbox files kept (`outbox.mbox.1` … `outbox.mbox.N`); older ones are deleted.
+    pub outbox_keep: u32,
 }
 
 /// The producer.
@@ -255,10 +274,14 @@ panic_skus = []
 
 [store]
 dir = "var"
+retention_secs = 604800
 
 [mail]
 outbox = "var/outbox"
 from = "shop@burrow.example"
+claim_lease_ms = 30000
+outbox_max_bytes = 67108864
+outbox_keep = 5
 
 [producer]
 confirm_window = 512

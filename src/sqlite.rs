@@ -200,6 +200,89 @@ impl Db {
     }
 }
 
+impl Db {
+    /// Deletes the rows of `table` whose `column` is below `cutoff`, oldest first (by rowid,
+    /// i.e. by insertion), `batch` rows per call, each call committed through the group-commit
+    /// thread like any handler's call, so a purge never holds the write lock for long and
+    /// handlers' calls interleave with it. Stops at the first batch that is not full. Returns
+    /// the rows deleted.
+    ///
+    /// Only the oldest `batch` rows are looked at per call, so the purge needs no index on
+    /// `column`: rows are inserted in time order.
+    ///
+    /// # Errors
+    /// The database failed; what was deleted before stays deleted.
+    pub async fn purge_older(
+        &self,
+        table: &'static str,
+        column: &'static str,
+        cutoff: rusqlite::types::Value,
+        batch: usize,
+    ) -> anyhow::Result<u64> {
+        let mut total = 0u64;
+        loop {
+            let cutoff = cutoff.clone();
+            let limit = i64::try_from(batch).unwrap_or(i64::MAX);
+            let deleted = self
+                .call_one_statement(move |conn| {
+                    conn.prepare_cached(&format!(
+                        "DELETE FROM {table} WHERE rowid IN
+                           (SELECT rowid FROM {table} ORDER BY rowid LIMIT ?2)
+                         AND {column} < ?1"
+                    ))?
+                    .execute(rusqlite::params![cutoff, limit])
+                })
+                .await?;
+            total += deleted as u64;
+            if deleted < batch {
+                return Ok(total);
+            }
+            // Let the handlers' calls in between two batches.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Rows deleted per transaction by a retention purge.
+pub const PURGE_BATCH: usize = 500;
+
+/// Runs `purge` every `every` until `shutdown`, logging what it deleted. `purge` deletes what
+/// is older than the retention window and returns how many rows.
+pub async fn run_purges<F, Fut>(
+    what: &'static str,
+    every: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+    mut purge: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<u64>>,
+{
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match purge().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                store = what,
+                deleted = n,
+                "purged records past the retention window"
+            ),
+            Err(e) => {
+                tracing::warn!(store = what, error = %format!("{e:#}"), "retention purge failed")
+            }
+        }
+    }
+}
+
+/// How often a store with retention `window` is purged: a tenth of it, between 1 s and 60 s.
+pub fn purge_interval(window: Duration) -> Duration {
+    (window / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
 /// Runs `f` in a savepoint: released when `f` succeeds, rolled back when it fails.
 fn in_savepoint<T>(
     conn: &Connection,
@@ -296,6 +379,41 @@ mod tests {
         })
         .await
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_purge_deletes_old_rows_in_batches_and_keeps_fresh_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = counter_db(dir.path());
+        db.call(|c| {
+            for i in 0..1234 {
+                c.execute(
+                    "INSERT INTO t VALUES (?1, ?2)",
+                    rusqlite::params![format!("old{i:04}"), i],
+                )?;
+            }
+            for i in 0..10 {
+                c.execute("INSERT INTO t VALUES (?1, 5000)", [format!("new{i}")])?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+        // Batches of 100: 13 calls, the last one not full.
+        let deleted = db
+            .purge_older("t", "n", rusqlite::types::Value::Integer(4000), 100)
+            .await
+            .unwrap();
+        assert_eq!(deleted, 1234);
+        let left = rows(&db).await;
+        assert_eq!(left.len(), 10);
+        assert!(left.iter().all(|k| k.starts_with("new")));
+        assert_eq!(
+            db.purge_older("t", "n", rusqlite::types::Value::Integer(4000), 100)
+                .await
+                .unwrap(),
+            0
+        );
     }
 
     #[tokio::test]

@@ -91,6 +91,19 @@ impl FulfillmentStore {
         }
     }
 
+    /// Forgets the orders fulfilled longer than `window` ago, in batches; returns how many. A
+    /// redelivery after the window is fulfilled again. The PostgreSQL store keeps everything
+    /// (not purged yet).
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn purge(&self, window: std::time::Duration) -> anyhow::Result<u64> {
+        match self {
+            Self::Sqlite(s) => s.purge(window).await,
+            Self::Postgres(_) => Ok(0),
+        }
+    }
+
     /// Whether `order_id` is recorded.
     ///
     /// # Errors
@@ -158,6 +171,23 @@ impl SqliteStore {
             .await
     }
 
+    async fn purge(&self, window: std::time::Duration) -> anyhow::Result<u64> {
+        let window = chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
+        let cutoff = chrono::Utc::now()
+            .checked_sub_signed(window)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string();
+        self.db
+            .purge_older(
+                "fulfillments",
+                "fulfilled_at",
+                rusqlite::types::Value::Text(cutoff),
+                crate::sqlite::PURGE_BATCH,
+            )
+            .await
+    }
+
     async fn mark_announced(&self, order_id: &str) -> anyhow::Result<()> {
         let order_id = order_id.to_owned();
         self.db
@@ -222,6 +252,34 @@ mod tests {
         );
         assert!(store.contains("ord_1").unwrap());
         assert!(!store.contains("ord_2").unwrap());
+    }
+
+    #[tokio::test]
+    async fn records_past_the_window_are_purged_and_fresh_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("f.db")).unwrap();
+        for i in 0..1200 {
+            store.record(&format!("old_{i}"), "shp").await.unwrap();
+        }
+        store
+            .db
+            .call(|c| {
+                c.execute(
+                    "UPDATE fulfillments SET fulfilled_at = '2020-01-01T00:00:00.000Z'",
+                    [],
+                )
+            })
+            .await
+            .unwrap();
+        store.record("fresh", "shp").await.unwrap();
+        let purged = store
+            .purge(std::time::Duration::from_secs(3600))
+            .await
+            .unwrap();
+        assert_eq!(purged, 1200);
+        assert!(store.contains("fresh").unwrap());
+        assert!(!store.contains("old_7").unwrap());
+        assert_eq!(store.counts().unwrap().fulfilled, 1);
     }
 
     #[tokio::test]
