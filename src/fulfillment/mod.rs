@@ -14,7 +14,7 @@ use tracing::debug;
 
 pub use carrier::{Carrier, CarrierError, SimulatedCarrier};
 pub use postgres::PostgresStore;
-pub use store::{FulfillmentStore, Recorded, SqliteStore, StoreCounts};
+pub use store::{FulfillmentRecord, FulfillmentStore, Recorded, SqliteStore, StoreCounts};
 
 use crate::message::{properties, ActivityEvent, Order, HEADER_TRACEPARENT};
 use crate::publisher::{self, Fate, Outgoing};

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use tokio_postgres::{Client, NoTls};
 
-use super::store::{Recorded, StoreCounts};
+use super::store::{FulfillmentRecord, Recorded, StoreCounts};
 use crate::settings::{redact_url, SecretUrl};
 
 /// A PostgreSQL-backed fulfillment record.
@@ -101,5 +101,29 @@ impl PostgresStore {
             )
             .await?
             .is_some())
+    }
+
+    pub(super) async fn fulfillments(&self) -> anyhow::Result<Vec<FulfillmentRecord>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT order_id, (EXTRACT(EPOCH FROM fulfilled_at) * 1000000)::BIGINT, announced
+                 FROM fulfillments",
+                &[],
+            )
+            .await
+            .context("reading the fulfillments")?;
+        rows.iter()
+            .map(|row| {
+                let (order_id, micros): (String, i64) = (row.get(0), row.get(1));
+                let fulfilled_at = chrono::DateTime::from_timestamp_micros(micros)
+                    .with_context(|| format!("fulfilled_at of {order_id}: {micros} µs"))?;
+                Ok(FulfillmentRecord {
+                    order_id,
+                    fulfilled_at,
+                    announced: row.get(2),
+                })
+            })
+            .collect()
     }
 }

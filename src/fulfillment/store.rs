@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::sqlite::Db;
@@ -31,6 +32,17 @@ pub struct StoreCounts {
     pub fulfilled: u64,
     /// Deliveries of an order already fulfilled.
     pub duplicates: u64,
+}
+
+/// One recorded order, as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FulfillmentRecord {
+    /// The order.
+    pub order_id: String,
+    /// When it was first recorded (millisecond precision on SQLite).
+    pub fulfilled_at: chrono::DateTime<chrono::Utc>,
+    /// Whether its `order.fulfilled` event was confirmed.
+    pub announced: bool,
 }
 
 /// The fulfillment store.
@@ -112,6 +124,17 @@ impl FulfillmentStore {
         match self {
             Self::Sqlite(s) => s.contains(order_id),
             Self::Postgres(p) => p.contains(order_id).await,
+        }
+    }
+
+    /// Every recorded order: when it was fulfilled and whether it was announced.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn fulfillments(&self) -> anyhow::Result<Vec<FulfillmentRecord>> {
+        match self {
+            Self::Sqlite(s) => s.fulfillments(),
+            Self::Postgres(p) => p.fulfillments().await,
         }
     }
 }
@@ -223,6 +246,31 @@ impl SqliteStore {
             .optional()?
             .is_some())
     }
+
+    fn fulfillments(&self) -> anyhow::Result<Vec<FulfillmentRecord>> {
+        let conn = open_connection(&self.path)?;
+        let mut stmt =
+            conn.prepare("SELECT order_id, fulfilled_at, announced FROM fulfillments")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (order_id, at, announced) = row?;
+            let fulfilled_at = chrono::DateTime::parse_from_rfc3339(&at)
+                .with_context(|| format!("fulfilled_at of {order_id}: {at}"))?
+                .to_utc();
+            Ok(FulfillmentRecord {
+                order_id,
+                fulfilled_at,
+                announced: announced != 0,
+            })
+        })
+        .collect()
+    }
 }
 
 #[cfg(test)]
@@ -252,6 +300,12 @@ mod tests {
         );
         assert!(store.contains("ord_1").unwrap());
         assert!(!store.contains("ord_2").unwrap());
+        let records = store.fulfillments().unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].order_id, "ord_1");
+        assert!(records[0].announced);
+        let age = chrono::Utc::now() - records[0].fulfilled_at;
+        assert!(age >= chrono::TimeDelta::zero() && age < chrono::TimeDelta::minutes(1));
     }
 
     #[tokio::test]

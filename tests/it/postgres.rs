@@ -124,6 +124,20 @@ async fn two_workers_on_one_postgres_database_fulfil_each_of_500_orders_once() {
         .expect("row")
         .get(0);
     assert_eq!(dup, 1);
+    // The library reads the same record back.
+    let store = burrow::fulfillment::FulfillmentStore::open(&burrow::settings::StoreSettings {
+        dir: t.settings.store.dir.clone(),
+        url: Some(burrow::settings::SecretUrl::new(url.as_str())),
+    })
+    .await
+    .expect("open the store");
+    let records = store.fulfillments().await.expect("read the fulfillments");
+    let read: HashSet<String> = records.iter().map(|r| r.order_id.clone()).collect();
+    assert_eq!(read, ids);
+    let now = chrono::Utc::now();
+    assert!(records
+        .iter()
+        .all(|r| r.fulfilled_at <= now && now - r.fulfilled_at < chrono::TimeDelta::minutes(10)));
     // Neither host wrote a SQLite store: the state is in PostgreSQL only.
     assert!(t.fulfilled_ids().is_empty());
     assert_eq!(t.ready("orders.dead").await, 0);
