@@ -303,6 +303,7 @@ async fn measure(
     let fulfillments = FulfillmentStore::open(&StoreSettings {
         dir: store.to_owned(),
         url: None,
+        ..settings.store.clone()
     })
     .await?;
     let deadline = started + Duration::from_secs(120 + spec.orders / 100);

@@ -128,6 +128,7 @@ async fn two_workers_on_one_postgres_database_fulfil_each_of_500_orders_once() {
     let store = burrow::fulfillment::FulfillmentStore::open(&burrow::settings::StoreSettings {
         dir: t.settings.store.dir.clone(),
         url: Some(burrow::settings::SecretUrl::new(url.as_str())),
+        ..t.settings.store.clone()
     })
     .await
     .expect("open the store");
