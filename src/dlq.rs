@@ -910,6 +910,7 @@ pub async fn purge(
 }
 
 async fn connect(settings: &Settings) -> anyhow::Result<Connection> {
+    crate::broker_version::log(settings, "burrow dlq").await;
     Ok(crate::broker::connect(&settings.amqp, "burrow dlq").await?)
 }
 

@@ -22,6 +22,7 @@ pub mod analytics;
 pub mod backoff;
 pub mod bench;
 pub mod broker;
+pub mod broker_version;
 pub mod children;
 pub mod cli;
 pub mod demo;
