@@ -20,6 +20,7 @@
 pub mod analytics;
 pub mod backoff;
 pub mod broker;
+pub mod broker_version;
 pub mod children;
 pub mod cli;
 pub mod demo;

@@ -16,6 +16,12 @@ pub const HEADER_ERROR: &str = "x-burrow-error";
 pub const HEADER_SOURCE_QUEUE: &str = "x-burrow-source-queue";
 /// Header with the RFC 3339 time a message was dead-lettered.
 pub const HEADER_FAILED_AT: &str = "x-burrow-failed-at";
+/// Header with the exchange a dead letter was first delivered from in its dead-letter queue,
+/// kept when `burrow dlq` puts the message back at the tail of that queue.
+pub const HEADER_DEAD_EXCHANGE: &str = "x-burrow-dead-exchange";
+/// Header with the routing key a dead letter was first delivered with in its dead-letter
+/// queue, kept like [`HEADER_DEAD_EXCHANGE`].
+pub const HEADER_DEAD_ROUTING_KEY: &str = "x-burrow-dead-routing-key";
 /// W3C trace context header.
 pub const HEADER_TRACEPARENT: &str = "traceparent";
 
