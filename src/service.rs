@@ -107,6 +107,11 @@ pub async fn run(
     let metrics = WorkerMetrics::new();
     let role = format!("worker {}", service.name());
     let pool = crate::broker::pool(&settings.amqp, &role)?;
+    // In the background: a management API that is slow or closed to this user delays nothing.
+    tokio::spawn({
+        let (settings, role) = (settings.clone(), role.clone());
+        async move { crate::broker_version::log(&settings, &role).await }
+    });
     let router = crate::http::base_router(metrics.clone());
     let ctx = Runner {
         settings: &settings,
