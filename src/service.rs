@@ -126,7 +126,7 @@ pub async fn run(
                 ))
             });
             let handler = Fulfillment::new(
-                SimulatedCarrier::new(settings.carrier.clone()),
+                SimulatedCarrier::new(settings.carrier.clone()).with_metrics(&ctx.metrics),
                 store,
                 announcer,
             );
