@@ -107,18 +107,26 @@ pub async fn run(
     let metrics = WorkerMetrics::new();
     let role = format!("worker {}", service.name());
     let pool = crate::broker::pool(&settings.amqp, &role)?;
-    let router = crate::http::base_router(metrics.clone());
+    let readiness = crate::http::Readiness::default().broker(pool.clone());
     let ctx = Runner {
         settings: &settings,
         topology,
         pool,
         metrics,
+        readiness,
         http: options.http,
         shutdown,
     };
     match service {
         Service::Fulfillment => {
             let store = Arc::new(FulfillmentStore::open(&settings.store).await?);
+            let probe = store.clone();
+            let router = ctx.router(|r| {
+                r.check("store", move || {
+                    let store = probe.clone();
+                    async move { store.ping().await }
+                })
+            });
             let announcer = options.events.then(|| {
                 Arc::new(Announcer::new(
                     ctx.pool.clone(),
@@ -141,12 +149,14 @@ pub async fn run(
             let mailer = Mailer::from_settings(&settings.mail)?;
             let handler = Notifications::new(mailer, settings.mail.from.clone(), store);
             let config = ctx.queue_config(service.queue())?;
+            let router = ctx.router(|r| r);
             ctx.serve_and_run(router, handler, config).await
         }
         Service::Analytics => {
             let store = Arc::new(AnalyticsStore::open(&settings.store.dir)?);
             let handler = Analytics::new(store, &ctx.metrics);
             let config = ctx.queue_config(service.queue())?;
+            let router = ctx.router(|r| r);
             ctx.serve_and_run(router.merge(handler.router()), handler, config)
                 .await
         }
@@ -167,6 +177,7 @@ pub async fn run(
             // a prefetch; acks only release the broker's credit.
             config.concurrency = 1;
             config.consume_arguments = start.consume_arguments();
+            let router = ctx.router(|r| r);
             ctx.serve_and_run(router.merge(handler.router()), handler, config)
                 .await
         }
@@ -179,11 +190,22 @@ struct Runner<'a> {
     topology: Arc<Topology>,
     pool: crate::broker::Pool,
     metrics: Arc<WorkerMetrics>,
+    readiness: crate::http::Readiness,
     http: Option<SocketAddr>,
     shutdown: CancellationToken,
 }
 
 impl Runner<'_> {
+    /// `/healthz`, `/readyz` (the broker, plus what `checks` adds) and `/metrics`. The SQLite
+    /// stores of the activity services are local files, so only the broker decides their
+    /// readiness.
+    fn router(
+        &self,
+        checks: impl FnOnce(crate::http::Readiness) -> crate::http::Readiness,
+    ) -> axum::Router {
+        crate::http::base_router(self.metrics.clone(), checks(self.readiness.clone()))
+    }
+
     fn queue_config(&self, queue: &str) -> anyhow::Result<WorkerConfig> {
         Ok(self.queue_config_with(settle_policy(&self.topology, queue)?))
     }

@@ -91,6 +91,17 @@ impl FulfillmentStore {
         }
     }
 
+    /// Whether the store answers now (for `/readyz`).
+    ///
+    /// # Errors
+    /// The database cannot be reached or read.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        match self {
+            Self::Sqlite(s) => s.contains("").map(|_| ()),
+            Self::Postgres(p) => p.ping().await,
+        }
+    }
+
     /// Whether `order_id` is recorded.
     ///
     /// # Errors
