@@ -104,6 +104,7 @@ pub async fn run(
         Topology::load(&settings.topology)
             .with_context(|| format!("loading {}", settings.topology.display()))?,
     );
+    crate::sqlite::set_synchronous(settings.store.synchronous);
     let metrics = WorkerMetrics::new();
     let role = format!("worker {}", service.name());
     let pool = crate::broker::pool(&settings.amqp, &role)?;

@@ -209,6 +209,10 @@ pub struct StoreSettings {
     pub dir: PathBuf,
     /// Optional PostgreSQL URL for the fulfillment store, when workers span hosts.
     pub url: Option<SecretUrl>,
+    /// How SQLite stores commit: `full` (default; a record that allowed an ack survives a
+    /// power failure) or `normal` (cheaper; the last commits can be lost on power failure).
+    #[serde(default)]
+    pub synchronous: crate::sqlite::Synchronous,
 }
 
 /// Outgoing mail.

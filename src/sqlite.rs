@@ -14,9 +14,42 @@ use std::path::Path;
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use anyhow::Context;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
+
+/// How long a SQLite commit waits for the disk: `PRAGMA synchronous` in WAL mode. Set per
+/// process with `store.synchronous` (`BURROW__STORE__SYNCHRONOUS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// The WAL is synced at every commit: a committed record (and so the ack it allowed)
+    /// survives a power failure or OS crash. With group commit this is one fsync per batch of
+    /// calls, not per call (see the notes of issue 11 for the measured cost).
+    #[default]
+    Full,
+    /// The WAL is synced only at checkpoints: a commit survives the process crashing, but the
+    /// last commits before a power failure or OS crash can be lost while their messages were
+    /// already acked, so a redelivered order would be booked and mailed again after one.
+    Normal,
+}
+
+static SYNCHRONOUS_NORMAL: AtomicBool = AtomicBool::new(false);
+
+/// Sets how every SQLite store opened afterwards by this process commits.
+pub fn set_synchronous(mode: Synchronous) {
+    SYNCHRONOUS_NORMAL.store(mode == Synchronous::Normal, Ordering::Relaxed);
+}
+
+fn synchronous() -> &'static str {
+    if SYNCHRONOUS_NORMAL.load(Ordering::Relaxed) {
+        "NORMAL"
+    } else {
+        "FULL"
+    }
+}
 
 /// One call queued for the database thread.
 trait Call: Send {
@@ -101,7 +134,7 @@ pub fn open_wal(path: &Path) -> anyhow::Result<Connection> {
             let conn = Connection::open(path)?;
             conn.busy_timeout(Duration::from_secs(30))?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            conn.pragma_update(None, "synchronous", synchronous())?;
             Ok::<_, rusqlite::Error>(conn)
         })();
         match attempt {

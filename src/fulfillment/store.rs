@@ -235,6 +235,58 @@ mod tests {
         assert!(!store.contains("ord_2").unwrap());
     }
 
+    /// CPU seconds this process has used (user + system), from `/proc/self/stat`.
+    fn cpu_seconds() -> f64 {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        ticks / 100.0
+    }
+
+    /// What `synchronous=FULL` costs against `NORMAL`: 16 handlers recording and marking
+    /// orders as the fulfillment handler does. A measurement, run by hand:
+    /// `cargo test --release --lib -- --ignored --nocapture synchronous_cost`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement, not a check"]
+    async fn synchronous_cost() {
+        use crate::sqlite::{set_synchronous, Synchronous};
+        const ORDERS: usize = 40_000;
+        const HANDLERS: usize = 16;
+        for mode in [Synchronous::Normal, Synchronous::Full].repeat(3) {
+            set_synchronous(mode);
+            let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+            let store = std::sync::Arc::new(SqliteStore::open(&dir.path().join("f.db")).unwrap());
+            let (cpu, started) = (cpu_seconds(), std::time::Instant::now());
+            let tasks: Vec<_> = (0..HANDLERS)
+                .map(|h| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        for i in (h..ORDERS).step_by(HANDLERS) {
+                            let id = format!("ord_{i}");
+                            store.record(&id, "shp").await.unwrap();
+                            store.mark_announced(&id).await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            let (secs, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu);
+            println!(
+                "synchronous={mode:?}: {ORDERS} orders in {secs:.2} s = {:.0} orders/s, CPU {cpu:.2} s = {:.1} µs/order",
+                ORDERS as f64 / secs,
+                cpu * 1e6 / ORDERS as f64
+            );
+        }
+        set_synchronous(Synchronous::Full);
+    }
+
     #[tokio::test]
     async fn two_stores_on_one_file_share_the_record() {
         let dir = tempfile::tempdir().unwrap();
