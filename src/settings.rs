@@ -209,8 +209,9 @@ pub struct StoreSettings {
     pub dir: PathBuf,
     /// Optional PostgreSQL URL for the fulfillment store, when workers span hosts.
     pub url: Option<SecretUrl>,
-    /// How SQLite stores commit: `full` (default; a record that allowed an ack survives a
-    /// power failure) or `normal` (cheaper; the last commits can be lost on power failure).
+    /// How SQLite stores commit: `normal` (default; survives a process crash, the last commits
+    /// can be lost on power failure) or `full` (a record that allowed an ack survives a power
+    /// failure; measured to cost about a third of the pipeline's throughput).
     #[serde(default)]
     pub synchronous: crate::sqlite::Synchronous,
 }

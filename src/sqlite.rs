@@ -22,32 +22,40 @@ use tokio::sync::oneshot;
 
 /// How long a SQLite commit waits for the disk: `PRAGMA synchronous` in WAL mode. Set per
 /// process with `store.synchronous` (`BURROW__STORE__SYNCHRONOUS`).
+///
+/// `normal` is the default because `full` was measured to cost too much for what it buys here
+/// (`burrow bench --modes burrow-full`, notes of issue 11: fulfillment CPU per order +35-40 %,
+/// end-to-end rate 931-1058 → 611-689 orders/s, below the 1,000/s target on this machine).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Synchronous {
-    /// The WAL is synced at every commit: a committed record (and so the ack it allowed)
-    /// survives a power failure or OS crash. With group commit this is one fsync per batch of
-    /// calls, not per call (see the notes of issue 11 for the measured cost).
+    /// The WAL is synced only at checkpoints. A commit survives the process crashing or being
+    /// killed, and the file is never corrupted, but a power failure or OS crash can roll back
+    /// the last commits, whose messages were already acked and will not be redelivered: a
+    /// fulfillment record (the shipment was booked and announced, but a later duplicate of the
+    /// order is no longer recognised; the carrier's idempotency key still prevents a second
+    /// booking), a notification claim (a redelivered or republished event could be mailed
+    /// again), analytics counts (events counted once are missing).
     #[default]
-    Full,
-    /// The WAL is synced only at checkpoints: a commit survives the process crashing, but the
-    /// last commits before a power failure or OS crash can be lost while their messages were
-    /// already acked, so a redelivered order would be booked and mailed again after one.
     Normal,
+    /// The WAL is synced at every commit: a committed record, and so the ack it allowed,
+    /// survives a power failure or OS crash. With group commit that is one fsync per batch of
+    /// calls, not per call.
+    Full,
 }
 
-static SYNCHRONOUS_NORMAL: AtomicBool = AtomicBool::new(false);
+static SYNCHRONOUS_FULL: AtomicBool = AtomicBool::new(false);
 
 /// Sets how every SQLite store opened afterwards by this process commits.
 pub fn set_synchronous(mode: Synchronous) {
-    SYNCHRONOUS_NORMAL.store(mode == Synchronous::Normal, Ordering::Relaxed);
+    SYNCHRONOUS_FULL.store(mode == Synchronous::Full, Ordering::Relaxed);
 }
 
 fn synchronous() -> &'static str {
-    if SYNCHRONOUS_NORMAL.load(Ordering::Relaxed) {
-        "NORMAL"
-    } else {
+    if SYNCHRONOUS_FULL.load(Ordering::Relaxed) {
         "FULL"
+    } else {
+        "NORMAL"
     }
 }
 

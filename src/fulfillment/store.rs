@@ -284,7 +284,7 @@ mod tests {
                 cpu * 1e6 / ORDERS as f64
             );
         }
-        set_synchronous(Synchronous::Full);
+        set_synchronous(Synchronous::default());
     }
 
     #[tokio::test]
