@@ -125,15 +125,29 @@ impl Order {
                 return Err(rule(format!("items[{i}].unit_price_cents"), "must be >= 0"));
             }
         }
-        Ok(())
+        self.total_cents().map(|_| ())
     }
 
-    /// Total in cents.
-    pub fn total_cents(&self) -> i64 {
+    /// Total in cents, computed with checked arithmetic.
+    ///
+    /// # Errors
+    /// The total does not fit in an `i64`; the error names the price of the first line at which
+    /// the running total overflows.
+    pub fn total_cents(&self) -> Result<i64, InvalidMessage> {
         self.items
             .iter()
-            .map(|i| i.unit_price_cents * i64::from(i.quantity))
-            .sum()
+            .enumerate()
+            .try_fold(0i64, |total, (i, item)| {
+                item.unit_price_cents
+                    .checked_mul(i64::from(item.quantity))
+                    .and_then(|line| total.checked_add(line))
+                    .ok_or_else(|| {
+                        rule(
+                            format!("items[{i}].unit_price_cents"),
+                            format!("the order total overflows {} cents", i64::MAX),
+                        )
+                    })
+            })
     }
 }
 
@@ -248,7 +262,8 @@ impl ActivityEvent {
         e.data = serde_json::json!({
             "email": order.email,
             "skus": order.items.iter().map(|i| i.sku.as_str()).collect::<Vec<_>>(),
-            "total_cents": order.total_cents(),
+            // A validated order's total fits; an unvalidated one that overflows shows `null`.
+            "total_cents": order.total_cents().ok(),
             "currency": order.currency,
         });
         e
@@ -432,6 +447,10 @@ mod tests {
             (
                 "items[0].unit_price_cents",
                 Box::new(|o| o.items[0].unit_price_cents = -1),
+            ),
+            (
+                "items[0].unit_price_cents",
+                Box::new(|o| o.items[0].unit_price_cents = i64::MAX),
             ),
         ];
         for (field, break_it) in cases {

@@ -104,6 +104,7 @@ pub async fn run(
         Topology::load(&settings.topology)
             .with_context(|| format!("loading {}", settings.topology.display()))?,
     );
+    crate::sqlite::set_synchronous(settings.store.synchronous);
     let metrics = WorkerMetrics::new();
     let role = format!("worker {}", service.name());
     let pool = crate::broker::pool(&settings.amqp, &role)?;
@@ -112,12 +113,13 @@ pub async fn run(
         let (settings, role) = (settings.clone(), role.clone());
         async move { crate::broker_version::log(&settings, &role).await }
     });
-    let router = crate::http::base_router(metrics.clone());
+    let readiness = crate::http::Readiness::default().broker(pool.clone());
     let ctx = Runner {
         settings: &settings,
         topology,
         pool,
         metrics,
+        readiness,
         http: options.http,
         shutdown,
     };
@@ -141,6 +143,13 @@ pub async fn run(
         Service::Fulfillment => {
             let store = Arc::new(FulfillmentStore::open(&settings.store).await?);
             purge!("fulfillment", store);
+            let probe = store.clone();
+            let router = ctx.router(|r| {
+                r.check("store", move || {
+                    let store = probe.clone();
+                    async move { store.ping().await }
+                })
+            });
             let announcer = options.events.then(|| {
                 Arc::new(Announcer::new(
                     ctx.pool.clone(),
@@ -148,7 +157,7 @@ pub async fn run(
                 ))
             });
             let handler = Fulfillment::new(
-                SimulatedCarrier::new(settings.carrier.clone()),
+                SimulatedCarrier::new(settings.carrier.clone()).with_metrics(&ctx.metrics),
                 store,
                 announcer,
             );
@@ -164,6 +173,7 @@ pub async fn run(
             let mailer = Mailer::from_settings(&settings.mail)?;
             let handler = Notifications::new(mailer, settings.mail.from.clone(), store);
             let config = ctx.queue_config(service.queue())?;
+            let router = ctx.router(|r| r);
             ctx.serve_and_run(router, handler, config).await
         }
         Service::Analytics => {
@@ -171,6 +181,7 @@ pub async fn run(
             purge!("analytics", store);
             let handler = Analytics::new(store, &ctx.metrics);
             let config = ctx.queue_config(service.queue())?;
+            let router = ctx.router(|r| r);
             ctx.serve_and_run(router.merge(handler.router()), handler, config)
                 .await
         }
@@ -193,6 +204,7 @@ pub async fn run(
             // the model before every session (`Handler::consume_arguments`), not fixed here.
             config.concurrency = 1;
             config.stream = true;
+            let router = ctx.router(|r| r);
             ctx.serve_and_run(router.merge(handler.router()), handler, config)
                 .await
         }
@@ -205,11 +217,22 @@ struct Runner<'a> {
     topology: Arc<Topology>,
     pool: crate::broker::Pool,
     metrics: Arc<WorkerMetrics>,
+    readiness: crate::http::Readiness,
     http: Option<SocketAddr>,
     shutdown: CancellationToken,
 }
 
 impl Runner<'_> {
+    /// `/healthz`, `/readyz` (the broker, plus what `checks` adds) and `/metrics`. The SQLite
+    /// stores of the activity services are local files, so only the broker decides their
+    /// readiness.
+    fn router(
+        &self,
+        checks: impl FnOnce(crate::http::Readiness) -> crate::http::Readiness,
+    ) -> axum::Router {
+        crate::http::base_router(self.metrics.clone(), checks(self.readiness.clone()))
+    }
+
     fn queue_config(&self, queue: &str) -> anyhow::Result<WorkerConfig> {
         Ok(self.queue_config_with(settle_policy(&self.topology, queue)?))
     }

@@ -14,9 +14,50 @@ use std::path::Path;
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use anyhow::Context;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
+
+/// How long a SQLite commit waits for the disk: `PRAGMA synchronous` in WAL mode. Set per
+/// process with `store.synchronous` (`BURROW__STORE__SYNCHRONOUS`).
+///
+/// `normal` is the default because `full` was measured to cost too much for what it buys here
+/// (`burrow bench --modes burrow-full`, notes of issue 11: fulfillment CPU per order +35-40 %,
+/// end-to-end rate 931-1058 → 611-689 orders/s, below the 1,000/s target on this machine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// The WAL is synced only at checkpoints. A commit survives the process crashing or being
+    /// killed, and the file is never corrupted, but a power failure or OS crash can roll back
+    /// the last commits, whose messages were already acked and will not be redelivered: a
+    /// fulfillment record (the shipment was booked and announced, but a later duplicate of the
+    /// order is no longer recognised; the carrier's idempotency key still prevents a second
+    /// booking), a notification claim (a redelivered or republished event could be mailed
+    /// again), analytics counts (events counted once are missing).
+    #[default]
+    Normal,
+    /// The WAL is synced at every commit: a committed record, and so the ack it allowed,
+    /// survives a power failure or OS crash. With group commit that is one fsync per batch of
+    /// calls, not per call.
+    Full,
+}
+
+static SYNCHRONOUS_FULL: AtomicBool = AtomicBool::new(false);
+
+/// Sets how every SQLite store opened afterwards by this process commits.
+pub fn set_synchronous(mode: Synchronous) {
+    SYNCHRONOUS_FULL.store(mode == Synchronous::Full, Ordering::Relaxed);
+}
+
+fn synchronous() -> &'static str {
+    if SYNCHRONOUS_FULL.load(Ordering::Relaxed) {
+        "FULL"
+    } else {
+        "NORMAL"
+    }
+}
 
 /// One call queued for the database thread.
 trait Call: Send {
@@ -101,7 +142,7 @@ pub fn open_wal(path: &Path) -> anyhow::Result<Connection> {
             let conn = Connection::open(path)?;
             conn.busy_timeout(Duration::from_secs(30))?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            conn.pragma_update(None, "synchronous", synchronous())?;
             Ok::<_, rusqlite::Error>(conn)
         })();
         match attempt {
