@@ -196,6 +196,7 @@ impl Runner<'_> {
             grace: self.settings.worker.grace(),
             confirm_timeout: Duration::from_millis(self.settings.producer.confirm_timeout_ms),
             consume_arguments: lapin::types::FieldTable::default(),
+            breaker: self.settings.worker.breaker(),
         }
     }
 

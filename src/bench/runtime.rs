@@ -153,6 +153,7 @@ pub async fn run(
         grace: Duration::from_secs(5),
         confirm_timeout: Duration::from_secs(5),
         consume_arguments: lapin::types::FieldTable::default(),
+        breaker: crate::worker::BreakerSettings::default(),
     };
     let worker_pool = crate::broker::pool(&settings.amqp, "bench worker")?;
     let shutdown = CancellationToken::new();

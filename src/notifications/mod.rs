@@ -26,6 +26,9 @@ pub const QUEUE: &str = "activity.notifications";
 /// can send a mail twice; nothing else can).
 pub const CLAIM_LEASE: Duration = Duration::from_secs(120);
 
+/// The dependency name of the mail transport (SMTP server or outbox) in the circuit breaker.
+pub const MAIL: &str = "mail";
+
 /// Attempts at sending one mail before the event is handed back as a transient failure.
 const SEND_ATTEMPTS: u32 = 3;
 
@@ -153,7 +156,10 @@ impl Notifications {
                 Ok(()) => break None,
                 Err(MailError::Invalid(reason)) => break Some(Outcome::Permanent(reason)),
                 Err(MailError::Transport(reason)) if attempt >= SEND_ATTEMPTS => {
-                    break Some(Outcome::Transient(reason))
+                    break Some(Outcome::Unavailable {
+                        dependency: MAIL,
+                        reason,
+                    })
                 }
                 Err(MailError::Transport(reason)) => {
                     warn!(event_id = %event.event_id, attempt, %reason, "sending failed; trying again");
@@ -183,6 +189,14 @@ impl Notifications {
 }
 
 impl Handler for Notifications {
+    async fn probe(&self, dependency: &str) -> Result<(), String> {
+        if dependency == MAIL {
+            self.mailer.probe().await
+        } else {
+            Ok(())
+        }
+    }
+
     async fn handle(&self, msg: &Incoming) -> Outcome {
         let event = match ActivityEvent::decode(&msg.body) {
             Ok(e) => e,

@@ -11,6 +11,7 @@
 //! requeue toward `x-delivery-limit`).
 
 mod acks;
+mod breaker;
 mod forward;
 mod handler;
 mod session;
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use acks::{AckFrame, AckTracker};
+pub use breaker::{Breaker, BreakerSettings, Phase, Transition};
 pub use handler::{Handler, Incoming, Outcome};
 pub use settle::{Decision, SettlePolicy};
 
@@ -53,6 +55,8 @@ pub struct WorkerConfig {
     pub confirm_timeout: Duration,
     /// Arguments of `basic.consume`, e.g. `x-stream-offset` when consuming a stream.
     pub consume_arguments: FieldTable,
+    /// When a dependency outage stops consuming (see [`Breaker`]).
+    pub breaker: BreakerSettings,
 }
 
 /// The worker runtime for one queue.
@@ -62,6 +66,7 @@ pub struct Worker<H> {
     pool: crate::broker::Pool,
     metrics: Arc<WorkerMetrics>,
     topology: Option<Arc<Topology>>,
+    breaker: breaker::Watch,
 }
 
 impl<H: Handler> Worker<H> {
@@ -73,6 +78,7 @@ impl<H: Handler> Worker<H> {
         metrics: Arc<WorkerMetrics>,
     ) -> Self {
         Self {
+            breaker: breaker::Watch::new(&config.policy.queue, config.breaker.clone()),
             config,
             handler,
             pool,
@@ -192,6 +198,8 @@ impl<H: Handler> Worker<H> {
             forwarder: &forwarder,
             concurrency: self.config.concurrency,
             grace: self.config.grace,
+            breaker: &self.breaker,
+            consume_arguments: &self.config.consume_arguments,
         }
         .consume(&mut consumer, shutdown)
         .await;
