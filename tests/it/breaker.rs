@@ -185,3 +185,58 @@ async fn a_mail_server_outage_pauses_notifications_and_dead_letters_nothing() {
     assert!(metric(&notifications, opened).await >= Some(1.0));
     notifications.stop().await;
 }
+
+#[tokio::test]
+async fn sigterm_while_the_breaker_is_open_exits_promptly_and_keeps_every_event() {
+    let t = TestVhost::new("breaker-stop")
+        .await
+        .with_fast_topology()
+        .await;
+    let smtp_url = format!("smtp://127.0.0.1:{}", free_port());
+    let notifications = t.spawn_service(
+        "notifications",
+        &["--concurrency", "2", "--prefetch", "20"],
+        &[
+            ("BURROW__MAIL__SMTP_URL", smtp_url.as_str()),
+            ("BURROW__WORKER__BREAKER_WINDOW", "4"),
+            ("BURROW__WORKER__BREAKER_THRESHOLD", "3"),
+        ],
+    );
+    let events: Vec<ActivityEvent> = (0..40)
+        .map(|i| {
+            let user = format!("cus_{i}");
+            let mut e = ActivityEvent::new(EventKind::UserRegistered, &user);
+            e.data = serde_json::json!({"email": format!("{user}@example.com"), "name": user});
+            e
+        })
+        .collect();
+    t.publish_events(&events).await;
+    let open = r#"burrow_breaker_state{queue="activity.notifications",dependency="mail"}"#;
+    wait_for("the breaker to open on mail", LONG, || async {
+        (metric(&notifications, open).await == Some(2.0)).then_some(())
+    })
+    .await;
+
+    let started = std::time::Instant::now();
+    let mut worker = notifications.worker;
+    worker.signal("TERM");
+    assert_eq!(
+        worker.wait_exit(Duration::from_secs(30)).await,
+        Some(0),
+        "clean exit"
+    );
+    // The held deliveries are released at once, not handled for the grace period (10 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "stopped in {:?}",
+        started.elapsed()
+    );
+    // Everything is back in the queue (the few that took a retry step return from it).
+    wait_for(
+        "all 40 events back in activity.notifications",
+        LONG,
+        || async { (t.ready("activity.notifications").await == 40).then_some(()) },
+    )
+    .await;
+    assert_eq!(t.ready("activity.dead").await, 0);
+}
