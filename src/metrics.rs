@@ -26,6 +26,15 @@ pub struct QueueLabels {
     pub queue: String,
 }
 
+/// Labels of a worker's circuit breaker.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BreakerLabels {
+    /// The queue consumed.
+    pub queue: String,
+    /// The dependency the breaker watches (`smtp`, `store`).
+    pub dependency: String,
+}
+
 /// The metrics of the worker runtime.
 pub struct WorkerMetrics {
     registry: Mutex<Registry>,
@@ -37,6 +46,11 @@ pub struct WorkerMetrics {
     pub in_flight: Family<QueueLabels, Gauge>,
     /// Connections re-established after a loss.
     pub reconnects: Family<QueueLabels, Counter>,
+    /// Circuit breaker per dependency: 0 closed (consuming), 1 half-open (consuming on trial),
+    /// 2 open (not consuming, probing).
+    pub breaker_state: Family<BreakerLabels, Gauge>,
+    /// Times a circuit breaker opened.
+    pub breaker_opened: Family<BreakerLabels, Counter>,
 }
 
 impl std::fmt::Debug for WorkerMetrics {
@@ -54,6 +68,8 @@ impl Default for WorkerMetrics {
         });
         let in_flight = Family::<QueueLabels, Gauge>::default();
         let reconnects = Family::<QueueLabels, Counter>::default();
+        let breaker_state = Family::<BreakerLabels, Gauge>::default();
+        let breaker_opened = Family::<BreakerLabels, Counter>::default();
         registry.register(
             "messages",
             "Messages settled, by queue and outcome",
@@ -70,12 +86,24 @@ impl Default for WorkerMetrics {
             "Connections re-established after a loss",
             reconnects.clone(),
         );
+        registry.register(
+            "breaker_state",
+            "Circuit breaker per dependency: 0 closed, 1 half-open, 2 open (not consuming)",
+            breaker_state.clone(),
+        );
+        registry.register(
+            "breaker_opened",
+            "Times a circuit breaker opened (consuming stopped)",
+            breaker_opened.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             messages,
             handler_seconds,
             in_flight,
             reconnects,
+            breaker_state,
+            breaker_opened,
         }
     }
 }

@@ -246,6 +246,7 @@ impl Runner<'_> {
             confirm_timeout: Duration::from_millis(self.settings.producer.confirm_timeout_ms),
             consume_arguments: lapin::types::FieldTable::default(),
             stream: false,
+            breaker: self.settings.worker.breaker(),
         }
     }
 

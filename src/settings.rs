@@ -175,12 +175,31 @@ pub struct WorkerSettings {
     /// How long a worker may keep handling (in flight and already prefetched) after a shutdown
     /// signal; what is unstarted when it ends is requeued.
     pub grace_ms: u64,
+    /// Circuit breaker: outcomes remembered.
+    pub breaker_window: usize,
+    /// Circuit breaker: failures on one dependency among the last `breaker_window` outcomes
+    /// that stop consuming until a probe answers; 0 disables it.
+    pub breaker_threshold: usize,
+    /// Circuit breaker: delay before the first probe, doubling after each failed one.
+    pub breaker_probe_ms: u64,
+    /// Circuit breaker: longest delay between probes.
+    pub breaker_probe_max_ms: u64,
 }
 
 impl WorkerSettings {
     /// The grace period as a duration.
     pub fn grace(&self) -> Duration {
         Duration::from_millis(self.grace_ms)
+    }
+
+    /// The circuit breaker's settings.
+    pub fn breaker(&self) -> crate::worker::BreakerSettings {
+        crate::worker::BreakerSettings {
+            window: self.breaker_window,
+            threshold: self.breaker_threshold,
+            probe_base: Duration::from_millis(self.breaker_probe_ms),
+            probe_cap: Duration::from_millis(self.breaker_probe_max_ms),
+        }
     }
 }
 
@@ -272,6 +291,10 @@ url = "http://127.0.0.1:15672"
 concurrency = 16
 prefetch = 64
 grace_ms = 10000
+breaker_window = 20
+breaker_threshold = 11
+breaker_probe_ms = 1000
+breaker_probe_max_ms = 30000
 
 [carrier]
 latency_ms = 3

@@ -154,6 +154,7 @@ pub async fn run(
         confirm_timeout: Duration::from_secs(5),
         consume_arguments: lapin::types::FieldTable::default(),
         stream: false,
+        breaker: burrow::worker::BreakerSettings::default(),
     };
     let worker_pool = burrow::broker::pool(&settings.amqp, "bench worker")?;
     let shutdown = CancellationToken::new();

@@ -239,6 +239,24 @@ impl Mailer {
     }
 }
 
+impl Mailer {
+    /// Whether the transport answers: for SMTP, a connection and `NOOP` (lettre's
+    /// `test_connection`); the outbox always does.
+    ///
+    /// # Errors
+    /// Why the SMTP server did not answer.
+    pub async fn probe(&self) -> Result<(), String> {
+        match self {
+            Self::Outbox(_) => Ok(()),
+            Self::Smtp(t) => match t.test_connection().await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err("the SMTP server did not answer NOOP".into()),
+                Err(e) => Err(crate::settings::redact_url(&e.to_string())),
+            },
+        }
+    }
+}
+
 /// The outbox file of the outbox directory `dir`.
 pub fn outbox_file(dir: &Path) -> PathBuf {
     dir.join(OUTBOX_FILE)

@@ -31,6 +31,9 @@ pub const QUEUE: &str = "activity.notifications";
 /// bounds the wait on a send that hangs (lettre's SMTP timeout is 60 s per attempt).
 pub const BUSY_WAIT: Duration = Duration::from_secs(300);
 
+/// The dependency name of the mail transport (SMTP server or outbox) in the circuit breaker.
+pub const MAIL: &str = "mail";
+
 /// Attempts at sending one mail before the event is handed back as a transient failure.
 const SEND_ATTEMPTS: u32 = 3;
 
@@ -202,7 +205,10 @@ impl Notifications {
                 Ok(()) => break None,
                 Err(MailError::Invalid(reason)) => break Some(Outcome::Permanent(reason)),
                 Err(MailError::Transport(reason)) if attempt >= SEND_ATTEMPTS => {
-                    break Some(Outcome::Transient(reason))
+                    break Some(Outcome::Unavailable {
+                        dependency: MAIL,
+                        reason,
+                    })
                 }
                 Err(MailError::Transport(reason)) => {
                     warn!(event_id = %event.event_id, attempt, %reason, "sending failed; trying again");
@@ -238,6 +244,14 @@ impl Notifications {
 }
 
 impl Handler for Notifications {
+    async fn probe(&self, dependency: &str) -> Result<(), String> {
+        if dependency == MAIL {
+            self.mailer.probe().await
+        } else {
+            Ok(())
+        }
+    }
+
     async fn handle(&self, msg: &Incoming) -> Outcome {
         let event = match ActivityEvent::decode(&msg.body) {
             Ok(e) => e,

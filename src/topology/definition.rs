@@ -878,7 +878,22 @@ mod tests {
         let delays: Vec<u64> = ladder.iter().map(|s| s.delay.as_secs()).collect();
         assert_eq!(delays, vec![1, 10, 60]);
         assert_eq!(ladder[0].queue, "orders.fulfillment.retry.1s");
-        assert!(t.retry_ladder("activity.analytics").is_empty());
+        let activity: Vec<String> = t
+            .retry_ladder("activity.notifications")
+            .into_iter()
+            .map(|s| s.queue)
+            .collect();
+        assert_eq!(
+            activity,
+            [
+                "activity.notifications.retry.1s",
+                "activity.notifications.retry.10s",
+                "activity.notifications.retry.60s"
+            ]
+        );
+        assert_eq!(t.retry_ladder("activity.analytics").len(), 3);
+        assert!(t.retry_ladder("activity.recommendations").is_empty());
+        assert!(t.retry_ladder("activity.log").is_empty());
     }
 
     #[test]

@@ -17,6 +17,16 @@ pub enum Outcome {
     Transient(String),
     /// Will never work (bad JSON, a broken rule): dead-letter now, with the reason.
     Permanent(String),
+    /// A dependency the handler needs (the mail server, the database) did not answer. Settled
+    /// like [`Outcome::Transient`]; besides, when most recent attempts fail on the same
+    /// dependency, the worker's circuit breaker stops consuming and probes it with
+    /// [`Handler::probe`] until it answers.
+    Unavailable {
+        /// A short, stable name: `smtp`, `store`.
+        dependency: &'static str,
+        /// What failed.
+        reason: String,
+    },
 }
 
 /// One delivery, as a handler sees it.
@@ -70,5 +80,13 @@ pub trait Handler: Send + Sync + 'static {
     /// The handler's store cannot say where it stopped; the session is retried with back-off.
     fn consume_arguments(&self) -> impl Future<Output = anyhow::Result<Option<FieldTable>>> + Send {
         async { Ok(None) }
+    }
+
+    /// Checks whether `dependency` (named by an [`Outcome::Unavailable`]) answers again, cheaply
+    /// and without side effects (an SMTP `NOOP`, `SELECT 1`). `Err` says why not. The default
+    /// answers at once, so the worker resumes on trial after the probe back-off.
+    fn probe(&self, dependency: &str) -> impl Future<Output = Result<(), String>> + Send {
+        let _ = dependency;
+        async { Ok(()) }
     }
 }

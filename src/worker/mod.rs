@@ -11,6 +11,7 @@
 //! requeue toward `x-delivery-limit`).
 
 mod acks;
+mod breaker;
 mod forward;
 mod handler;
 mod session;
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use acks::{AckFrame, AckTracker};
+pub use breaker::{Breaker, BreakerSettings, Phase, Transition};
 pub use handler::{Handler, Incoming, Outcome};
 pub use settle::{Decision, SettlePolicy};
 
@@ -59,6 +61,8 @@ pub struct WorkerConfig {
     /// rejected is acked instead (on a stream an ack only returns credit) and is read again from
     /// the reader's stored offset, never requeued.
     pub stream: bool,
+    /// When a dependency outage stops consuming (see [`Breaker`]).
+    pub breaker: BreakerSettings,
 }
 
 /// The worker runtime for one queue.
@@ -68,6 +72,7 @@ pub struct Worker<H> {
     pool: crate::broker::Pool,
     metrics: Arc<WorkerMetrics>,
     topology: Option<Arc<Topology>>,
+    breaker: breaker::Watch,
 }
 
 impl<H: Handler> Worker<H> {
@@ -79,6 +84,7 @@ impl<H: Handler> Worker<H> {
         metrics: Arc<WorkerMetrics>,
     ) -> Self {
         Self {
+            breaker: breaker::Watch::new(&config.policy.queue, config.breaker.clone()),
             config,
             handler,
             pool,
@@ -175,7 +181,7 @@ impl<H: Handler> Worker<H> {
                 queue.into(),
                 "".into(),
                 BasicConsumeOptions::default(),
-                arguments,
+                arguments.clone(),
             )
             .await
         {
@@ -204,6 +210,8 @@ impl<H: Handler> Worker<H> {
             concurrency: self.config.concurrency,
             grace: self.config.grace,
             stream: self.config.stream,
+            breaker: &self.breaker,
+            consume_arguments: &arguments,
         }
         .consume(&mut consumer, shutdown)
         .await;

@@ -7,13 +7,16 @@
 //! Handlers share the task: a handler that burns CPU for long should move that work to
 //! `tokio::task::spawn_blocking` (the fulfillment store already runs on a thread of its own).
 
+use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::BasicCancelOptions;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions};
+use lapin::types::FieldTable;
 use lapin::Channel;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -23,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::acks::{Settlement, Settler};
+use super::breaker::Watch;
 use super::forward::Forwarder;
 use super::handler::{Handler, Incoming, Outcome};
 use super::settle::{Decision, SettlePolicy};
@@ -83,7 +87,14 @@ pub struct Session<'a, H> {
     pub grace: Duration,
     /// Settle as a stream consumer: never nack or reject (see `WorkerConfig::stream`).
     pub stream: bool,
+    /// The worker's circuit breaker; consuming pauses while it is open.
+    pub breaker: &'a Watch,
+    /// Arguments of `basic.consume`, for a consumer started again after a pause.
+    pub consume_arguments: &'a FieldTable,
 }
+
+/// A running probe of a dependency: its name and the answer.
+type Probe<'a> = Pin<Box<dyn Future<Output = (String, Result<(), String>)> + Send + 'a>>;
 
 impl<H: Handler> Session<'_, H> {
     /// Consumes until shutdown or until the session is lost.
@@ -120,12 +131,47 @@ impl<H: Handler> Session<'_, H> {
         // Whether the consumer may still yield deliveries.
         let mut open = true;
         let started = Instant::now();
+        // The circuit breaker (see `breaker`): while it is open the consumer is cancelled, what
+        // the broker had already sent is held here unstarted, and the dependency is probed with
+        // back-off; once it answers a new consumer starts and the held deliveries go first.
+        // Held rather than released: a requeue raises the delivery count on RabbitMQ 3.10–4.2
+        // (toward x-delivery-limit), and handling them now would only burn retry steps on a
+        // dependency known to be down. Unacked, they count against `consumer_timeout` (30 min
+        // by default): an outage longer than that closes the channel and the broker redelivers
+        // them (one count each).
+        let mut paused = false;
+        let mut held: VecDeque<Delivery> = VecDeque::new();
+        let probe_at = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(probe_at);
+        let mut probe: Option<Probe<'_>> = None;
 
         let end = loop {
-            if draining.is_some() && !open && jobs.is_empty() {
+            if draining.is_some() && !open && jobs.is_empty() && held.is_empty() {
                 break SessionEnd::Shutdown;
             }
-            let room = jobs.len() < concurrency;
+            if !paused && draining.is_none() {
+                if let Some((dependency, delay)) = self.breaker.next_probe() {
+                    paused = true;
+                    if open {
+                        if let Err(e) = self
+                            .channel
+                            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                            .await
+                        {
+                            debug!(error = %e, "cancel failed");
+                        }
+                    }
+                    info!(%queue, %dependency, running = jobs.len(), next_probe = ?delay, "consumer cancelled while {dependency} is down; deliveries already received are held");
+                    probe_at.as_mut().reset(tokio::time::Instant::now() + delay);
+                }
+            }
+            // On trial after a probe answered: one handler at a time.
+            let limit = if self.breaker.is_half_open() {
+                1
+            } else {
+                concurrency
+            };
+            let room = jobs.len() < limit;
             let unflushed = settler.ready() > 0;
             tokio::select! {
                 biased;
@@ -134,7 +180,17 @@ impl<H: Handler> Session<'_, H> {
                     let deadline = tokio::time::Instant::now() + self.grace;
                     draining = Some(deadline);
                     grace_over.as_mut().reset(deadline);
-                    if let Err(e) = self
+                    if paused {
+                        // A dependency is down: what is held would only fail. Back to the
+                        // queue for the next worker (a requeue; no retry step burnt).
+                        probe = None;
+                        if !held.is_empty() {
+                            info!(%queue, held = held.len(), "releasing the deliveries held while the breaker is open");
+                        }
+                        for d in held.drain(..) {
+                            settler.release(d.delivery_tag).await;
+                        }
+                    } else if let Err(e) = self
                         .channel
                         .basic_cancel(consumer.tag(), BasicCancelOptions::default())
                         .await
@@ -150,19 +206,30 @@ impl<H: Handler> Session<'_, H> {
                         settler.flush().await;
                     }
                 }
-                delivery = consumer.next(), if room && open => match delivery {
+                () = std::future::ready(()), if room && !paused && !held.is_empty() => {
+                    if let Some(delivery) = held.pop_front() {
+                        jobs.push(self.job(&hot, delivery, shutdown));
+                    }
+                }
+                delivery = consumer.next(), if (room || paused) && open => match delivery {
                     Some(Ok(delivery)) => {
                         if !self.channel.status().connected() {
                             // Its acks could not be sent; the broker redelivers it anyway.
                             break SessionEnd::Lost("the channel closed".into());
                         }
                         settler.received(delivery.delivery_tag);
-                        jobs.push(self.job(&hot, delivery, shutdown));
+                        if !paused {
+                            jobs.push(self.job(&hot, delivery, shutdown));
+                        } else if draining.is_some() {
+                            settler.release(delivery.delivery_tag).await;
+                        } else {
+                            held.push_back(delivery);
+                        }
                     }
                     Some(Err(e)) if draining.is_none() => {
                         break SessionEnd::Lost(format!("consumer failed: {e}"))
                     }
-                    None if draining.is_none() => {
+                    None if draining.is_none() && !paused => {
                         break SessionEnd::Lost(format!(
                             "the broker cancelled the consumer of {queue} (queue deleted?)"
                         ))
@@ -170,9 +237,55 @@ impl<H: Handler> Session<'_, H> {
                     // After our basic.cancel: everything buffered was handed out.
                     Some(Err(_)) | None => open = false,
                 },
+                // Probe once the old consumer has ended (everything it had is held).
+                () = &mut probe_at, if paused && !open && probe.is_none() && draining.is_none() => {
+                    if let Some((dependency, _)) = self.breaker.next_probe() {
+                        let handler = self.handler;
+                        probe = Some(Box::pin(async move {
+                            let answer = handler.probe(&dependency).await;
+                            (dependency, answer)
+                        }));
+                    }
+                }
+                (dependency, answer) = async { probe.as_mut().expect("a probe is running").await }, if probe.is_some() => {
+                    probe = None;
+                    match answer {
+                        Ok(()) => {
+                            self.breaker.probe_succeeded(self.metrics);
+                            match self
+                                .channel
+                                .basic_consume(
+                                    queue.into(),
+                                    "".into(),
+                                    BasicConsumeOptions::default(),
+                                    self.consume_arguments.clone(),
+                                )
+                                .await
+                            {
+                                Ok(c) => {
+                                    *consumer = c;
+                                    open = true;
+                                    paused = false;
+                                    info!(%queue, %dependency, held = held.len(), "consuming again");
+                                }
+                                Err(e) => {
+                                    break SessionEnd::Lost(format!(
+                                        "consuming from {queue} again: {e}"
+                                    ))
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            self.breaker.probe_failed(&dependency, &e);
+                            if let Some((_, delay)) = self.breaker.next_probe() {
+                                probe_at.as_mut().reset(tokio::time::Instant::now() + delay);
+                            }
+                        }
+                    }
+                }
                 // Nothing else is ready: send the acks now rather than wait for more traffic.
                 () = std::future::ready(()), if unflushed => settler.flush().await,
-                _ = health.tick(), if !room || draining.is_some() => {
+                _ = health.tick(), if !room || paused || draining.is_some() => {
                     if !self.channel.status().connected() {
                         break SessionEnd::Lost(
                             "the channel closed while handlers were busy".into(),
@@ -189,6 +302,10 @@ impl<H: Handler> Session<'_, H> {
                 let mut released = 0u32;
                 while let Some(Some(Ok(d))) = consumer.next().now_or_never() {
                     settler.received(d.delivery_tag);
+                    settler.release(d.delivery_tag).await;
+                    released += 1;
+                }
+                for d in held.drain(..) {
                     settler.release(d.delivery_tag).await;
                     released += 1;
                 }
@@ -260,6 +377,7 @@ impl<H: Handler> Session<'_, H> {
             });
         hot.handler_seconds.observe(started.elapsed().as_secs_f64());
         hot.in_flight.dec();
+        self.breaker.record(&outcome, self.metrics);
         let queue = &self.policy.queue;
         let (copy, outcome, reason) = match self.policy.decide(&msg, outcome) {
             Decision::Ack => {

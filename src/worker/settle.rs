@@ -44,27 +44,36 @@ impl SettlePolicy {
         let attempts = msg.attempts().saturating_add(1);
         match outcome {
             Outcome::Success => Decision::Ack,
-            Outcome::Transient(reason) => match self.retry_queues.get(attempts as usize - 1) {
-                Some(retry_queue) => {
-                    let mut headers = msg.headers().cloned().unwrap_or_default();
-                    headers.insert(
-                        HEADER_ATTEMPTS.into(),
-                        AMQPValue::LongLongInt(attempts.into()),
-                    );
-                    headers.insert("x-burrow-last-error".into(), string_value(&reason));
-                    Decision::Forward {
-                        copy: Box::new(copy_of(msg, "", retry_queue, headers)),
-                        outcome: "retried",
-                        reason,
-                    }
-                }
-                None => self.dead_letter(
-                    msg,
-                    attempts,
-                    format!("still failing after {attempts} attempts: {reason}"),
-                ),
-            },
+            Outcome::Transient(reason) => self.retry(msg, attempts, reason),
+            Outcome::Unavailable { dependency, reason } => {
+                self.retry(msg, attempts, format!("{dependency} unavailable: {reason}"))
+            }
             Outcome::Permanent(reason) => self.dead_letter(msg, attempts, reason),
+        }
+    }
+
+    /// The next step of the ladder for attempt number `attempts`, or the dead-letter exchange
+    /// past the last step.
+    fn retry(&self, msg: &Incoming, attempts: u32, reason: String) -> Decision {
+        match self.retry_queues.get(attempts as usize - 1) {
+            Some(retry_queue) => {
+                let mut headers = msg.headers().cloned().unwrap_or_default();
+                headers.insert(
+                    HEADER_ATTEMPTS.into(),
+                    AMQPValue::LongLongInt(attempts.into()),
+                );
+                headers.insert("x-burrow-last-error".into(), string_value(&reason));
+                Decision::Forward {
+                    copy: Box::new(copy_of(msg, "", retry_queue, headers)),
+                    outcome: "retried",
+                    reason,
+                }
+            }
+            None => self.dead_letter(
+                msg,
+                attempts,
+                format!("still failing after {attempts} attempts: {reason}"),
+            ),
         }
     }
 
@@ -175,6 +184,26 @@ mod tests {
         assert!(header_str(h, HEADER_ERROR)
             .unwrap()
             .contains("carrier down"));
+    }
+
+    #[test]
+    fn an_unavailable_dependency_climbs_the_ladder_like_a_transient_failure() {
+        let down = || Outcome::Unavailable {
+            dependency: "mail",
+            reason: "connection refused".into(),
+        };
+        let (copy, outcome) = forwarded(policy().decide(&msg(None), down()));
+        assert_eq!(
+            (copy.routing_key.as_str(), outcome),
+            ("q.retry.1s", "retried")
+        );
+        let (copy, outcome) = forwarded(policy().decide(&msg(Some(2)), down()));
+        assert_eq!(outcome, "dead_lettered");
+        let h = copy.properties.headers().as_ref();
+        assert_eq!(
+            header_str(h, HEADER_ERROR).as_deref(),
+            Some("still failing after 3 attempts: mail unavailable: connection refused")
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! vhost of its own that is deleted afterwards.
 
 mod activity;
+mod breaker;
 mod cli;
 #[path = "../common/mod.rs"]
 mod common;

@@ -154,6 +154,38 @@ async fn fulfillment_worker_may_not_publish_orders_nor_read_other_queues() {
 }
 
 #[tokio::test]
+async fn activity_workers_may_publish_retries_and_dead_letters_but_not_events() {
+    let t = TestVhost::new("sec-activity")
+        .await
+        .with_fast_topology()
+        .await;
+    let users = TestUsers::create(&t).await;
+    for (program, queue) in [
+        ("burrow-notifications", "activity.notifications"),
+        ("burrow-analytics", "activity.analytics"),
+    ] {
+        let conn = connect_as(&t, users.url(&t, program)).await;
+        // Retries through the default exchange (`amq.default`) and dead letters.
+        let retry = format!("{queue}.retry.1s");
+        for (exchange, key) in [("", retry.as_str()), ("activity.dlx", "user.registered")] {
+            assert_eq!(
+                publish(&conn, exchange, key).await,
+                format!("{:?}", Fate::Confirmed),
+                "{program} publishes to '{exchange}' ({key})"
+            );
+        }
+        for exchange in ["activity", "orders"] {
+            let refused = publish(&conn, exchange, "x").await;
+            assert!(
+                refused.contains("ACCESS_REFUSED"),
+                "{program} publish to {exchange}: {refused}"
+            );
+        }
+        let _ = conn.close(200, "done".into()).await;
+    }
+}
+
+#[tokio::test]
 async fn least_privilege_worker_and_producer_fulfil_an_order_end_to_end() {
     let t = TestVhost::new("sec-e2e").await.with_fast_topology().await;
     let users = TestUsers::create(&t).await;

@@ -89,7 +89,7 @@ async fn apply_declares_every_design_queue_with_its_arguments() {
     let conn = connect(&vhost).await;
     let report = topology::apply(&conn, &shop()).await.expect("apply");
     assert!(report.drift.is_empty(), "{:?}", report.drift);
-    assert_eq!(report.created.len(), 4 + 10, "{:?}", report.created);
+    assert_eq!(report.created.len(), 4 + 16, "{:?}", report.created);
     assert_eq!(report.bindings, 7);
 
     let m = management(&vhost);
@@ -110,17 +110,23 @@ async fn apply_declares_every_design_queue_with_its_arguments() {
     );
     assert_eq!(fulfillment.arguments["x-overflow"], "reject-publish");
 
-    let retry = m
-        .queue(&vhost.name, "orders.fulfillment.retry.10s")
-        .await
-        .expect("api")
-        .expect("retry queue exists");
-    assert_eq!(retry.arguments["x-message-ttl"], 10000);
-    assert_eq!(retry.arguments["x-dead-letter-exchange"], "");
-    assert_eq!(
-        retry.arguments["x-dead-letter-routing-key"],
-        "orders.fulfillment"
-    );
+    for (queue, target) in [
+        ("orders.fulfillment.retry.10s", "orders.fulfillment"),
+        ("activity.notifications.retry.10s", "activity.notifications"),
+        ("activity.analytics.retry.10s", "activity.analytics"),
+    ] {
+        let retry = m
+            .queue(&vhost.name, queue)
+            .await
+            .expect("api")
+            .expect("retry queue exists");
+        assert_eq!(retry.arguments["x-message-ttl"], 10000, "{queue}");
+        assert_eq!(retry.arguments["x-dead-letter-exchange"], "", "{queue}");
+        assert_eq!(
+            retry.arguments["x-dead-letter-routing-key"], target,
+            "{queue}"
+        );
+    }
 
     let log = m
         .queue(&vhost.name, "activity.log")
@@ -162,7 +168,7 @@ async fn second_apply_creates_nothing() {
     let again = topology::apply(&conn, &shop()).await.expect("second apply");
     assert!(again.created.is_empty(), "{:?}", again.created);
     assert!(again.drift.is_empty(), "{:?}", again.drift);
-    assert_eq!(again.unchanged.len(), 14);
+    assert_eq!(again.unchanged.len(), 20);
     let _ = conn.close(200, "bye".into()).await;
 }
 
@@ -207,7 +213,7 @@ async fn conflicting_queue_is_reported_as_drift_while_the_rest_is_declared() {
     );
     assert_eq!(
         report.created.len(),
-        13,
+        19,
         "every other entity is declared: {:?}",
         report.created
     );
@@ -252,7 +258,7 @@ async fn verify_reports_missing_entities_of_an_empty_vhost() {
         .expect("verify");
     assert!(drift.contains(&Drift::missing(Entity::Queue("orders.fulfillment".into()))));
     assert!(drift.contains(&Drift::missing(Entity::Exchange("activity".into()))));
-    assert_eq!(drift.len(), 4 + 10 + 7, "{drift:?}");
+    assert_eq!(drift.len(), 4 + 16 + 7, "{drift:?}");
 }
 
 #[tokio::test]
