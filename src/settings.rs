@@ -90,14 +90,52 @@ pub fn encode_vhost(vhost: &str) -> String {
 
 /// Replaces the password of any URL with `***`; leaves strings that are not URLs alone.
 pub fn redact_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    // Every `scheme://user:password@host` in the text, whether or not it parses as a URL (a
+    // malformed port must not print the password), and every `password=…` of a PostgreSQL
+    // conninfo string.
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        let authority_end = after
+            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
+            .unwrap_or(after.len());
+        let authority = &after[..authority_end];
+        match authority.rfind('@') {
+            Some(user_end) if authority[..user_end].contains(':') => {
+                let colon = authority[..user_end].find(':').unwrap_or(user_end);
+                out.push_str(&authority[..colon]);
+                out.push_str(":***");
+                out.push_str(&authority[user_end..]);
+            }
+            _ => out.push_str(authority),
         }
-        Ok(u) => u.to_string(),
-        Err(_) => raw.to_owned(),
+        rest = &after[authority_end..];
     }
+    out.push_str(rest);
+    redact_conninfo_password(&out)
+}
+
+/// Replaces the value of every `password=` in a PostgreSQL conninfo string (`host=db
+/// password=secret`, quoted or not) with `***`.
+fn redact_conninfo_password(text: &str) -> String {
+    const KEY: &str = "password=";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(KEY) {
+        let (before, after) = rest.split_at(i + KEY.len());
+        out.push_str(before);
+        out.push_str("***");
+        let end = if let Some(quoted) = after.strip_prefix('\'') {
+            quoted.find('\'').map_or(after.len(), |e| e + 2)
+        } else {
+            after.find(char::is_whitespace).unwrap_or(after.len())
+        };
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 impl fmt::Debug for SecretUrl {
@@ -376,6 +414,33 @@ mod tests {
         assert!(!format!("{url}").contains("s3cret-pw"));
         assert!(format!("{url}").contains("ann:***@"));
         assert_eq!(url.expose(), "amqp://ann:s3cret-pw@127.0.0.1:5672/%2f");
+    }
+
+    #[test]
+    fn a_password_never_shows_however_the_text_looks() {
+        for (text, secret) in [
+            (
+                "cannot reach amqp://guest:s3cret@127.0.0.1:56x72/%2f: invalid port",
+                "s3cret",
+            ),
+            ("amqp://u:p@ss:w0rd@host/%2f", "ss:w0rd"),
+            (
+                "postgres://app:hunter2@db:5432/shop and amqps://a:b2@c",
+                "hunter2",
+            ),
+            ("host=db user=app password=hunter2 dbname=shop", "hunter2"),
+            ("host=db password='two words' dbname=shop", "two words"),
+        ] {
+            let redacted = redact_url(text);
+            assert!(!redacted.contains(secret), "{text} -> {redacted}");
+            assert!(redacted.contains("***"), "{redacted}");
+        }
+        assert_eq!(
+            redact_url("amqp://guest:s3cret@127.0.0.1:56x72/%2f"),
+            "amqp://guest:***@127.0.0.1:56x72/%2f"
+        );
+        assert_eq!(redact_url("amqp://guest@host/%2f"), "amqp://guest@host/%2f");
+        assert_eq!(redact_url("no url here"), "no url here");
     }
 
     #[test]
