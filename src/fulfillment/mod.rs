@@ -2,7 +2,6 @@
 //! fulfillment once per `order_id`, then announce `order.fulfilled`.
 
 mod carrier;
-mod postgres;
 mod store;
 
 use std::sync::Arc;
@@ -13,8 +12,9 @@ use tokio::sync::Mutex;
 use tracing::debug;
 
 pub use carrier::{Carrier, CarrierError, SimulatedCarrier};
-pub use postgres::PostgresStore;
-pub use store::{FulfillmentRecord, FulfillmentStore, Recorded, SqliteStore, StoreCounts};
+pub use store::{
+    FulfillmentRecord, FulfillmentStore, PostgresStore, Recorded, SqliteStore, StoreCounts,
+};
 
 use crate::message::{properties, ActivityEvent, Order, HEADER_TRACEPARENT};
 use crate::publisher::{self, Fate, Outgoing};
