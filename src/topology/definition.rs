@@ -155,8 +155,14 @@ pub enum TopologyError {
     },
 }
 
-/// The type of an exchange.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The type of an exchange, spelled as RabbitMQ spells it (`topic`) by `Display` and `FromStr`.
+///
+/// Not `lapin::ExchangeKind`: that one accepts any plugin type (`Custom`), so a typo would reach
+/// the broker, and it has no public name or `Display`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::Display, strum::EnumString, strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "lowercase")]
 pub enum ExchangeType {
     /// Routes on the exact routing key.
     Direct,
@@ -171,34 +177,16 @@ pub enum ExchangeType {
 impl ExchangeType {
     /// The name RabbitMQ uses, e.g. `topic`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Direct => "direct",
-            Self::Fanout => "fanout",
-            Self::Topic => "topic",
-            Self::Headers => "headers",
-        }
-    }
-
-    /// Parses RabbitMQ's name for the type.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "direct" => Self::Direct,
-            "fanout" => Self::Fanout,
-            "topic" => Self::Topic,
-            "headers" => Self::Headers,
-            _ => return None,
-        })
+        self.into()
     }
 }
 
-impl fmt::Display for ExchangeType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The type of a queue (`x-queue-type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The type of a queue (`x-queue-type`), spelled as RabbitMQ spells it (`quorum`) by `Display`
+/// and `FromStr`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::Display, strum::EnumString, strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "lowercase")]
 pub enum QueueType {
     /// A classic queue.
     Classic,
@@ -211,27 +199,7 @@ pub enum QueueType {
 impl QueueType {
     /// The name RabbitMQ uses, e.g. `quorum`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Classic => "classic",
-            Self::Quorum => "quorum",
-            Self::Stream => "stream",
-        }
-    }
-
-    /// Parses RabbitMQ's name for the type.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "classic" => Self::Classic,
-            "quorum" => Self::Quorum,
-            "stream" => Self::Stream,
-            _ => return None,
-        })
-    }
-}
-
-impl fmt::Display for QueueType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        self.into()
     }
 }
 
@@ -506,10 +474,12 @@ impl Topology {
                 return Err(TopologyError::DuplicateExchange(e.name));
             }
             let kind =
-                ExchangeType::parse(&e.kind).ok_or_else(|| TopologyError::BadExchangeType {
-                    exchange: e.name.clone(),
-                    value: e.kind.clone(),
-                })?;
+                e.kind
+                    .parse::<ExchangeType>()
+                    .map_err(|_| TopologyError::BadExchangeType {
+                        exchange: e.name.clone(),
+                        value: e.kind.clone(),
+                    })?;
             exchanges.push(ExchangeDefinition {
                 name: e.name,
                 kind,
@@ -685,10 +655,13 @@ fn queue_definition(
     exchanges: &HashSet<String>,
     queues: &HashSet<String>,
 ) -> Result<QueueDefinition, TopologyError> {
-    let kind = QueueType::parse(&q.kind).ok_or_else(|| TopologyError::BadQueueType {
-        queue: q.name.clone(),
-        value: q.kind.clone(),
-    })?;
+    let kind = q
+        .kind
+        .parse::<QueueType>()
+        .map_err(|_| TopologyError::BadQueueType {
+            queue: q.name.clone(),
+            value: q.kind.clone(),
+        })?;
     let mut arguments = q.arguments;
     if let Some(arg) = arguments.remove("x-queue-type") {
         let argument = arg
