@@ -22,9 +22,7 @@ use crate::broker::BrokerError;
 pub struct Outgoing {
     /// Target exchange (`""` is the default exchange).
     pub exchange: String,
-    /// Routing key.
     pub routing_key: String,
-    /// The body.
     pub body: Vec<u8>,
     /// AMQP properties (see [`crate::message::properties`]).
     pub properties: BasicProperties,

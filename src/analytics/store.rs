@@ -76,7 +76,6 @@ pub struct Minute {
     pub minute: String,
     /// Events in it.
     pub events: u64,
-    /// By kind.
     pub by_kind: BTreeMap<String, u64>,
 }
 

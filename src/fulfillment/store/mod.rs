@@ -33,7 +33,6 @@ pub struct StoreCounts {
 /// One recorded order, as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FulfillmentRecord {
-    /// The order.
     pub order_id: String,
     /// When it was first recorded (millisecond precision on SQLite).
     pub fulfilled_at: chrono::DateTime<chrono::Utc>,
