@@ -59,7 +59,7 @@ use crate::message::{
     HEADER_LAST_DEATH_EXCHANGE, HEADER_LAST_DEATH_QUEUE, HEADER_LAST_DEATH_REASON,
     HEADER_LAST_ERROR, HEADER_SOURCE_QUEUE,
 };
-use crate::publisher::{self, Fate, Outgoing};
+use crate::publisher::{self, Confirm, Outgoing};
 use crate::settings::Settings;
 use crate::topology::Topology;
 
@@ -671,7 +671,7 @@ enum Sent {
     Kept,
 }
 
-type Confirm = Pin<Box<dyn Future<Output = (u64, Sent, anyhow::Result<Fate>)> + Send>>;
+type PendingConfirm = Pin<Box<dyn Future<Output = (u64, Sent, anyhow::Result<Confirm>)> + Send>>;
 
 /// One pass over the messages `reader` found in the queue: each is read, handed to `decide`,
 /// and settled as soon as its republish is confirmed (see the module documentation). Replays
@@ -686,7 +686,7 @@ async fn pass(
     progress: &mut impl FnMut(&Counts),
 ) -> anyhow::Result<Counts> {
     let mut counts = Counts::default();
-    let mut pending: FuturesUnordered<Confirm> = FuturesUnordered::new();
+    let mut pending: FuturesUnordered<PendingConfirm> = FuturesUnordered::new();
     let period = rate
         .filter(|r| r.is_finite() && *r > 0.0)
         .map(|r| Duration::from_secs_f64(1.0 / r));
@@ -761,7 +761,7 @@ async fn pass(
 
 async fn send(
     publish: &Channel,
-    pending: &mut FuturesUnordered<Confirm>,
+    pending: &mut FuturesUnordered<PendingConfirm>,
     tag: u64,
     copy: &Outgoing,
     sent: Sent,
@@ -781,7 +781,7 @@ async fn send(
 async fn settle_one(
     reader: &Reader,
     publish: &Channel,
-    pending: &mut FuturesUnordered<Confirm>,
+    pending: &mut FuturesUnordered<PendingConfirm>,
     acks: &mut Acks,
     counts: &mut Counts,
 ) -> anyhow::Result<()> {
@@ -789,13 +789,13 @@ async fn settle_one(
         return Ok(());
     };
     match (fate?, sent) {
-        (Fate::Confirmed, sent) => {
+        (Confirm::Confirmed, sent) => {
             acks.settled(reader, tag).await?;
             if matches!(sent, Sent::Replayed(_)) {
                 counts.done += 1;
             }
         }
-        (Fate::Nacked | Fate::Returned(_), Sent::Replayed(keep)) => {
+        (Confirm::Nacked | Confirm::Returned(_), Sent::Replayed(keep)) => {
             counts.failed += 1;
             send(publish, pending, tag, &keep, Sent::Kept).await?;
         }

@@ -17,7 +17,7 @@ pub use store::{
 };
 
 use crate::message::{properties, ActivityEvent, Order, HEADER_TRACEPARENT};
-use crate::publisher::{self, Fate, Outgoing};
+use crate::publisher::{self, Confirm, Outgoing};
 use crate::worker::{Handler, Incoming, Outcome};
 
 /// The queue the service consumes.
@@ -75,7 +75,7 @@ impl Announcer {
         };
         let channel = self.channel().await?;
         match publisher::publish_one(&channel, &msg, self.timeout).await {
-            Ok(Fate::Confirmed) => Ok(()),
+            Ok(Confirm::Confirmed) => Ok(()),
             Ok(other) => anyhow::bail!("{} not confirmed: {other:?}", event.kind),
             Err(e) => {
                 *self.channel.lock().await = None;

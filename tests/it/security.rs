@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use burrow::publisher::{self, Fate, Outgoing};
+use burrow::publisher::{self, Confirm, Outgoing};
 use burrow::settings::SecretUrl;
 use burrow::topology::{Topology, UserDefinition};
 use lapin::options::{BasicConsumeOptions, BasicGetOptions};
@@ -146,7 +146,7 @@ async fn fulfillment_worker_may_not_publish_orders_nor_read_other_queues() {
     ] {
         assert_eq!(
             publish(&conn, exchange, key).await,
-            format!("{:?}", Fate::Confirmed),
+            format!("{:?}", Confirm::Confirmed),
             "publish to '{exchange}'"
         );
     }
