@@ -1,9 +1,9 @@
 //! The fulfillment store on a SQLite file in WAL mode, shared by the fulfillment processes of
 //! one host.
 //!
-//! Writes go through the process's [`Db`] thread, which commits whatever calls have queued up
-//! in one transaction (group commit): one commit for many orders, and no mutex held across an
-//! await on the hot path.
+//! Writes go through the process's [`GroupCommit`] thread, which commits whatever calls have
+//! queued up in one transaction (group commit): one commit for many orders, and no mutex held
+//! across an await on the hot path.
 
 use std::path::{Path, PathBuf};
 
@@ -11,12 +11,12 @@ use anyhow::Context;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{FulfillmentRecord, Recorded, StoreCounts};
-use crate::sqlite::Db;
+use crate::sqlite::GroupCommit;
 
 /// The SQLite store.
 pub struct SqliteStore {
     path: PathBuf,
-    db: Db,
+    db: GroupCommit,
 }
 
 const SCHEMA: &str = "
@@ -40,7 +40,7 @@ impl SqliteStore {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         Ok(Self {
             path: path.to_owned(),
-            db: Db::open(path, SCHEMA)?,
+            db: GroupCommit::open(path, SCHEMA)?,
         })
     }
 
