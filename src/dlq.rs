@@ -54,16 +54,18 @@ use tokio::time::Instant;
 
 use crate::message::{
     header_str, header_u32, HEADER_ATTEMPTS, HEADER_DEAD_EXCHANGE, HEADER_DEAD_ROUTING_KEY,
-    HEADER_ERROR, HEADER_FAILED_AT, HEADER_SOURCE_QUEUE,
+    HEADER_DEATH, HEADER_DELIVERY_COUNT, HEADER_ERROR, HEADER_FAILED_AT,
+    HEADER_FIRST_DEATH_EXCHANGE, HEADER_FIRST_DEATH_QUEUE, HEADER_FIRST_DEATH_REASON,
+    HEADER_LAST_DEATH_EXCHANGE, HEADER_LAST_DEATH_QUEUE, HEADER_LAST_DEATH_REASON,
+    HEADER_LAST_ERROR, HEADER_SOURCE_QUEUE,
 };
-use crate::publisher::{self, Fate, Outgoing};
+use crate::publisher::{self, Confirm, Outgoing};
 use crate::settings::Settings;
 use crate::topology::Topology;
 
 /// The dead-letter queue the commands work on unless told otherwise.
 pub const DEFAULT_QUEUE: &str = "orders.dead";
-/// Header counting how often a message was replayed from a dead-letter queue.
-pub const HEADER_REPLAYED: &str = "x-burrow-replayed";
+pub use crate::message::HEADER_REPLAYED;
 
 /// Headers a replay removes: why and when the message failed, and the broker's own
 /// dead-lettering history, so the replayed message starts clean.
@@ -73,15 +75,15 @@ const FAILURE_HEADERS: &[&str] = &[
     HEADER_SOURCE_QUEUE,
     HEADER_DEAD_EXCHANGE,
     HEADER_DEAD_ROUTING_KEY,
-    "x-burrow-last-error",
-    "x-death",
-    "x-first-death-queue",
-    "x-first-death-reason",
-    "x-first-death-exchange",
-    "x-last-death-queue",
-    "x-last-death-reason",
-    "x-last-death-exchange",
-    "x-delivery-count",
+    HEADER_LAST_ERROR,
+    HEADER_DEATH,
+    HEADER_FIRST_DEATH_QUEUE,
+    HEADER_FIRST_DEATH_REASON,
+    HEADER_FIRST_DEATH_EXCHANGE,
+    HEADER_LAST_DEATH_QUEUE,
+    HEADER_LAST_DEATH_REASON,
+    HEADER_LAST_DEATH_EXCHANGE,
+    HEADER_DELIVERY_COUNT,
 ];
 
 /// Unconfirmed republishes in flight during a pass: each message read waits at most for the
@@ -151,12 +153,12 @@ impl DeadLetter {
         let death = newest_death(headers);
         let source_queue = header_str(headers, HEADER_SOURCE_QUEUE)
             .or_else(|| death.as_ref().and_then(|t| table_str(t, "queue")))
-            .or_else(|| header_str(headers, "x-last-death-queue"))
-            .or_else(|| header_str(headers, "x-first-death-queue"));
+            .or_else(|| header_str(headers, HEADER_LAST_DEATH_QUEUE))
+            .or_else(|| header_str(headers, HEADER_FIRST_DEATH_QUEUE));
         let reason = header_str(headers, HEADER_ERROR)
             .or_else(|| death.as_ref().and_then(|t| table_str(t, "reason")))
-            .or_else(|| header_str(headers, "x-last-death-reason"))
-            .or_else(|| header_str(headers, "x-first-death-reason"));
+            .or_else(|| header_str(headers, HEADER_LAST_DEATH_REASON))
+            .or_else(|| header_str(headers, HEADER_FIRST_DEATH_REASON));
         let failed_at = header_str(headers, HEADER_FAILED_AT)
             .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
             .map(|t| t.with_timezone(&Utc))
@@ -311,7 +313,7 @@ impl DeadLetter {
 
 /// The newest `x-death` entry: RabbitMQ puts the latest dead-lettering first.
 fn newest_death(headers: Option<&FieldTable>) -> Option<FieldTable> {
-    match headers?.inner().get("x-death")? {
+    match headers?.inner().get(HEADER_DEATH)? {
         AMQPValue::FieldArray(a) => match a.as_slice().first()? {
             AMQPValue::FieldTable(t) => Some(t.clone()),
             _ => None,
@@ -669,7 +671,7 @@ enum Sent {
     Kept,
 }
 
-type Confirm = Pin<Box<dyn Future<Output = (u64, Sent, anyhow::Result<Fate>)> + Send>>;
+type PendingConfirm = Pin<Box<dyn Future<Output = (u64, Sent, anyhow::Result<Confirm>)> + Send>>;
 
 /// One pass over the messages `reader` found in the queue: each is read, handed to `decide`,
 /// and settled as soon as its republish is confirmed (see the module documentation). Replays
@@ -684,7 +686,7 @@ async fn pass(
     progress: &mut impl FnMut(&Counts),
 ) -> anyhow::Result<Counts> {
     let mut counts = Counts::default();
-    let mut pending: FuturesUnordered<Confirm> = FuturesUnordered::new();
+    let mut pending: FuturesUnordered<PendingConfirm> = FuturesUnordered::new();
     let period = rate
         .filter(|r| r.is_finite() && *r > 0.0)
         .map(|r| Duration::from_secs_f64(1.0 / r));
@@ -759,7 +761,7 @@ async fn pass(
 
 async fn send(
     publish: &Channel,
-    pending: &mut FuturesUnordered<Confirm>,
+    pending: &mut FuturesUnordered<PendingConfirm>,
     tag: u64,
     copy: &Outgoing,
     sent: Sent,
@@ -779,7 +781,7 @@ async fn send(
 async fn settle_one(
     reader: &Reader,
     publish: &Channel,
-    pending: &mut FuturesUnordered<Confirm>,
+    pending: &mut FuturesUnordered<PendingConfirm>,
     acks: &mut Acks,
     counts: &mut Counts,
 ) -> anyhow::Result<()> {
@@ -787,13 +789,13 @@ async fn settle_one(
         return Ok(());
     };
     match (fate?, sent) {
-        (Fate::Confirmed, sent) => {
+        (Confirm::Confirmed, sent) => {
             acks.settled(reader, tag).await?;
             if matches!(sent, Sent::Replayed(_)) {
                 counts.done += 1;
             }
         }
-        (Fate::Nacked | Fate::Returned(_), Sent::Replayed(keep)) => {
+        (Confirm::Nacked | Confirm::Returned(_), Sent::Replayed(keep)) => {
             counts.failed += 1;
             send(publish, pending, tag, &keep, Sent::Kept).await?;
         }
@@ -1181,7 +1183,7 @@ mod tests {
         // queue, then hit the delivery limit of orders.fulfillment.
         let mut h = FieldTable::default();
         h.insert(
-            "x-death".into(),
+            HEADER_DEATH.into(),
             AMQPValue::FieldArray(
                 vec![
                     death("orders.fulfillment", "delivery_limit"),
@@ -1191,10 +1193,10 @@ mod tests {
             ),
         );
         h.insert(
-            "x-first-death-queue".into(),
+            HEADER_FIRST_DEATH_QUEUE.into(),
             string_value("orders.fulfillment.retry.1s"),
         );
-        h.insert("x-first-death-reason".into(), string_value("expired"));
+        h.insert(HEADER_FIRST_DEATH_REASON.into(), string_value("expired"));
         let props = BasicProperties::default().with_headers(h);
         let m = DeadLetter::from_parts(&props, "orders.dlx", "order.placed", b"{}");
         assert_eq!(m.source_queue.as_deref(), Some("orders.fulfillment"));
@@ -1208,10 +1210,10 @@ mod tests {
     #[test]
     fn without_x_death_the_last_death_headers_win_over_the_first() {
         let mut h = FieldTable::default();
-        h.insert("x-first-death-queue".into(), string_value("a.retry"));
-        h.insert("x-first-death-reason".into(), string_value("expired"));
-        h.insert("x-last-death-queue".into(), string_value("a"));
-        h.insert("x-last-death-reason".into(), string_value("rejected"));
+        h.insert(HEADER_FIRST_DEATH_QUEUE.into(), string_value("a.retry"));
+        h.insert(HEADER_FIRST_DEATH_REASON.into(), string_value("expired"));
+        h.insert(HEADER_LAST_DEATH_QUEUE.into(), string_value("a"));
+        h.insert(HEADER_LAST_DEATH_REASON.into(), string_value("rejected"));
         let props = BasicProperties::default().with_headers(h);
         let m = DeadLetter::from_parts(&props, "x", "k", b"");
         assert_eq!(m.source_queue.as_deref(), Some("a"));
@@ -1223,7 +1225,7 @@ mod tests {
         let mut h = FieldTable::default();
         h.insert(HEADER_ERROR.into(), string_value("carrier down"));
         h.insert(
-            "x-death".into(),
+            HEADER_DEATH.into(),
             AMQPValue::FieldArray(vec![death("q", "rejected")].into()),
         );
         let m = dead(h);
@@ -1239,7 +1241,7 @@ mod tests {
             header_str(kh, HEADER_ERROR).as_deref(),
             Some("carrier down")
         );
-        assert!(kh.is_some_and(|t| t.inner().contains_key("x-death")));
+        assert!(kh.is_some_and(|t| t.inner().contains_key(HEADER_DEATH)));
         // Read back from the tail, it still shows where it was dead-lettered, and a second
         // keep does not overwrite that.
         let again = DeadLetter::from_parts(&keep.properties, "", "orders.dead", &keep.body);

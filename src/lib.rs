@@ -5,13 +5,16 @@
 //! - [`broker`]: the connection pool and clear connection errors; [`backoff`] for reconnects.
 //! - [`topology`]: exchanges, queues and bindings as data (`topology/shop.toml`).
 //! - [`management`]: a typed client of the management HTTP API.
-//! - [`message`]: orders and activity events, their rules and headers.
-//! - [`publisher`]: confirmed, mandatory publishing, one by one or windowed.
+//! - [`message`]: orders and activity events, their rules; every header name (`headers.rs`).
+//! - [`publisher`]: confirmed, mandatory publishing, one by one or windowed; the library every
+//!   sender uses.
 //! - [`worker`]: the runtime every service runs on (consume, settle, retry, dead-letter).
 //! - [`fulfillment`]: the order fulfillment service (carrier, store, `order.fulfilled`).
 //! - [`notifications`], [`analytics`], [`recommendations`]: the activity services (mail,
-//!   counts, a model built from the stream); [`sqlite`] is their store plumbing.
-//! - [`producer`]: the order service and other publishers.
+//!   counts, a model built from the stream); [`sqlite`] is their store plumbing (a group-commit
+//!   thread per file).
+//! - [`producer`]: the library of the `producer` binary: the order service and the activity and
+//!   inventory publishers of the shop, all sending through [`publisher`].
 //! - [`service`]: runs one service as a worker process; [`http`] and [`metrics`] serve it.
 //! - [`status`]: `burrow status`; [`dlq`]: `burrow dlq list|show|replay|purge`.
 //! - [`cli`]: errors as one line and an exit code, shared by the binaries.

@@ -22,9 +22,7 @@ use crate::broker::BrokerError;
 pub struct Outgoing {
     /// Target exchange (`""` is the default exchange).
     pub exchange: String,
-    /// Routing key.
     pub routing_key: String,
-    /// The body.
     pub body: Vec<u8>,
     /// AMQP properties (see [`crate::message::properties`]).
     pub properties: BasicProperties,
@@ -32,9 +30,10 @@ pub struct Outgoing {
     pub label: u8,
 }
 
-/// What the broker said about one publish.
+/// The broker's confirm of one mandatory publish, as burrow reads it: lapin's
+/// [`Confirmation`] folded with the `basic.return` a mandatory publish may get first.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fate {
+pub enum Confirm {
     /// Stored (and routed to at least one queue).
     Confirmed,
     /// The broker refused it (e.g. a full queue with `x-overflow=reject-publish`).
@@ -62,9 +61,9 @@ pub async fn confirm_channel(conn: &Connection) -> Result<Channel, lapin::Error>
 pub async fn send(
     channel: &Channel,
     msg: &Outgoing,
-) -> Result<impl Future<Output = Result<Fate, lapin::Error>> + Send + 'static, lapin::Error> {
+) -> Result<impl Future<Output = Result<Confirm, lapin::Error>> + Send + 'static, lapin::Error> {
     let confirm = send_raw(channel, msg).await?;
-    Ok(async move { confirm.await.map(fate) })
+    Ok(async move { confirm.await.map(confirm_of) })
 }
 
 async fn send_raw(channel: &Channel, msg: &Outgoing) -> Result<PublisherConfirm, lapin::Error> {
@@ -82,11 +81,11 @@ async fn send_raw(channel: &Channel, msg: &Outgoing) -> Result<PublisherConfirm,
         .await
 }
 
-fn fate(c: Confirmation) -> Fate {
+fn confirm_of(c: Confirmation) -> Confirm {
     match c {
-        Confirmation::Ack(Some(returned)) => Fate::Returned(returned.reply_text.to_string()),
-        Confirmation::Ack(None) | Confirmation::NotRequested => Fate::Confirmed,
-        Confirmation::Nack(_) => Fate::Nacked,
+        Confirmation::Ack(Some(returned)) => Confirm::Returned(returned.reply_text.to_string()),
+        Confirmation::Ack(None) | Confirmation::NotRequested => Confirm::Confirmed,
+        Confirmation::Nack(_) => Confirm::Nacked,
     }
 }
 
@@ -98,16 +97,16 @@ pub async fn publish_one(
     channel: &Channel,
     msg: &Outgoing,
     timeout: Duration,
-) -> anyhow::Result<Fate> {
+) -> anyhow::Result<Confirm> {
     // The timeout covers the send too: a publish on a connection that is dying must not hang.
     let attempt = async { send(channel, msg).await?.await };
     match tokio::time::timeout(timeout, attempt).await {
-        Ok(fate) => Ok(fate?),
+        Ok(confirm) => Ok(confirm?),
         Err(_) => anyhow::bail!("no confirm from the broker within {timeout:?}"),
     }
 }
 
-/// What a bulk publish did beyond the per-message fates.
+/// What a bulk publish did beyond the per-message confirms.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct BulkReport {
     /// Messages sent again after their channel or connection died, or their confirm did not
@@ -133,7 +132,7 @@ pub const NACK_RESENDS: u32 = 3;
 /// - nacked → the channel is replaced and the message re-sent, up to [`NACK_RESENDS`] times with a
 ///   pause that grows each time (a quorum queue that just lost its leader nacks until a new
 ///   one is elected; a full queue with `x-overflow=reject-publish` may have drained). Only
-///   then is it reported as [`Fate::Nacked`];
+///   then is it reported as [`Confirm::Nacked`];
 /// - returned (unroutable) → reported at once: re-sending cannot route it.
 ///
 /// While the broker blocks the connection (memory or disk alarm) publishes wait; one log line says
@@ -151,7 +150,7 @@ struct Tracked {
 }
 
 enum Settled {
-    Fate(Fate),
+    Confirm(Confirm),
     Lost(String),
 }
 
@@ -167,7 +166,7 @@ struct InFlight {
 async fn settle_oldest(inflight: &mut VecDeque<InFlight>) -> Option<(Tracked, Settled)> {
     let mut oldest = inflight.pop_front()?;
     let settled = match tokio::time::timeout_at(oldest.deadline, &mut oldest.confirm).await {
-        Ok(Ok(c)) => Settled::Fate(fate(c)),
+        Ok(Ok(c)) => Settled::Confirm(confirm_of(c)),
         Ok(Err(e)) => Settled::Lost(e.to_string()),
         Err(_) => Settled::Lost("no confirm within the confirm timeout".into()),
     };
@@ -179,7 +178,7 @@ fn settle_ready(inflight: &mut VecDeque<InFlight>) -> Option<(Tracked, Settled)>
     let confirmed = (&mut inflight.front_mut()?.confirm).now_or_never()?;
     let oldest = inflight.pop_front()?;
     let settled = match confirmed {
-        Ok(c) => Settled::Fate(fate(c)),
+        Ok(c) => Settled::Confirm(confirm_of(c)),
         Err(e) => Settled::Lost(e.to_string()),
     };
     Some((oldest.tracked, settled))
@@ -214,15 +213,15 @@ impl BulkPublisher {
         self
     }
 
-    /// Publishes every message of `messages`, calling `on_fate` once per message as its confirm
+    /// Publishes every message of `messages`, calling `on_confirm` once per message as its confirm
     /// (or return) arrives.
     ///
     /// # Errors
     /// The broker refused the login, or could not be reached for the whole back-off budget.
-    pub async fn run<I, F>(&self, messages: I, mut on_fate: F) -> Result<BulkReport, BrokerError>
+    pub async fn run<I, F>(&self, messages: I, mut on_confirm: F) -> Result<BulkReport, BrokerError>
     where
         I: IntoIterator<Item = Outgoing>,
-        F: FnMut(&Outgoing, &Fate),
+        F: FnMut(&Outgoing, &Confirm),
     {
         let mut input = messages.into_iter();
         let mut retry: VecDeque<Tracked> = VecDeque::new();
@@ -329,7 +328,7 @@ impl BulkPublisher {
                     }
                 };
                 match settled {
-                    Some((tracked, Settled::Fate(Fate::Nacked)))
+                    Some((tracked, Settled::Confirm(Confirm::Nacked)))
                         if tracked.nacks < NACK_RESENDS =>
                     {
                         if channel.is_some() {
@@ -343,11 +342,11 @@ impl BulkPublisher {
                             ..tracked
                         });
                     }
-                    Some((tracked, Settled::Fate(fate))) => {
-                        if fate == Fate::Confirmed {
+                    Some((tracked, Settled::Confirm(confirm))) => {
+                        if confirm == Confirm::Confirmed {
                             failures.reset();
                         }
-                        on_fate(&tracked.msg, &fate);
+                        on_confirm(&tracked.msg, &confirm);
                     }
                     Some((tracked, Settled::Lost(reason))) => {
                         if channel.is_some() {

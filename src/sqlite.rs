@@ -1,5 +1,6 @@
-//! A SQLite connection owned by one thread, driven from async code: [`Db::call`] sends a closure
-//! to the thread and awaits its result, so no blocking call and no mutex runs on the runtime.
+//! A SQLite connection owned by one thread, driven from async code: [`GroupCommit::call`]
+//! sends a closure to the thread and awaits its result, so no blocking call and no mutex runs
+//! on the runtime.
 //!
 //! Every service store that is shared by the processes of one host (notifications, analytics,
 //! recommendations) uses WAL mode and a busy timeout, and writes in `BEGIN IMMEDIATE`
@@ -115,15 +116,16 @@ where
 /// Calls committed together at most.
 const MAX_BATCH: usize = 256;
 
-/// A SQLite database file served by its own thread.
+/// A SQLite database file served by its own thread, which commits the calls queued at the
+/// moment in one transaction (group commit, see the module documentation).
 #[derive(Clone)]
-pub struct Db {
+pub struct GroupCommit {
     jobs: std_mpsc::Sender<Job>,
 }
 
-impl std::fmt::Debug for Db {
+impl std::fmt::Debug for GroupCommit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db").finish_non_exhaustive()
+        f.debug_struct("GroupCommit").finish_non_exhaustive()
     }
 }
 
@@ -161,7 +163,7 @@ pub fn open_wal(path: &Path) -> anyhow::Result<Connection> {
     }
 }
 
-impl Db {
+impl GroupCommit {
     /// Opens (and creates) `path` in WAL mode, runs `schema`, and starts the thread.
     ///
     /// # Errors
@@ -210,12 +212,12 @@ impl Db {
         self.submit(f, false).await
     }
 
-    /// [`Db::call`] for a call that writes with one statement at most: it skips the savepoint
-    /// (SQLite undoes a failing statement by itself), which keeps the write lock, shared with
-    /// the other processes of the host, for less time.
+    /// [`GroupCommit::call`] for a call that writes with one statement at most: it skips the
+    /// savepoint (SQLite undoes a failing statement by itself), which keeps the write lock,
+    /// shared with the other processes of the host, for less time.
     ///
     /// # Errors
-    /// As [`Db::call`].
+    /// As [`GroupCommit::call`].
     pub async fn call_one_statement<T, F>(&self, f: F) -> anyhow::Result<T>
     where
         T: Send + 'static,
@@ -241,7 +243,7 @@ impl Db {
     }
 }
 
-impl Db {
+impl GroupCommit {
     /// Deletes the rows of `table` whose `column` is below `cutoff`, oldest first (by rowid,
     /// i.e. by insertion), `batch` rows per call, each call committed through the group-commit
     /// thread like any handler's call, so a purge never holds the write lock for long and
@@ -404,15 +406,15 @@ mod tests {
         }
     }
 
-    fn counter_db(dir: &Path) -> Db {
-        Db::open(
+    fn counter_db(dir: &Path) -> GroupCommit {
+        GroupCommit::open(
             &dir.join("t.db"),
             "CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, n INTEGER NOT NULL);",
         )
         .unwrap()
     }
 
-    async fn rows(db: &Db) -> Vec<String> {
+    async fn rows(db: &GroupCommit) -> Vec<String> {
         db.call(|c| {
             let mut q = c.prepare("SELECT k FROM t ORDER BY k")?;
             let keys = q.query_map([], |r| r.get(0))?.collect();

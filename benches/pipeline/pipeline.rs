@@ -19,7 +19,7 @@ use crate::vhost::BenchVhost;
 use burrow::children::{metric_sum, ChildWorker};
 use burrow::fulfillment::FulfillmentStore;
 use burrow::producer::order_messages;
-use burrow::publisher::{BulkPublisher, Fate};
+use burrow::publisher::{BulkPublisher, Confirm};
 use burrow::service::Service;
 use burrow::settings::{Settings, StoreSettings};
 use burrow::topology::Topology;
@@ -291,8 +291,8 @@ async fn measure(
     let (mut orders, mut events_confirmed, mut failed) = (0u64, 0u64, 0u64);
     publisher
         .run(messages, |msg, fate| match (msg.label, fate) {
-            (LABEL_ORDER, Fate::Confirmed) => orders += 1,
-            (_, Fate::Confirmed) => events_confirmed += 1,
+            (LABEL_ORDER, Confirm::Confirmed) => orders += 1,
+            (_, Confirm::Confirmed) => events_confirmed += 1,
             _ => failed += 1,
         })
         .await?;

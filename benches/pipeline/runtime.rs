@@ -17,7 +17,7 @@ use crate::report::Row;
 use burrow::message::{Order, OrderItem};
 use burrow::metrics::WorkerMetrics;
 use burrow::producer::{order_messages, Generated, OrderGenerator};
-use burrow::publisher::{BulkPublisher, Fate, Outgoing};
+use burrow::publisher::{BulkPublisher, Confirm, Outgoing};
 use burrow::settings::Settings;
 use burrow::worker::{Handler, Incoming, Outcome, SettlePolicy, Worker, WorkerConfig};
 
@@ -188,7 +188,7 @@ pub async fn run(
     let (mut confirmed, mut failed) = (0u64, 0u64);
     publisher
         .run(orders, |_, fate| {
-            if *fate == Fate::Confirmed {
+            if *fate == Confirm::Confirmed {
                 confirmed += 1;
             } else {
                 failed += 1;

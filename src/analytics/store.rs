@@ -10,7 +10,7 @@ use rusqlite::params;
 use serde::Serialize;
 
 use crate::message::{ActivityEvent, EventKind};
-use crate::sqlite::{now_ms, Db};
+use crate::sqlite::{now_ms, GroupCommit};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS seen (
@@ -76,7 +76,6 @@ pub struct Minute {
     pub minute: String,
     /// Events in it.
     pub events: u64,
-    /// By kind.
     pub by_kind: BTreeMap<String, u64>,
 }
 
@@ -100,7 +99,7 @@ pub struct Stats {
 /// The analytics store.
 #[derive(Debug, Clone)]
 pub struct AnalyticsStore {
-    db: Db,
+    db: GroupCommit,
 }
 
 fn n(v: i64) -> u64 {
@@ -114,7 +113,7 @@ impl AnalyticsStore {
     /// The database cannot be opened.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         Ok(Self {
-            db: Db::open(&dir.join("analytics.db"), SCHEMA)?,
+            db: GroupCommit::open(&dir.join("analytics.db"), SCHEMA)?,
         })
     }
 

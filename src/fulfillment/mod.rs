@@ -2,7 +2,6 @@
 //! fulfillment once per `order_id`, then announce `order.fulfilled`.
 
 mod carrier;
-mod postgres;
 mod store;
 
 use std::sync::Arc;
@@ -13,11 +12,12 @@ use tokio::sync::Mutex;
 use tracing::debug;
 
 pub use carrier::{Carrier, CarrierError, SimulatedCarrier};
-pub use postgres::PostgresStore;
-pub use store::{FulfillmentRecord, FulfillmentStore, Recorded, SqliteStore, StoreCounts};
+pub use store::{
+    FulfillmentRecord, FulfillmentStore, PostgresStore, Recorded, SqliteStore, StoreCounts,
+};
 
 use crate::message::{properties, ActivityEvent, Order, HEADER_TRACEPARENT};
-use crate::publisher::{self, Fate, Outgoing};
+use crate::publisher::{self, Confirm, Outgoing};
 use crate::worker::{Handler, Incoming, Outcome};
 
 /// The queue the service consumes.
@@ -75,7 +75,7 @@ impl Announcer {
         };
         let channel = self.channel().await?;
         match publisher::publish_one(&channel, &msg, self.timeout).await {
-            Ok(Fate::Confirmed) => Ok(()),
+            Ok(Confirm::Confirmed) => Ok(()),
             Ok(other) => anyhow::bail!("{} not confirmed: {other:?}", event.kind),
             Err(e) => {
                 *self.channel.lock().await = None;

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rusqlite::{params, OptionalExtension};
 
-use crate::sqlite::{now_ms, Db};
+use crate::sqlite::{now_ms, GroupCommit};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS notifications (
@@ -121,7 +121,7 @@ pub struct NotificationCounts {
 /// The claim table.
 #[derive(Debug, Clone)]
 pub struct NotificationStore {
-    db: Db,
+    db: GroupCommit,
     lease: Duration,
 }
 
@@ -133,7 +133,7 @@ impl NotificationStore {
     /// The database cannot be opened.
     pub fn open(dir: &Path, lease: Duration) -> anyhow::Result<Self> {
         Ok(Self {
-            db: Db::open(&dir.join("notifications.db"), SCHEMA)?,
+            db: GroupCommit::open(&dir.join("notifications.db"), SCHEMA)?,
             lease,
         })
     }

@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use super::{event_message, CATALOGUE};
 use crate::broker;
 use crate::message::{new_id, ActivityEvent, EventKind};
-use crate::publisher::{self, BulkPublisher, Fate};
+use crate::publisher::{self, BulkPublisher, Confirm};
 use crate::settings::Settings;
 
 const FIRST_NAMES: [&str; 8] = ["ann", "bob", "chen", "dara", "eli", "fatima", "gus", "hana"];
@@ -165,18 +165,18 @@ pub async fn publish_event(settings: &Settings, event: &ActivityEvent) -> anyhow
     let timeout = Duration::from_millis(settings.producer.confirm_timeout_ms);
     let msg = event_message(event, Some(&super::new_traceparent()));
     let code = match publisher::publish_one(&channel, &msg, timeout).await {
-        Ok(Fate::Confirmed) => {
+        Ok(Confirm::Confirmed) => {
             println!("{}", event.event_id);
             ExitCode::SUCCESS
         }
-        Ok(Fate::Nacked) => {
+        Ok(Confirm::Nacked) => {
             eprintln!(
                 "error: the broker refused the event {} (nack)",
                 event.event_id
             );
             ExitCode::FAILURE
         }
-        Ok(Fate::Returned(reason)) => {
+        Ok(Confirm::Returned(reason)) => {
             eprintln!(
                 "error: the event {} was unroutable ({reason}): no queue is bound to '{}'; run `burrow topology apply`",
                 event.event_id, msg.exchange
@@ -220,12 +220,12 @@ pub async fn publish_activity(
     let (mut confirmed, mut nacked, mut returned) = (0u64, 0u64, 0u64);
     let report = BulkPublisher::new(pool, settings.producer.confirm_window, rate)
         .run(messages, |_, fate| match fate {
-            Fate::Confirmed => {
+            Confirm::Confirmed => {
                 confirmed += 1;
                 bar.inc(1);
             }
-            Fate::Nacked => nacked += 1,
-            Fate::Returned(_) => returned += 1,
+            Confirm::Nacked => nacked += 1,
+            Confirm::Returned(_) => returned += 1,
         })
         .await?;
     bar.finish_and_clear();

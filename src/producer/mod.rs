@@ -20,7 +20,7 @@ use crate::message::{
     new_id, properties, string_value, ActivityEvent, Order, OrderItem, HEADER_TRACEPARENT,
     ORDER_PLACED,
 };
-use crate::publisher::{self, BulkPublisher, Fate, Outgoing};
+use crate::publisher::{self, BulkPublisher, Confirm, Outgoing};
 use crate::settings::Settings;
 
 /// The `orders` exchange.
@@ -156,16 +156,16 @@ pub async fn place_order(
             "order.placed event"
         };
         match publisher::publish_one(&channel, &msg, timeout).await {
-            Ok(Fate::Confirmed) if msg.label == LABEL_ORDER => println!("{}", order.order_id),
-            Ok(Fate::Confirmed) => {}
-            Ok(Fate::Nacked) => {
+            Ok(Confirm::Confirmed) if msg.label == LABEL_ORDER => println!("{}", order.order_id),
+            Ok(Confirm::Confirmed) => {}
+            Ok(Confirm::Nacked) => {
                 eprintln!(
                     "error: the broker refused the {what} {} (nack)",
                     order.order_id
                 );
                 code = ExitCode::FAILURE;
             }
-            Ok(Fate::Returned(reason)) => {
+            Ok(Confirm::Returned(reason)) => {
                 eprintln!(
                     "error: the {what} {} was unroutable ({reason}): no queue is bound to '{}' with key '{}'; run `burrow topology apply`",
                     order.order_id, msg.exchange, msg.routing_key
@@ -310,13 +310,13 @@ pub async fn publish_orders(
         .confirm_timeout(Duration::from_millis(settings.producer.confirm_timeout_ms));
     let report = publisher
         .run(messages, |msg, fate| match (msg.label, fate) {
-            (LABEL_ORDER, Fate::Confirmed) => {
+            (LABEL_ORDER, Confirm::Confirmed) => {
                 tally.confirmed += 1;
                 bar.inc(1);
             }
-            (LABEL_ORDER, Fate::Nacked) => tally.nacked += 1,
-            (LABEL_ORDER, Fate::Returned(_)) => tally.returned += 1,
-            (_, Fate::Confirmed) => tally.events_confirmed += 1,
+            (LABEL_ORDER, Confirm::Nacked) => tally.nacked += 1,
+            (LABEL_ORDER, Confirm::Returned(_)) => tally.returned += 1,
+            (_, Confirm::Confirmed) => tally.events_confirmed += 1,
             _ => tally.events_failed += 1,
         })
         .await?;

@@ -39,15 +39,13 @@ use tracing::{error, info, warn};
 pub use model::{Applied, Model, ModelState, Scored};
 
 use crate::backoff::Backoff;
-use crate::message::ActivityEvent;
+use crate::message::{ActivityEvent, HEADER_STREAM_OFFSET};
 use crate::worker::{Handler, Incoming, Outcome, SettlePolicy};
 
 /// The stream the service reads.
 pub const STREAM: &str = "activity.log";
 /// Where a stream message that cannot be settled otherwise goes (a store failure).
 pub const DEAD_LETTER_EXCHANGE: &str = "activity.dlx";
-/// The header in which RabbitMQ delivers a stream message's offset.
-pub const OFFSET_HEADER: &str = "x-stream-offset";
 /// Products per answer unless `?limit=` says otherwise.
 pub const DEFAULT_LIMIT: usize = 10;
 
@@ -80,7 +78,7 @@ impl StartAt {
             Self::After(offset) => AMQPValue::LongLongInt(offset.saturating_add(1)),
         };
         let mut args = FieldTable::default();
-        args.insert(OFFSET_HEADER.into(), value);
+        args.insert(HEADER_STREAM_OFFSET.into(), value);
         args
     }
 }
@@ -97,7 +95,7 @@ pub fn settle_policy() -> SettlePolicy {
 
 /// The offset of a stream delivery.
 pub fn stream_offset(msg: &Incoming) -> Option<i64> {
-    match msg.headers()?.inner().get(OFFSET_HEADER)? {
+    match msg.headers()?.inner().get(HEADER_STREAM_OFFSET)? {
         AMQPValue::LongLongInt(v) => Some(*v),
         AMQPValue::LongInt(v) => Some((*v).into()),
         AMQPValue::LongUInt(v) => Some((*v).into()),
@@ -186,7 +184,7 @@ impl Handler for Recommendations {
     async fn handle(&self, msg: &Incoming) -> Outcome {
         let Some(offset) = stream_offset(msg) else {
             return Outcome::Permanent(format!(
-                "no {OFFSET_HEADER} header: not a delivery from the stream {STREAM}"
+                "no {HEADER_STREAM_OFFSET} header: not a delivery from the stream {STREAM}"
             ));
         };
         let event = ActivityEvent::decode(&msg.body).map_err(|e| e.to_string());
@@ -235,7 +233,7 @@ mod tests {
         assert_eq!(StartAt::resume(&state, Some(t)), StartAt::After(41));
         let args = StartAt::After(41).consume_arguments();
         assert_eq!(
-            args.inner().get(OFFSET_HEADER),
+            args.inner().get(HEADER_STREAM_OFFSET),
             Some(&AMQPValue::LongLongInt(42))
         );
     }

@@ -19,7 +19,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use crate::message::{ActivityEvent, EventKind};
-use crate::sqlite::Db;
+use crate::sqlite::GroupCommit;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS state (
@@ -93,7 +93,7 @@ impl Scored {
 /// The model store.
 #[derive(Debug, Clone)]
 pub struct Model {
-    db: Db,
+    db: GroupCommit,
 }
 
 fn weight(kind: EventKind) -> i64 {
@@ -139,7 +139,7 @@ impl Model {
     /// # Errors
     /// The database cannot be opened or cleared.
     pub async fn open(dir: &Path, rebuild: bool) -> anyhow::Result<Self> {
-        let db = Db::open(&dir.join("recommendations.db"), SCHEMA)?;
+        let db = GroupCommit::open(&dir.join("recommendations.db"), SCHEMA)?;
         // Models made before `seen_at` existed: add it (their rows count as old).
         db.call(|conn| {
             let has: bool = conn

@@ -22,9 +22,7 @@ pub enum TopologyError {
     /// The file could not be read.
     #[error("cannot read topology file {path}")]
     Read {
-        /// The file.
         path: PathBuf,
-        /// The I/O error.
         source: std::io::Error,
     },
     /// The file is not valid TOML or has an unknown or missing field.
@@ -39,7 +37,6 @@ pub enum TopologyError {
     /// An exchange type that is not direct, fanout, topic or headers.
     #[error("exchange '{exchange}' has unknown type '{value}' (expected direct, fanout, topic or headers)")]
     BadExchangeType {
-        /// The exchange.
         exchange: String,
         /// The type given.
         value: String,
@@ -47,7 +44,6 @@ pub enum TopologyError {
     /// A queue type that is not classic, quorum or stream.
     #[error("queue '{queue}' has unknown type '{value}' (expected classic, quorum or stream)")]
     BadQueueType {
-        /// The queue.
         queue: String,
         /// The type given.
         value: String,
@@ -55,7 +51,6 @@ pub enum TopologyError {
     /// `x-queue-type` in the arguments says something else than `type`.
     #[error("queue '{queue}' has type '{kind}' but argument x-queue-type '{argument}'")]
     QueueTypeConflict {
-        /// The queue.
         queue: String,
         /// The `type` field.
         kind: QueueType,
@@ -73,7 +68,6 @@ pub enum TopologyError {
     /// A binding whose destination queue is not declared.
     #[error("binding {binding} names queue '{queue}', which is not declared")]
     UnknownQueue {
-        /// The binding.
         binding: String,
         /// The missing queue.
         queue: String,
@@ -82,7 +76,6 @@ pub enum TopologyError {
     /// always allowed).
     #[error("queue '{queue}' dead-letters to exchange '{exchange}', which is not declared")]
     UnknownDeadLetterExchange {
-        /// The queue.
         queue: String,
         /// The missing exchange.
         exchange: String,
@@ -98,7 +91,6 @@ pub enum TopologyError {
     /// A `delay` that is not a duration like `200ms`, `10s`, `1m`.
     #[error("queue '{queue}' has delay '{value}', which is not a duration like 200ms, 10s or 1m")]
     BadDelay {
-        /// The queue.
         queue: String,
         /// The value given.
         value: String,
@@ -106,7 +98,6 @@ pub enum TopologyError {
     /// `delay` and `x-message-ttl` disagree.
     #[error("retry queue '{queue}' has delay {delay_ms} ms but x-message-ttl {ttl_ms} ms")]
     RetryDelayMismatch {
-        /// The queue.
         queue: String,
         /// `delay` in milliseconds.
         delay_ms: u64,
@@ -123,10 +114,7 @@ pub enum TopologyError {
     },
     /// `delay` on a queue that is not a retry step.
     #[error("queue '{queue}' has a delay but no `retry_for`")]
-    DelayWithoutRetryFor {
-        /// The queue.
-        queue: String,
-    },
+    DelayWithoutRetryFor { queue: String },
     /// Two users share a name.
     #[error("user '{0}' is declared twice")]
     DuplicateUser(String),
@@ -155,8 +143,14 @@ pub enum TopologyError {
     },
 }
 
-/// The type of an exchange.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The type of an exchange, spelled as RabbitMQ spells it (`topic`) by `Display` and `FromStr`.
+///
+/// Not `lapin::ExchangeKind`: that one accepts any plugin type (`Custom`), so a typo would reach
+/// the broker, and it has no public name or `Display`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::Display, strum::EnumString, strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "lowercase")]
 pub enum ExchangeType {
     /// Routes on the exact routing key.
     Direct,
@@ -171,34 +165,16 @@ pub enum ExchangeType {
 impl ExchangeType {
     /// The name RabbitMQ uses, e.g. `topic`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Direct => "direct",
-            Self::Fanout => "fanout",
-            Self::Topic => "topic",
-            Self::Headers => "headers",
-        }
-    }
-
-    /// Parses RabbitMQ's name for the type.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "direct" => Self::Direct,
-            "fanout" => Self::Fanout,
-            "topic" => Self::Topic,
-            "headers" => Self::Headers,
-            _ => return None,
-        })
+        self.into()
     }
 }
 
-impl fmt::Display for ExchangeType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The type of a queue (`x-queue-type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The type of a queue (`x-queue-type`), spelled as RabbitMQ spells it (`quorum`) by `Display`
+/// and `FromStr`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::Display, strum::EnumString, strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "lowercase")]
 pub enum QueueType {
     /// A classic queue.
     Classic,
@@ -211,36 +187,14 @@ pub enum QueueType {
 impl QueueType {
     /// The name RabbitMQ uses, e.g. `quorum`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Classic => "classic",
-            Self::Quorum => "quorum",
-            Self::Stream => "stream",
-        }
-    }
-
-    /// Parses RabbitMQ's name for the type.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "classic" => Self::Classic,
-            "quorum" => Self::Quorum,
-            "stream" => Self::Stream,
-            _ => return None,
-        })
-    }
-}
-
-impl fmt::Display for QueueType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        self.into()
     }
 }
 
 /// A durable exchange.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExchangeDefinition {
-    /// Its name.
     pub name: String,
-    /// Its type.
     pub kind: ExchangeType,
     /// Whether it survives a broker restart (default `true`).
     pub durable: bool,
@@ -251,7 +205,6 @@ pub struct ExchangeDefinition {
 /// A queue or stream.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueDefinition {
-    /// Its name.
     pub name: String,
     /// Classic, quorum or stream.
     pub kind: QueueType,
@@ -362,13 +315,11 @@ pub struct Permissions {
 /// `rabbitmqctl change_password` (or a secrets store) after import.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserDefinition {
-    /// The user name.
     pub name: String,
     /// The demo password.
     pub password: Password,
     /// Management tags, e.g. `administrator`, `monitoring`.
     pub tags: Vec<String>,
-    /// Its permissions.
     pub permissions: Permissions,
     /// Only in the exported definitions (the admin a fresh docker-compose broker boots with),
     /// never created by `burrow topology apply --users`.
@@ -379,7 +330,6 @@ pub struct UserDefinition {
 /// the programs.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Topology {
-    /// The exchanges.
     pub exchanges: Vec<ExchangeDefinition>,
     /// The queues and streams.
     pub queues: Vec<QueueDefinition>,
@@ -506,10 +456,12 @@ impl Topology {
                 return Err(TopologyError::DuplicateExchange(e.name));
             }
             let kind =
-                ExchangeType::parse(&e.kind).ok_or_else(|| TopologyError::BadExchangeType {
-                    exchange: e.name.clone(),
-                    value: e.kind.clone(),
-                })?;
+                e.kind
+                    .parse::<ExchangeType>()
+                    .map_err(|_| TopologyError::BadExchangeType {
+                        exchange: e.name.clone(),
+                        value: e.kind.clone(),
+                    })?;
             exchanges.push(ExchangeDefinition {
                 name: e.name,
                 kind,
@@ -685,10 +637,13 @@ fn queue_definition(
     exchanges: &HashSet<String>,
     queues: &HashSet<String>,
 ) -> Result<QueueDefinition, TopologyError> {
-    let kind = QueueType::parse(&q.kind).ok_or_else(|| TopologyError::BadQueueType {
-        queue: q.name.clone(),
-        value: q.kind.clone(),
-    })?;
+    let kind = q
+        .kind
+        .parse::<QueueType>()
+        .map_err(|_| TopologyError::BadQueueType {
+            queue: q.name.clone(),
+            value: q.kind.clone(),
+        })?;
     let mut arguments = q.arguments;
     if let Some(arg) = arguments.remove("x-queue-type") {
         let argument = arg

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tracing::info;
 
 use crate::backoff::Backoff;
-use crate::publisher::{self, Fate, Outgoing};
+use crate::publisher::{self, Confirm, Outgoing};
 
 /// Publishes forwarded copies for one session, on a channel of the session's connection.
 pub struct Forwarder<'a> {
@@ -44,10 +44,10 @@ impl<'a> Forwarder<'a> {
     /// # Errors
     /// No channel could be opened (or the back-off does not allow a new one yet), the channel
     /// failed, or the confirm did not come in time.
-    pub async fn forward(&self, copy: &Outgoing) -> anyhow::Result<Fate> {
+    pub async fn forward(&self, copy: &Outgoing) -> anyhow::Result<Confirm> {
         let channel = self.channel().await?;
         let fate = publisher::publish_one(&channel, copy, self.confirm_timeout).await;
-        if matches!(fate, Ok(Fate::Confirmed)) {
+        if matches!(fate, Ok(Confirm::Confirmed)) {
             self.state.lock().await.backoff.reset();
         }
         fate

@@ -32,7 +32,7 @@ use super::handler::{Handler, Incoming, Outcome};
 use super::settle::{Decision, SettlePolicy};
 use crate::backoff::Backoff;
 use crate::metrics::{OutcomeLabels, QueueLabels, WorkerMetrics};
-use crate::publisher::Fate;
+use crate::publisher::Confirm;
 
 /// How long a delivery whose copy could not be forwarded is held (the forward tried again with
 /// back-off) before it is released to the queue.
@@ -395,7 +395,7 @@ impl<H: Handler> Session<'_, H> {
         let mut backoff = Backoff::default();
         loop {
             let why = match self.forwarder.forward(&copy).await {
-                Ok(Fate::Confirmed) => break,
+                Ok(Confirm::Confirmed) => break,
                 Ok(fate) => format!("{fate:?}"),
                 Err(e) => format!("{e:#}"),
             };

@@ -7,7 +7,8 @@ use lapin::types::{AMQPValue, FieldTable};
 
 use super::handler::{Incoming, Outcome};
 use crate::message::{
-    string_value, HEADER_ATTEMPTS, HEADER_ERROR, HEADER_FAILED_AT, HEADER_SOURCE_QUEUE,
+    string_value, HEADER_ATTEMPTS, HEADER_ERROR, HEADER_FAILED_AT, HEADER_LAST_ERROR,
+    HEADER_SOURCE_QUEUE,
 };
 use crate::publisher::Outgoing;
 
@@ -62,7 +63,7 @@ impl SettlePolicy {
                     HEADER_ATTEMPTS.into(),
                     AMQPValue::LongLongInt(attempts.into()),
                 );
-                headers.insert("x-burrow-last-error".into(), string_value(&reason));
+                headers.insert(HEADER_LAST_ERROR.into(), string_value(&reason));
                 Decision::Forward {
                     copy: Box::new(copy_of(msg, "", retry_queue, headers)),
                     outcome: "retried",

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use burrow::publisher::{BulkPublisher, Fate, Outgoing};
+use burrow::publisher::{BulkPublisher, Confirm, Outgoing};
 use burrow::settings::{AmqpSettings, SecretUrl};
 
 pub use crate::common::{fast_topology_text, order_body as order, wait_for};
@@ -188,7 +188,7 @@ impl Shop {
         let mut confirmed = Vec::new();
         BulkPublisher::new(pool.clone(), 256, None)
             .run(msgs, |msg, fate| {
-                if *fate == Fate::Confirmed {
+                if *fate == Confirm::Confirmed {
                     let id = msg.properties.message_id().as_ref().map(|s| s.to_string());
                     confirmed.push(id.unwrap_or_default());
                 }

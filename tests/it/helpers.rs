@@ -261,14 +261,14 @@ impl TestVhost {
 
     /// Publishes `messages` (exchange, routing key, body, properties) confirmed.
     pub async fn publish_messages(&self, messages: Vec<burrow::publisher::Outgoing>) {
-        use burrow::publisher::{BulkPublisher, Fate};
+        use burrow::publisher::{BulkPublisher, Confirm};
         let pool = burrow::broker::pool(&self.settings.amqp, "test publisher").expect("pool");
         let mut confirmed = 0usize;
         let mut total = 0usize;
         BulkPublisher::new(pool, 256, None)
             .run(messages, |_, fate| {
                 total += 1;
-                if *fate == Fate::Confirmed {
+                if *fate == Confirm::Confirmed {
                     confirmed += 1;
                 }
             })

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use burrow::publisher::{self, Fate, Outgoing};
+use burrow::publisher::{self, Confirm, Outgoing};
 use burrow::settings::SecretUrl;
 use burrow::topology::{Topology, UserDefinition};
 use lapin::options::{BasicConsumeOptions, BasicGetOptions};
@@ -146,7 +146,7 @@ async fn fulfillment_worker_may_not_publish_orders_nor_read_other_queues() {
     ] {
         assert_eq!(
             publish(&conn, exchange, key).await,
-            format!("{:?}", Fate::Confirmed),
+            format!("{:?}", Confirm::Confirmed),
             "publish to '{exchange}'"
         );
     }
@@ -170,7 +170,7 @@ async fn activity_workers_may_publish_retries_and_dead_letters_but_not_events() 
         for (exchange, key) in [("", retry.as_str()), ("activity.dlx", "user.registered")] {
             assert_eq!(
                 publish(&conn, exchange, key).await,
-                format!("{:?}", Fate::Confirmed),
+                format!("{:?}", Confirm::Confirmed),
                 "{program} publishes to '{exchange}' ({key})"
             );
         }

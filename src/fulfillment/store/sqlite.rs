@@ -1,7 +1,7 @@
-//! The fulfillment record, keyed by `order_id` and shared by every fulfillment process: a SQLite
-//! file in WAL mode on one host, or PostgreSQL when workers span hosts.
+//! The fulfillment store on a SQLite file in WAL mode, shared by the fulfillment processes of
+//! one host.
 //!
-//! SQLite writes go through the process's [`Db`] thread, which commits whatever calls have
+//! Writes go through the process's [`GroupCommit`] thread, which commits whatever calls have
 //! queued up in one transaction (group commit): one commit for many orders, and no mutex held
 //! across an await on the hot path.
 
@@ -10,149 +10,13 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::sqlite::Db;
-
-/// What recording an order found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recorded {
-    /// First time: the order is now fulfilled.
-    New,
-    /// Recorded before (a redelivery or a duplicate publish); `announced` tells whether its
-    /// `order.fulfilled` event was confirmed.
-    Duplicate {
-        /// Whether the fulfilment event went out.
-        announced: bool,
-    },
-}
-
-/// Counts read back from a store.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct StoreCounts {
-    /// Orders fulfilled.
-    pub fulfilled: u64,
-    /// Deliveries of an order already fulfilled.
-    pub duplicates: u64,
-}
-
-/// One recorded order, as read back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FulfillmentRecord {
-    /// The order.
-    pub order_id: String,
-    /// When it was first recorded (millisecond precision on SQLite).
-    pub fulfilled_at: chrono::DateTime<chrono::Utc>,
-    /// Whether its `order.fulfilled` event was confirmed.
-    pub announced: bool,
-}
-
-/// The fulfillment store.
-pub enum FulfillmentStore {
-    /// A SQLite file shared by the processes of one host.
-    Sqlite(SqliteStore),
-    /// A PostgreSQL database shared by every host.
-    Postgres(super::postgres::PostgresStore),
-}
-
-impl FulfillmentStore {
-    /// Opens the store the settings name: PostgreSQL when `url` is set, else
-    /// `<dir>/fulfillment.db`.
-    ///
-    /// # Errors
-    /// The database cannot be opened or its schema created.
-    pub async fn open(settings: &crate::settings::StoreSettings) -> anyhow::Result<Self> {
-        match &settings.url {
-            Some(url) => Ok(Self::Postgres(
-                super::postgres::PostgresStore::connect(url).await?,
-            )),
-            None => Ok(Self::Sqlite(SqliteStore::open(
-                &settings.dir.join("fulfillment.db"),
-            )?)),
-        }
-    }
-
-    /// Records `order_id` as fulfilled unless it already is.
-    ///
-    /// # Errors
-    /// The database failed.
-    pub async fn record(&self, order_id: &str, shipment_id: &str) -> anyhow::Result<Recorded> {
-        match self {
-            Self::Sqlite(s) => s.record(order_id, shipment_id).await,
-            Self::Postgres(p) => p.record(order_id, shipment_id).await,
-        }
-    }
-
-    /// Notes that the `order.fulfilled` event of `order_id` was confirmed.
-    ///
-    /// # Errors
-    /// The database failed.
-    pub async fn mark_announced(&self, order_id: &str) -> anyhow::Result<()> {
-        match self {
-            Self::Sqlite(s) => s.mark_announced(order_id).await,
-            Self::Postgres(p) => p.mark_announced(order_id).await,
-        }
-    }
-
-    /// Counts of fulfilled orders and suppressed duplicates.
-    ///
-    /// # Errors
-    /// The database failed.
-    pub async fn counts(&self) -> anyhow::Result<StoreCounts> {
-        match self {
-            Self::Sqlite(s) => s.counts(),
-            Self::Postgres(p) => p.counts().await,
-        }
-    }
-
-    /// Forgets the orders fulfilled longer than `window` ago, in batches; returns how many. A
-    /// redelivery after the window is fulfilled again.
-    ///
-    /// # Errors
-    /// The database failed.
-    pub async fn purge(&self, window: std::time::Duration) -> anyhow::Result<u64> {
-        match self {
-            Self::Sqlite(s) => s.purge(window).await,
-            Self::Postgres(p) => p.purge(window).await,
-        }
-    }
-
-    /// Whether the store answers now (for `/readyz`).
-    ///
-    /// # Errors
-    /// The database cannot be reached or read.
-    pub async fn ping(&self) -> anyhow::Result<()> {
-        match self {
-            Self::Sqlite(s) => s.contains("").map(|_| ()),
-            Self::Postgres(p) => p.ping().await,
-        }
-    }
-
-    /// Whether `order_id` is recorded.
-    ///
-    /// # Errors
-    /// The database failed.
-    pub async fn contains(&self, order_id: &str) -> anyhow::Result<bool> {
-        match self {
-            Self::Sqlite(s) => s.contains(order_id),
-            Self::Postgres(p) => p.contains(order_id).await,
-        }
-    }
-
-    /// Every recorded order: when it was fulfilled and whether it was announced.
-    ///
-    /// # Errors
-    /// The database failed.
-    pub async fn fulfillments(&self) -> anyhow::Result<Vec<FulfillmentRecord>> {
-        match self {
-            Self::Sqlite(s) => s.fulfillments(),
-            Self::Postgres(p) => p.fulfillments().await,
-        }
-    }
-}
+use super::{FulfillmentRecord, Recorded, StoreCounts};
+use crate::sqlite::GroupCommit;
 
 /// The SQLite store.
 pub struct SqliteStore {
     path: PathBuf,
-    db: Db,
+    db: GroupCommit,
 }
 
 const SCHEMA: &str = "
@@ -176,11 +40,15 @@ impl SqliteStore {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         Ok(Self {
             path: path.to_owned(),
-            db: Db::open(path, SCHEMA)?,
+            db: GroupCommit::open(path, SCHEMA)?,
         })
     }
 
-    async fn record(&self, order_id: &str, shipment_id: &str) -> anyhow::Result<Recorded> {
+    pub(super) async fn record(
+        &self,
+        order_id: &str,
+        shipment_id: &str,
+    ) -> anyhow::Result<Recorded> {
         let (order_id, shipment_id) = (order_id.to_owned(), shipment_id.to_owned());
         self.db
             .call_one_statement(move |conn| {
@@ -204,7 +72,7 @@ impl SqliteStore {
             .await
     }
 
-    async fn purge(&self, window: std::time::Duration) -> anyhow::Result<u64> {
+    pub(super) async fn purge(&self, window: std::time::Duration) -> anyhow::Result<u64> {
         let window = chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
         let cutoff = chrono::Utc::now()
             .checked_sub_signed(window)
@@ -221,7 +89,7 @@ impl SqliteStore {
             .await
     }
 
-    async fn mark_announced(&self, order_id: &str) -> anyhow::Result<()> {
+    pub(super) async fn mark_announced(&self, order_id: &str) -> anyhow::Result<()> {
         let order_id = order_id.to_owned();
         self.db
             .call_one_statement(move |conn| {
@@ -232,7 +100,7 @@ impl SqliteStore {
             .await
     }
 
-    fn counts(&self) -> anyhow::Result<StoreCounts> {
+    pub(super) fn counts(&self) -> anyhow::Result<StoreCounts> {
         let conn = open_connection(&self.path)?;
         let (fulfilled, duplicates): (i64, i64) = conn.query_row(
             "SELECT COUNT(*), COALESCE(SUM(duplicates), 0) FROM fulfillments",
@@ -245,7 +113,7 @@ impl SqliteStore {
         })
     }
 
-    fn contains(&self, order_id: &str) -> anyhow::Result<bool> {
+    pub(super) fn contains(&self, order_id: &str) -> anyhow::Result<bool> {
         let conn = open_connection(&self.path)?;
         Ok(conn
             .query_row(
@@ -257,7 +125,7 @@ impl SqliteStore {
             .is_some())
     }
 
-    fn fulfillments(&self) -> anyhow::Result<Vec<FulfillmentRecord>> {
+    pub(super) fn fulfillments(&self) -> anyhow::Result<Vec<FulfillmentRecord>> {
         let conn = open_connection(&self.path)?;
         let mut stmt =
             conn.prepare("SELECT order_id, fulfilled_at, announced FROM fulfillments")?;

@@ -16,7 +16,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 use tracing::warn;
 
-use super::store::{FulfillmentRecord, Recorded, StoreCounts};
+use super::{FulfillmentRecord, Recorded, StoreCounts};
 use crate::settings::{redact_url, SecretUrl};
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS fulfillments (
