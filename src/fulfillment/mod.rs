@@ -204,7 +204,7 @@ mod tests {
             .unwrap();
         let first = handler.handle(&msg).await;
         assert!(
-            matches!(first, Outcome::Transient(ref e) if e.contains("store")),
+            matches!(first, Outcome::Unavailable { dependency, .. } if dependency == "store"),
             "{first:?}"
         );
         assert_eq!(carrier.bookings(), 1);
