@@ -211,15 +211,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             burrow::status::run(&settings, &file, &options, burrow::shutdown::on_signal()).await
         }
         Command::Dlq { queue, command } => {
-            use burrow::dlq;
+            use burrow::cli::dlq;
             match command {
-                DlqCommand::List { limit } => dlq::run_list(&settings, &queue, limit).await,
-                DlqCommand::Show { id } => dlq::run_show(&settings, &queue, &id).await,
+                DlqCommand::List { limit } => dlq::list(&settings, &queue, limit).await,
+                DlqCommand::Show { id } => dlq::show(&settings, &queue, &id).await,
                 DlqCommand::Replay { select, rate } => {
-                    dlq::run_replay(&settings, &queue, &select.selection(rate)).await
+                    dlq::replay(&settings, &queue, &select.selection(rate)).await
                 }
                 DlqCommand::Purge { select, yes } => {
-                    dlq::run_purge(&settings, &queue, &select.selection(None), yes).await
+                    dlq::purge(&settings, &queue, &select.selection(None), yes).await
                 }
             }
         }
