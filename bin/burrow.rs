@@ -174,15 +174,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             burrow::demo::run(&settings, options).await
         }
         Command::Topology(command) => {
-            use burrow::topology::command as topology;
+            use burrow::cli::topology;
             match command {
                 TopologyCommand::Apply { file, users } => {
-                    let file = file.unwrap_or(settings.topology.clone());
-                    let code = topology::apply(&settings, &file).await?;
-                    if users {
-                        topology::apply_users(&settings, &file).await?;
-                    }
-                    Ok(code)
+                    topology::apply(&settings, &file.unwrap_or(settings.topology.clone()), users)
+                        .await
                 }
                 TopologyCommand::Verify { file } => {
                     topology::verify(&settings, &file.unwrap_or(settings.topology.clone())).await
@@ -202,13 +198,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 interval.is_finite() && interval > 0.0,
                 "--interval must be a positive number of seconds"
             );
-            let options = burrow::status::StatusOptions {
+            let options = burrow::cli::status::StatusOptions {
                 watch,
                 interval: std::time::Duration::from_secs_f64(interval),
                 json,
             };
             let file = file.unwrap_or(settings.topology.clone());
-            burrow::status::run(&settings, &file, &options, burrow::shutdown::on_signal()).await
+            burrow::cli::status::run(&settings, &file, &options, burrow::shutdown::on_signal())
+                .await
         }
         Command::Dlq { queue, command } => {
             use burrow::cli::dlq;

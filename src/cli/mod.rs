@@ -19,15 +19,23 @@ use std::process::ExitCode;
 
 use crate::broker::BrokerError;
 use crate::management::ManagementError;
+use crate::producer::PublishError;
 
 pub mod dlq;
+pub mod producer;
+pub mod status;
+pub mod topology;
 
 /// Prints `error` as one line on stderr and picks the exit code: 2 when the broker or the
 /// management API cannot be reached or refuses the login (nothing to do but fix the
-/// environment), 1 otherwise.
+/// environment) or the input was invalid ([`PublishError::Invalid`]), 1 otherwise.
 pub fn exit_code(error: &anyhow::Error) -> ExitCode {
     let unreachable = error.chain().any(|cause| {
         cause.downcast_ref::<BrokerError>().is_some()
+            || matches!(
+                cause.downcast_ref::<PublishError>(),
+                Some(PublishError::Invalid(_))
+            )
             || matches!(
                 cause.downcast_ref::<ManagementError>(),
                 Some(ManagementError::Unreachable { .. } | ManagementError::Unauthorized { .. })
