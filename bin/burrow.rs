@@ -171,7 +171,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 invalid_ratio,
                 failure_rate,
             };
-            burrow::demo::run(&settings, options).await
+            burrow::cli::demo::run(&settings, options).await
         }
         Command::Topology(command) => {
             use burrow::cli::topology;

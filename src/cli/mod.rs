@@ -21,6 +21,7 @@ use crate::broker::BrokerError;
 use crate::management::ManagementError;
 use crate::producer::PublishError;
 
+pub mod demo;
 pub mod dlq;
 pub mod producer;
 pub mod status;
