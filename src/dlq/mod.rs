@@ -30,9 +30,9 @@
 //! A replay sends a message only to a queue of the topology whose dead letters land in this
 //! dead-letter queue ([`Topology::dead_letter_sources`]): `x-burrow-source-queue` is written by
 //!
-//! - [`letter`]: one dead letter ([`DeadLetter`]) and the copies a pass sends.
-//! - [`reader`]: reading with `basic.get`; [`list`] and [`find`].
-//! - [`replay`](mod@replay): [`replay()`] and [`purge`], one pass each.
+//! Files: `letter.rs` (one [`DeadLetter`] and the copies a pass sends), `reader.rs` (the
+//! [`Reader`] on `basic.get`; [`list`] and [`find`]), `replay.rs` ([`replay()`] and [`purge`],
+//! one pass each).
 //!
 //! The functions here take the [`Settings`], open and close their own connection and return
 //! data; `burrow dlq` ([`crate::cli::dlq`]) prints it.
