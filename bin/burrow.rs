@@ -171,18 +171,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 invalid_ratio,
                 failure_rate,
             };
-            burrow::demo::run(&settings, options).await
+            burrow::cli::demo::run(&settings, options).await
         }
         Command::Topology(command) => {
-            use burrow::topology::command as topology;
+            use burrow::cli::topology;
             match command {
                 TopologyCommand::Apply { file, users } => {
-                    let file = file.unwrap_or(settings.topology.clone());
-                    let code = topology::apply(&settings, &file).await?;
-                    if users {
-                        topology::apply_users(&settings, &file).await?;
-                    }
-                    Ok(code)
+                    topology::apply(&settings, &file.unwrap_or(settings.topology.clone()), users)
+                        .await
                 }
                 TopologyCommand::Verify { file } => {
                     topology::verify(&settings, &file.unwrap_or(settings.topology.clone())).await
@@ -202,24 +198,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 interval.is_finite() && interval > 0.0,
                 "--interval must be a positive number of seconds"
             );
-            let options = burrow::status::StatusOptions {
+            let options = burrow::cli::status::StatusOptions {
                 watch,
                 interval: std::time::Duration::from_secs_f64(interval),
                 json,
             };
             let file = file.unwrap_or(settings.topology.clone());
-            burrow::status::run(&settings, &file, &options, burrow::shutdown::on_signal()).await
+            burrow::cli::status::run(&settings, &file, &options, burrow::shutdown::on_signal())
+                .await
         }
         Command::Dlq { queue, command } => {
-            use burrow::dlq;
+            use burrow::cli::dlq;
             match command {
-                DlqCommand::List { limit } => dlq::run_list(&settings, &queue, limit).await,
-                DlqCommand::Show { id } => dlq::run_show(&settings, &queue, &id).await,
+                DlqCommand::List { limit } => dlq::list(&settings, &queue, limit).await,
+                DlqCommand::Show { id } => dlq::show(&settings, &queue, &id).await,
                 DlqCommand::Replay { select, rate } => {
-                    dlq::run_replay(&settings, &queue, &select.selection(rate)).await
+                    dlq::replay(&settings, &queue, &select.selection(rate)).await
                 }
                 DlqCommand::Purge { select, yes } => {
-                    dlq::run_purge(&settings, &queue, &select.selection(None), yes).await
+                    dlq::purge(&settings, &queue, &select.selection(None), yes).await
                 }
             }
         }

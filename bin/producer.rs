@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use burrow::message::{new_id, EventKind, Order, OrderItem};
 use burrow::producer::activity::{self, EventSpec};
-use burrow::producer::{self, OrderSource};
+use burrow::producer::{self, OrderSource, PublishError};
 use burrow::settings::Settings;
 use burrow::telemetry::LogFormat;
 use clap::{Parser, Subcommand};
@@ -138,7 +138,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 currency,
                 placed_at: chrono::Utc::now(),
             };
-            producer::place_order(&settings, order, !no_events).await
+            burrow::cli::producer::order(&settings, order, !no_events).await
         }
         Command::Orders {
             count,
@@ -155,13 +155,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 },
                 (None, None) => unreachable!("clap requires --count or --file"),
             };
-            producer::publish_orders(&settings, source, rate, !no_events).await
+            burrow::cli::producer::orders(&settings, source, rate, !no_events).await
         }
         Command::Activity {
             count: Some(count),
             rate,
             ..
-        } => activity::publish_activity(&settings, count, rate).await,
+        } => burrow::cli::producer::activity(&settings, count, rate).await,
         Command::Activity {
             kind,
             user,
@@ -181,16 +181,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 name,
                 event_id,
             };
-            match spec.event() {
-                Ok(event) => activity::publish_event(&settings, &event).await,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    Ok(ExitCode::from(2))
-                }
-            }
+            let event = spec.event().map_err(PublishError::Invalid)?;
+            burrow::cli::producer::event(&settings, &event).await
         }
         Command::Inventory { sku, stock, delta } => {
-            activity::publish_event(&settings, &activity::inventory_event(&sku, stock, delta)).await
+            burrow::cli::producer::event(&settings, &activity::inventory_event(&sku, stock, delta))
+                .await
         }
     }
 }

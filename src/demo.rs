@@ -1,19 +1,19 @@
 //! `burrow demo`: the whole shop on one machine. Applies the topology, starts two fulfillment
 //! workers and one of each activity service as child processes, publishes orders (some invalid,
 //! some hitting transient carrier failures) and activity events with the real `producer`, waits
-//! until every order is settled, prints a summary and stops the children cleanly.
+//! until every order is settled, measures a summary and stops the children cleanly. The steps
+//! return data; `burrow demo` ([`crate::cli::demo`]) prints it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::children::{metric_sum, sibling_binary, ChildWorker};
 use crate::fulfillment::FulfillmentStore;
 use crate::settings::Settings;
-use crate::topology::Topology;
+use crate::topology::{ApplyReport, Topology};
 
 /// What the demo does.
 #[derive(Debug, Clone)]
@@ -41,202 +41,292 @@ impl Default for DemoOptions {
 
 const SERVICES: [&str; 3] = ["notifications", "analytics", "recommendations"];
 
-/// Runs the demo.
+/// Where the settling of the published orders is: fulfilled plus dead-lettered, of those
+/// confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settling {
+    /// Orders fulfilled or dead-lettered so far.
+    pub settled: u64,
+    /// Orders the broker confirmed.
+    pub confirmed: u64,
+    /// Where the wait is.
+    pub phase: SettlingPhase,
+}
+
+/// What the demo is waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettlingPhase {
+    /// Orders are being handled.
+    Handling,
+    /// The last few orders wait for their retries (1 s / 10 s / 60 s back-off).
+    Retrying,
+    /// 180 s passed; the demo stops waiting.
+    GaveUp,
+}
+
+/// One worker's counts at the end of the demo.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerCounts {
+    /// `fulfillment#1` etc.
+    pub name: String,
+    /// Messages handled successfully.
+    pub handled: f64,
+    /// Messages dead-lettered.
+    pub dead_lettered: f64,
+}
+
+/// What the demo measured, for its summary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DemoSummary {
+    /// `producer orders`' summary, after `orders: `.
+    pub orders: String,
+    /// `producer activity`' summary, after `events: `.
+    pub events: String,
+    /// Orders the broker confirmed.
+    pub confirmed: u64,
+    /// Orders fulfilled by this run.
+    pub fulfilled: u64,
+    /// Orders dead-lettered (`orders.dead`) by this run.
+    pub dead: u64,
+    /// Retries, summed over the workers.
+    pub retried: f64,
+    /// From the first publish until every order was settled (or the demo gave up).
+    pub settled_after: Duration,
+    /// How long publishing took.
+    pub publish_took: Duration,
+    /// Per worker.
+    pub workers: Vec<WorkerCounts>,
+    /// Mails sent by this run.
+    pub mails: usize,
+    /// The file they are in.
+    pub outbox_file: PathBuf,
+    /// The recommendations service's answer for `cus_7`, if it answered.
+    pub sample_recommendation: Option<String>,
+    /// The analytics funnel (all runs), if the service answered.
+    pub funnel: Option<String>,
+}
+
+impl DemoSummary {
+    /// Whether every confirmed order was fulfilled or dead-lettered.
+    pub fn all_settled(&self) -> bool {
+        self.fulfilled + self.dead >= self.confirmed
+    }
+}
+
+/// Applies the topology of `settings` (the demo's first step).
 ///
 /// # Errors
-/// The broker is unreachable, a binary is missing, or a child failed to start.
-pub async fn run(
-    settings: &Settings,
-    options: DemoOptions,
-) -> anyhow::Result<std::process::ExitCode> {
+/// The topology cannot be loaded, the broker is unreachable, or a declaration failed.
+pub async fn apply_topology(settings: &Settings) -> anyhow::Result<ApplyReport> {
     let topology = Topology::load(&settings.topology)
         .with_context(|| format!("loading {}", settings.topology.display()))?;
     let conn = crate::broker::connect(&settings.amqp, "demo").await?;
-    let report = crate::topology::apply(&conn, &topology).await?;
-    println!(
-        "topology applied: {} created, {} unchanged, {} drifted",
-        report.created.len(),
-        report.unchanged.len(),
-        report.drift.len()
-    );
-    for drift in &report.drift {
-        println!(
-            "  drift: {}",
-            drift.describe(&settings.topology.display().to_string())
-        );
-    }
+    let report = crate::topology::apply(&conn, &topology).await;
     let _ = conn.close(200, "done".into()).await;
+    Ok(report?)
+}
 
-    let logs = settings.store.dir.join("demo-logs");
-    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    let store = FulfillmentStore::open(&settings.store).await?;
-    let fulfilled_before = store.counts().await?.fulfilled;
-    // One connection for every depth check of the run.
-    let probe = crate::broker::connect(&settings.amqp, "demo").await?;
-    let dead_before = queue_depth(&probe, "orders.dead").await?;
-    let mails_before = count_mails(&settings.mail.outbox);
+/// A running demo: its workers (child processes) and what it needs to measure them.
+pub struct Demo {
+    settings: Settings,
+    options: DemoOptions,
+    workers: Vec<ChildWorker>,
+    store: FulfillmentStore,
+    probe: lapin::Connection,
+    fulfilled_before: u64,
+    dead_before: u64,
+    mails_before: usize,
+    /// Where the workers' logs go.
+    pub logs: PathBuf,
+}
 
-    let mut workers = Vec::new();
-    for i in 1..=2 {
-        let args = vec![
-            "--carrier-failure-rate".to_owned(),
-            options.failure_rate.to_string(),
-        ];
-        workers.push(ChildWorker::spawn(
-            &format!("fulfillment#{i}"),
-            "fulfillment",
-            &args,
-            &[],
-            &logs.join(format!("fulfillment-{i}.log")),
-        )?);
+impl Demo {
+    /// Starts two fulfillment workers and one of each activity service, and waits until every
+    /// one is healthy.
+    ///
+    /// # Errors
+    /// The broker or the store is unreachable, a binary is missing, or a child failed to
+    /// start.
+    pub async fn start(settings: &Settings, options: DemoOptions) -> anyhow::Result<Self> {
+        let logs = settings.store.dir.join("demo-logs");
+        std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+        let store = FulfillmentStore::open(&settings.store).await?;
+        let fulfilled_before = store.counts().await?.fulfilled;
+        // One connection for every depth check of the run.
+        let probe = crate::broker::connect(&settings.amqp, "demo").await?;
+        let dead_before = queue_depth(&probe, "orders.dead").await?;
+        let mails_before = count_mails(&settings.mail.outbox);
+
+        let mut workers = Vec::new();
+        for i in 1..=2 {
+            let args = vec![
+                "--carrier-failure-rate".to_owned(),
+                options.failure_rate.to_string(),
+            ];
+            workers.push(ChildWorker::spawn(
+                &format!("fulfillment#{i}"),
+                "fulfillment",
+                &args,
+                &[],
+                &logs.join(format!("fulfillment-{i}.log")),
+            )?);
+        }
+        for service in SERVICES {
+            workers.push(ChildWorker::spawn(
+                service,
+                service,
+                &[],
+                &[],
+                &logs.join(format!("{service}.log")),
+            )?);
+        }
+        wait_healthy(&mut workers).await?;
+        Ok(Self {
+            settings: settings.clone(),
+            options,
+            workers,
+            store,
+            probe,
+            fulfilled_before,
+            dead_before,
+            mails_before,
+            logs,
+        })
     }
-    for service in SERVICES {
-        workers.push(ChildWorker::spawn(
-            service,
-            service,
-            &[],
-            &[],
-            &logs.join(format!("{service}.log")),
-        )?);
+
+    /// How many workers run.
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
     }
-    println!(
-        "started {} workers (logs in {})",
-        workers.len(),
-        logs.display()
-    );
-    wait_healthy(&mut workers).await?;
-    let publish_started = Instant::now();
 
-    let order_line = run_producer(&[
-        "orders",
-        "--count",
-        &options.orders.to_string(),
-        "--invalid-ratio",
-        &options.invalid_ratio.to_string(),
-    ])?;
-    let confirmed = first_number_before(&order_line, " confirmed").unwrap_or(0);
-    let event_line = run_producer(&["activity", "--count", &options.events.to_string()])?;
-    let publish_done = publish_started.elapsed();
+    /// Publishes the orders and events with the real `producer` (its progress bar on stderr),
+    /// waits until every confirmed order is fulfilled or dead-lettered (at most 180 s),
+    /// telling `progress`, and collects the summary.
+    ///
+    /// # Errors
+    /// `producer` failed, or the store or the broker cannot be read.
+    pub async fn run(&mut self, mut progress: impl FnMut(Settling)) -> anyhow::Result<DemoSummary> {
+        let publish_started = Instant::now();
+        let order_line = run_producer(&[
+            "orders",
+            "--count",
+            &self.options.orders.to_string(),
+            "--invalid-ratio",
+            &self.options.invalid_ratio.to_string(),
+        ])?;
+        let confirmed = first_number_before(&order_line, " confirmed").unwrap_or(0);
+        let event_line = run_producer(&["activity", "--count", &self.options.events.to_string()])?;
+        let publish_took = publish_started.elapsed();
 
-    let bar = ProgressBar::new(confirmed);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} settling orders {bar:30} {pos}/{len} ({elapsed}) {msg}",
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let (fulfilled, dead) = loop {
+            let fulfilled = self
+                .store
+                .counts()
+                .await?
+                .fulfilled
+                .saturating_sub(self.fulfilled_before);
+            let dead = queue_depth(&self.probe, "orders.dead")
+                .await?
+                .saturating_sub(self.dead_before);
+            let settled = fulfilled + dead;
+            let phase = if settled >= confirmed {
+                SettlingPhase::Handling
+            } else if Instant::now() > deadline {
+                SettlingPhase::GaveUp
+            } else if settled + 10 > confirmed {
+                SettlingPhase::Retrying
+            } else {
+                SettlingPhase::Handling
+            };
+            progress(Settling {
+                settled,
+                confirmed,
+                phase,
+            });
+            if settled >= confirmed || phase == SettlingPhase::GaveUp {
+                break (fulfilled, dead);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let settled_after = publish_started.elapsed();
+
+        // Let the activity services drain their queues before reading their numbers.
+        wait_queues_empty(
+            &self.probe,
+            &["activity.analytics", "activity.notifications"],
         )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let (fulfilled, dead) = loop {
-        let fulfilled = store
-            .counts()
-            .await?
-            .fulfilled
-            .saturating_sub(fulfilled_before);
-        let dead = queue_depth(&probe, "orders.dead")
-            .await?
-            .saturating_sub(dead_before);
-        bar.set_position(fulfilled + dead);
-        if fulfilled + dead >= confirmed {
-            break (fulfilled, dead);
+        .await;
+        let client = reqwest::Client::new();
+        let mut metrics = Vec::new();
+        for w in &self.workers {
+            let text = get_text(&client, &format!("http://{}/metrics", w.http))
+                .await
+                .unwrap_or_default();
+            metrics.push((w.name.clone(), text));
         }
-        if Instant::now() > deadline {
-            bar.abandon_with_message("gave up waiting after 180 s");
-            break (fulfilled, dead);
+        let retried: f64 = metrics
+            .iter()
+            .map(|(_, m)| metric_sum(m, "burrow_messages_total", &[("outcome", "retried")]))
+            .sum();
+        let workers = metrics
+            .iter()
+            .map(|(name, text)| WorkerCounts {
+                name: name.clone(),
+                handled: metric_sum(text, "burrow_messages_total", &[("outcome", "success")]),
+                dead_lettered: metric_sum(
+                    text,
+                    "burrow_messages_total",
+                    &[("outcome", "dead_lettered")],
+                ),
+            })
+            .collect();
+        let outbox = &self.settings.mail.outbox;
+        let mut sample_recommendation = None;
+        if let Some(w) = self.workers.iter().find(|w| w.name == "recommendations") {
+            let sample = get_text(&client, &format!("http://{}/recommendations/cus_7", w.http))
+                .await
+                .unwrap_or_default();
+            sample_recommendation = Some(sample.trim().to_owned());
         }
-        bar.set_message(if fulfilled + dead + 10 > confirmed {
-            "waiting for retries (1 s / 10 s / 60 s back-off)"
-        } else {
-            ""
-        });
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    bar.finish_and_clear();
-    let settled_after = publish_started.elapsed();
+        let mut funnel = None;
+        if let Some(w) = self.workers.iter().find(|w| w.name == "analytics") {
+            let stats = get_text(&client, &format!("http://{}/stats", w.http))
+                .await
+                .unwrap_or_default();
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&stats) {
+                funnel = Some(v.get("funnel").map(ToString::to_string).unwrap_or_default());
+            }
+        }
+        Ok(DemoSummary {
+            orders: order_line.trim().trim_start_matches("orders: ").to_owned(),
+            events: event_line.trim().trim_start_matches("events: ").to_owned(),
+            confirmed,
+            fulfilled,
+            dead,
+            retried,
+            settled_after,
+            publish_took,
+            workers,
+            mails: count_mails(outbox).saturating_sub(self.mails_before),
+            outbox_file: crate::notifications::outbox_file(outbox),
+            sample_recommendation,
+            funnel,
+        })
+    }
 
-    // Let the activity services drain their queues before reading their numbers.
-    wait_queues_empty(&probe, &["activity.analytics", "activity.notifications"]).await;
-    let _ = probe.close(200, "done".into()).await;
-    let client = reqwest::Client::new();
-    let mut metrics = Vec::new();
-    for w in &workers {
-        let text = get_text(&client, &format!("http://{}/metrics", w.http))
-            .await
-            .unwrap_or_default();
-        metrics.push((w.name.clone(), text));
-    }
-    let retried: f64 = metrics
-        .iter()
-        .map(|(_, m)| metric_sum(m, "burrow_messages_total", &[("outcome", "retried")]))
-        .sum();
-    println!();
-    println!("== burrow demo summary ==");
-    println!(
-        "orders:   {}",
-        order_line.trim().trim_start_matches("orders: ")
-    );
-    println!(
-        "events:   {}",
-        event_line.trim().trim_start_matches("events: ")
-    );
-    println!(
-        "settled:  {fulfilled} fulfilled, {dead} dead-lettered (orders.dead), {retried:.0} retries; all settled {:.1} s after the first publish ({:.0} orders/s end to end)",
-        settled_after.as_secs_f64(),
-        confirmed as f64 / settled_after.as_secs_f64().max(1e-9)
-    );
-    println!("publishing took {:.1} s", publish_done.as_secs_f64());
-    for (name, text) in &metrics {
-        let ok = metric_sum(text, "burrow_messages_total", &[("outcome", "success")]);
-        let failed = metric_sum(
-            text,
-            "burrow_messages_total",
-            &[("outcome", "dead_lettered")],
-        );
-        println!("  {name:<16} {ok:>6.0} handled, {failed:>4.0} dead-lettered");
-    }
-    let outbox = settings.mail.outbox.clone();
-    let mails = count_mails(&outbox).saturating_sub(mails_before);
-    println!(
-        "emails:   {mails} sent by this run, into {}",
-        crate::notifications::outbox_file(&outbox).display()
-    );
-    println!(
-        "UI:       {} (guest/guest) → Queues",
-        settings.management.url
-    );
-    if let Some(w) = workers.iter().find(|w| w.name == "recommendations") {
-        let sample = get_text(&client, &format!("http://{}/recommendations/cus_7", w.http))
-            .await
-            .unwrap_or_default();
-        println!("sample recommendation for cus_7: {}", sample.trim());
-    }
-    if let Some(w) = workers.iter().find(|w| w.name == "analytics") {
-        let stats = get_text(&client, &format!("http://{}/stats", w.http))
-            .await
-            .unwrap_or_default();
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&stats) {
-            println!(
-                "funnel (all runs, persisted): {}",
-                v.get("funnel").map(ToString::to_string).unwrap_or_default()
-            );
+    /// Stops every worker (SIGTERM, then a kill after 15 s), calling `stopped` with each name
+    /// and exit code (`None`: killed). Returns whether every one exited 0.
+    pub async fn stop(mut self, mut stopped: impl FnMut(&str, Option<i32>)) -> bool {
+        let _ = self.probe.close(200, "done".into()).await;
+        let mut clean = true;
+        for w in &mut self.workers {
+            let code = w.stop(Duration::from_secs(15));
+            clean &= code == Some(0);
+            stopped(&w.name, code);
         }
+        clean
     }
-    println!("inspect:  burrow status · burrow dlq list");
-
-    let mut clean = true;
-    for w in &mut workers {
-        let code = w.stop(Duration::from_secs(15));
-        clean &= code == Some(0);
-        println!(
-            "stopped {:<16} exit {}",
-            w.name,
-            code.map_or("killed".to_owned(), |c| c.to_string())
-        );
-    }
-    Ok(if clean && fulfilled + dead >= confirmed {
-        std::process::ExitCode::SUCCESS
-    } else {
-        std::process::ExitCode::FAILURE
-    })
 }
 
 async fn wait_healthy(workers: &mut [ChildWorker]) -> anyhow::Result<()> {

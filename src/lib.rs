@@ -16,8 +16,10 @@
 //! - [`producer`]: the library of the `producer` binary: the order service and the activity and
 //!   inventory publishers of the shop, all sending through [`publisher`].
 //! - [`service`]: runs one service as a worker process; [`http`] and [`metrics`] serve it.
-//! - [`status`]: `burrow status`; [`dlq`]: `burrow dlq list|show|replay|purge`.
-//! - [`cli`]: errors as one line and an exit code, shared by the binaries.
+//! - [`status`]: the status of a vhost; [`dlq`]: dead letters (list, show, replay, purge);
+//!   [`demo`]: the whole shop on one machine.
+//! - [`cli`]: the command layer, the only module that prints: tables, JSON, progress bars and
+//!   exit codes over what the library returns, shared by the binaries.
 //! - [`telemetry`]: the one tracing setup; [`shutdown`]: SIGINT/SIGTERM.
 
 pub mod analytics;

@@ -1,23 +1,18 @@
-//! `burrow status`: every queue of the topology as the management API sees it — depth (ready and
-//! unacked), consumers, publish/deliver/ack rates — with dead letters highlighted and drift
-//! between the topology file and the broker listed below the table. Once, `--watch`ed, or as
-//! JSON.
+//! The status of a vhost: every queue of the topology as the management API sees it — depth
+//! (ready and unacked), consumers, publish/deliver/ack rates — which queues hold dead letters,
+//! and the drift between the topology file and the broker, as a [`StatusReport`]
+//! (`burrow status` prints it: [`crate::cli::status`]).
 //!
-//! The JSON document (`--json`) is a stable interface for scripts:
+//! Its JSON form (`burrow status --json`) is a stable interface for scripts:
 //! `{"vhost", "queues": [{"name", "type", "present", "ready", "unacked", "consumers",
 //! "publish_rate", "deliver_rate", "ack_rate", "dead_letter"}], "dead_letters", "drift": [..]}`.
 //! Counts and rates of a queue missing on the broker are `null`.
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::Path;
-use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Color, Table};
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
 use crate::management::{Management, QueueInfo};
 use crate::settings::Settings;
@@ -62,15 +57,38 @@ pub struct StatusReport {
     pub drift: Vec<String>,
 }
 
-/// Options of `burrow status`.
-#[derive(Debug, Clone)]
-pub struct StatusOptions {
-    /// Redraw every `interval` until interrupted.
-    pub watch: bool,
-    /// The refresh interval of `watch`.
-    pub interval: Duration,
-    /// Print JSON instead of a table.
-    pub json: bool,
+/// Reads the status of the configured vhost against one topology file, again and again
+/// (`--watch`): the file is loaded and the management client built once.
+pub struct StatusProbe {
+    management: Management,
+    vhost: String,
+    topology: Topology,
+    source: String,
+}
+
+impl StatusProbe {
+    /// Loads the topology `file` and builds the management client of `settings`.
+    ///
+    /// # Errors
+    /// An invalid topology file or management settings.
+    pub fn new(settings: &Settings, file: &Path) -> anyhow::Result<Self> {
+        let topology =
+            Topology::load(file).with_context(|| format!("loading topology {}", file.display()))?;
+        Ok(Self {
+            management: Management::new(&settings.management, &settings.amqp)?,
+            vhost: settings.amqp.url.vhost(),
+            topology,
+            source: file.display().to_string(),
+        })
+    }
+
+    /// The status now.
+    ///
+    /// # Errors
+    /// The management API cannot be read.
+    pub async fn read(&self) -> anyhow::Result<StatusReport> {
+        collect(&self.management, &self.vhost, &self.topology, &self.source).await
+    }
 }
 
 /// The queues that collect dead letters: those bound to an exchange that some queue of the
@@ -122,7 +140,7 @@ pub async fn collect(
     Ok(report)
 }
 
-fn queue_status(
+pub(crate) fn queue_status(
     name: &str,
     kind: &str,
     dead_letter: bool,
@@ -148,121 +166,6 @@ fn queue_status(
     }
 }
 
-/// The report as a table for a terminal, dead letters in red, drift listed below.
-pub fn render(report: &StatusReport) -> String {
-    let mut table = Table::new();
-    table.load_style(UTF8_FULL_CONDENSED).set_header(vec![
-        "queue",
-        "type",
-        "ready",
-        "unacked",
-        "consumers",
-        "publish/s",
-        "deliver/s",
-        "ack/s",
-    ]);
-    for q in &report.queues {
-        let count = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |n| n.to_string());
-        let rate = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |r| format!("{r:.1}"));
-        let name = if q.present {
-            Cell::new(&q.name)
-        } else {
-            Cell::new(format!("{} (missing)", q.name)).fg(Color::Yellow)
-        };
-        let mut ready = Cell::new(count(q.ready)).set_alignment(CellAlignment::Right);
-        if q.dead_letter && q.ready.unwrap_or(0) > 0 {
-            ready = ready.fg(Color::Red);
-        }
-        table.add_row(vec![
-            name,
-            Cell::new(&q.kind),
-            ready,
-            Cell::new(count(q.unacked)).set_alignment(CellAlignment::Right),
-            Cell::new(count(q.consumers)).set_alignment(CellAlignment::Right),
-            Cell::new(rate(q.publish_rate)).set_alignment(CellAlignment::Right),
-            Cell::new(rate(q.deliver_rate)).set_alignment(CellAlignment::Right),
-            Cell::new(rate(q.ack_rate)).set_alignment(CellAlignment::Right),
-        ]);
-    }
-    let mut out = format!("vhost '{}'\n{table}\n", report.vhost);
-    if report.dead_letters > 0 {
-        let queues: Vec<&str> = report
-            .queues
-            .iter()
-            .filter(|q| q.dead_letter && q.ready.unwrap_or(0) + q.unacked.unwrap_or(0) > 0)
-            .map(|q| q.name.as_str())
-            .collect();
-        out.push_str(&format!(
-            "dead letters: {} waiting in {} (see `burrow dlq list`)\n",
-            report.dead_letters,
-            queues.join(", ")
-        ));
-    } else {
-        out.push_str("dead letters: none\n");
-    }
-    if report.drift.is_empty() {
-        out.push_str("drift: none\n");
-    } else {
-        for d in &report.drift {
-            out.push_str(&format!("drift: {d}\n"));
-        }
-    }
-    out
-}
-
-/// Runs `burrow status` against the topology file `file`. Exit code 1 when the broker drifted
-/// from the file (as `burrow topology verify`), 0 otherwise; `--watch` runs until `shutdown`.
-///
-/// # Errors
-/// An invalid topology file or an unreadable management API.
-pub async fn run(
-    settings: &Settings,
-    file: &Path,
-    options: &StatusOptions,
-    shutdown: CancellationToken,
-) -> anyhow::Result<ExitCode> {
-    let topology =
-        Topology::load(file).with_context(|| format!("loading topology {}", file.display()))?;
-    let management = Management::new(&settings.management, &settings.amqp)?;
-    let vhost = settings.amqp.url.vhost();
-    let source = file.display().to_string();
-    loop {
-        let report = collect(&management, &vhost, &topology, &source).await?;
-        let text = if options.json {
-            let mut t = serde_json::to_string_pretty(&report)?;
-            t.push('\n');
-            t
-        } else {
-            render(&report)
-        };
-        let mut stdout = std::io::stdout().lock();
-        if options.watch && !options.json {
-            // Clear the screen and home the cursor, then redraw.
-            write!(stdout, "\x1b[2J\x1b[H")?;
-            writeln!(
-                stdout,
-                "burrow status — every {}s, Ctrl-C to stop — {}",
-                options.interval.as_secs_f64(),
-                chrono::Local::now().format("%H:%M:%S")
-            )?;
-        }
-        stdout.write_all(text.as_bytes())?;
-        stdout.flush()?;
-        drop(stdout);
-        if !options.watch {
-            return Ok(if report.drift.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            });
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
-            () = tokio::time::sleep(options.interval) => {}
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,24 +180,5 @@ mod tests {
         let mut names: Vec<_> = dead.into_iter().collect();
         names.sort();
         assert_eq!(names, vec!["activity.dead", "orders.dead"]);
-    }
-
-    #[test]
-    fn missing_queue_renders_as_missing_with_null_counts() {
-        let s = queue_status("orders.dead", "quorum", true, None);
-        assert!(!s.present);
-        assert_eq!(s.ready, None);
-        let report = StatusReport {
-            vhost: "/".into(),
-            queues: vec![s],
-            dead_letters: 0,
-            drift: vec!["queue 'orders.dead': missing".into()],
-        };
-        let text = render(&report);
-        assert!(text.contains("orders.dead (missing)"), "{text}");
-        assert!(text.contains("drift: queue 'orders.dead'"), "{text}");
-        let json = serde_json::to_value(&report).unwrap();
-        assert_eq!(json["queues"][0]["ready"], serde_json::Value::Null);
-        assert_eq!(json["queues"][0]["present"], false);
     }
 }

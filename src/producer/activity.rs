@@ -2,15 +2,13 @@
 //! (`producer activity --count N`), and the inventory service (`producer inventory`).
 
 use std::collections::HashSet;
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{event_message, CATALOGUE};
+use super::{event_message, publish_confirmed, PublishProgress, CATALOGUE};
 use crate::broker;
 use crate::message::{new_id, ActivityEvent, EventKind};
 use crate::publisher::{self, BulkPublisher, Confirm};
@@ -153,50 +151,51 @@ impl EventSpec {
     }
 }
 
-/// Publishes `event` confirmed and mandatory; prints its `event_id` on success.
+/// Publishes `event` confirmed and mandatory.
 ///
 /// # Errors
-/// The broker is unreachable.
-pub async fn publish_event(settings: &Settings, event: &ActivityEvent) -> anyhow::Result<ExitCode> {
+/// The broker is unreachable, or it did not confirm the event (a
+/// [`PublishError`](super::PublishError)).
+pub async fn publish_event(settings: &Settings, event: &ActivityEvent) -> anyhow::Result<()> {
     let conn = broker::connect(&settings.amqp, "producer").await?;
     let channel = publisher::confirm_channel(&conn)
         .await
         .context("opening a confirm channel")?;
     let timeout = Duration::from_millis(settings.producer.confirm_timeout_ms);
     let msg = event_message(event, Some(&super::new_traceparent()));
-    let code = match publisher::publish_one(&channel, &msg, timeout).await {
-        Ok(Confirm::Confirmed) => {
-            println!("{}", event.event_id);
-            ExitCode::SUCCESS
-        }
-        Ok(Confirm::Nacked) => {
-            eprintln!(
-                "error: the broker refused the event {} (nack)",
-                event.event_id
-            );
-            ExitCode::FAILURE
-        }
-        Ok(Confirm::Returned(reason)) => {
-            eprintln!(
-                "error: the event {} was unroutable ({reason}): no queue is bound to '{}'; run `burrow topology apply`",
-                event.event_id, msg.exchange
-            );
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!(
-                "error: the event {} was not confirmed: {e:#}",
-                event.event_id
-            );
-            ExitCode::FAILURE
-        }
-    };
+    let destination = format!("'{}'", msg.exchange);
+    let result = publish_confirmed(
+        &channel,
+        &msg,
+        timeout,
+        "event",
+        &event.event_id,
+        destination,
+    )
+    .await;
     let _ = conn.close(200, "done".into()).await;
-    Ok(code)
+    Ok(result?)
 }
 
-/// Publishes `count` generated events through a window of pipelined confirms with a progress
-/// bar, and prints confirmed/failed counts and the rate. Exit code 1 if any was not confirmed.
+/// Counts of one bulk publish of generated events.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct ActivityTally {
+    /// Events planned.
+    pub count: u64,
+    /// Events confirmed.
+    pub confirmed: u64,
+    /// Events nacked.
+    pub nacked: u64,
+    /// Events returned unroutable.
+    pub returned: u64,
+    /// Messages re-sent after a lost connection.
+    pub resent: u64,
+    /// Seconds the publish took.
+    pub seconds: f64,
+}
+
+/// Publishes `count` generated events through a window of pipelined confirms, telling
+/// `progress` as events are confirmed, and returns the tally.
 ///
 /// # Errors
 /// The broker is unreachable.
@@ -204,47 +203,31 @@ pub async fn publish_activity(
     settings: &Settings,
     count: u64,
     rate: Option<f64>,
-) -> anyhow::Result<ExitCode> {
+    progress: &dyn PublishProgress,
+) -> anyhow::Result<ActivityTally> {
     let pool = broker::pool(&settings.amqp, "producer")?;
     drop(pool.connection().await?);
-    let bar = ProgressBar::new(count);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} events confirmed ({per_sec}) {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    progress.start(Some(count));
     let mut generator = ActivityGenerator::default();
     let messages = (0..count).map(move |_| event_message(&generator.next_event(), None));
     let started = Instant::now();
-    let (mut confirmed, mut nacked, mut returned) = (0u64, 0u64, 0u64);
+    let mut tally = ActivityTally {
+        count,
+        ..ActivityTally::default()
+    };
     let report = BulkPublisher::new(pool, settings.producer.confirm_window, rate)
         .run(messages, |_, fate| match fate {
             Confirm::Confirmed => {
-                confirmed += 1;
-                bar.inc(1);
+                tally.confirmed += 1;
+                progress.confirmed();
             }
-            Confirm::Nacked => nacked += 1,
-            Confirm::Returned(_) => returned += 1,
+            Confirm::Nacked => tally.nacked += 1,
+            Confirm::Returned(_) => tally.returned += 1,
         })
         .await?;
-    bar.finish_and_clear();
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "events: {confirmed} confirmed, {} failed ({nacked} nacked, {returned} returned); {} re-sent; {:.0} events/s over {:.1}s",
-        nacked + returned,
-        report.resent,
-        confirmed as f64 / secs.max(1e-9),
-        secs
-    );
-    if returned > 0 {
-        eprintln!("error: {returned} events were unroutable: run `burrow topology apply`");
-    }
-    Ok(if confirmed == count {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    tally.resent = report.resent;
+    tally.seconds = started.elapsed().as_secs_f64();
+    Ok(tally)
 }
 
 /// The `inventory.changed` event of `sku` now at `stock`, `delta` units up or down from before.

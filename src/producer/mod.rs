@@ -1,16 +1,15 @@
 //! The order service and the other publishers: one order (`producer order`), many generated or
 //! read from a file (`producer orders`), each with its `order.placed` event; activity events and
-//! inventory changes ([`activity`]); all confirmed and mandatory.
+//! inventory changes ([`activity`]); all confirmed and mandatory. The functions return what
+//! happened; `producer` ([`crate::cli::producer`]) prints it.
 
 pub mod activity;
 mod generate;
 
 use std::io::BufRead;
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
 use lapin::types::FieldTable;
 
 pub use generate::{Generated, OrderGenerator, CATALOGUE};
@@ -121,72 +120,151 @@ pub fn check_size(what: &str, id: &str, body: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// Publishes one order, waits for its confirm and prints its id.
+/// Why an order or event was not published.
+///
+/// The command layer branches on it: [`PublishError::Invalid`] is the caller's input (exit 2,
+/// nothing was sent), the others are the broker's answer (exit 1); see
+/// [`crate::cli::exit_code`].
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The input breaks a rule or is too large; nothing was sent.
+    #[error("{0}")]
+    Invalid(String),
+    /// The broker refused the message (`basic.nack`).
+    #[error("the broker refused the {what} {id} (nack)")]
+    Nacked {
+        /// `order`, `order.placed event` or `event`.
+        what: &'static str,
+        /// The order or event id.
+        id: String,
+    },
+    /// No queue is bound for the message (returned as mandatory).
+    #[error("the {what} {id} was unroutable ({reason}): no queue is bound to {destination}; run `burrow topology apply`")]
+    Unroutable {
+        /// `order`, `order.placed event` or `event`.
+        what: &'static str,
+        /// The order or event id.
+        id: String,
+        /// The broker's reply text.
+        reason: String,
+        /// Where it was sent, as said to the user (`'orders' with key 'order.placed'`).
+        destination: String,
+    },
+    /// No confirm came (the channel failed or the confirm timed out).
+    #[error("the {what} {id} was not confirmed")]
+    NotConfirmed {
+        /// `order`, `order.placed event` or `event`.
+        what: &'static str,
+        /// The order or event id.
+        id: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Publishes `msg` and waits for its confirm; anything but a confirm is a [`PublishError`].
+pub(crate) async fn publish_confirmed(
+    channel: &lapin::Channel,
+    msg: &Outgoing,
+    timeout: Duration,
+    what: &'static str,
+    id: &str,
+    destination: String,
+) -> Result<(), PublishError> {
+    let id = id.to_owned();
+    match publisher::publish_one(channel, msg, timeout).await {
+        Ok(Confirm::Confirmed) => Ok(()),
+        Ok(Confirm::Nacked) => Err(PublishError::Nacked { what, id }),
+        Ok(Confirm::Returned(reason)) => Err(PublishError::Unroutable {
+            what,
+            id,
+            reason: reason.to_string(),
+            destination,
+        }),
+        Err(e) => Err(PublishError::NotConfirmed {
+            what,
+            id,
+            source: e.into(),
+        }),
+    }
+}
+
+/// What [`place_order`] did: whether the order was confirmed, and the first failure (of the
+/// order, or of its `order.placed` event after the order was confirmed).
+#[derive(Debug)]
+pub struct OrderPlacement {
+    /// The order's id.
+    pub order_id: String,
+    /// Whether the broker confirmed the order itself.
+    pub order_confirmed: bool,
+    /// What went wrong, if anything; nothing more was sent after it.
+    pub failure: Option<PublishError>,
+}
+
+/// Publishes one order (and, when `events`, its `order.placed` event), each waiting for its
+/// confirm.
 ///
 /// # Errors
-/// The broker is unreachable (one clear line).
+/// The order is invalid or too large ([`PublishError::Invalid`], nothing sent), or the broker
+/// is unreachable.
 pub async fn place_order(
     settings: &Settings,
     order: Order,
     events: bool,
-) -> anyhow::Result<ExitCode> {
-    if let Err(e) = order.validate() {
-        eprintln!("error: {e}");
-        return Ok(ExitCode::from(2));
-    }
+) -> anyhow::Result<OrderPlacement> {
+    order
+        .validate()
+        .map_err(|e| PublishError::Invalid(e.to_string()))?;
     let messages = order_messages(&order, events);
-    if let Err(e) = messages
+    messages
         .iter()
         .try_for_each(|m| check_size("order", &order.order_id, &m.body))
-    {
-        eprintln!("error: {e}");
-        return Ok(ExitCode::from(2));
-    }
+        .map_err(PublishError::Invalid)?;
     crate::broker_version::log(settings, "producer").await;
     let conn = broker::connect(&settings.amqp, "producer").await?;
     let channel = publisher::confirm_channel(&conn)
         .await
         .context("opening a confirm channel")?;
     let timeout = Duration::from_millis(settings.producer.confirm_timeout_ms);
-    let mut code = ExitCode::SUCCESS;
+    let mut placement = OrderPlacement {
+        order_id: order.order_id.clone(),
+        order_confirmed: false,
+        failure: None,
+    };
     for msg in messages {
         let what = if msg.label == LABEL_ORDER {
             "order"
         } else {
             "order.placed event"
         };
-        match publisher::publish_one(&channel, &msg, timeout).await {
-            Ok(Confirm::Confirmed) if msg.label == LABEL_ORDER => println!("{}", order.order_id),
-            Ok(Confirm::Confirmed) => {}
-            Ok(Confirm::Nacked) => {
-                eprintln!(
-                    "error: the broker refused the {what} {} (nack)",
-                    order.order_id
-                );
-                code = ExitCode::FAILURE;
-            }
-            Ok(Confirm::Returned(reason)) => {
-                eprintln!(
-                    "error: the {what} {} was unroutable ({reason}): no queue is bound to '{}' with key '{}'; run `burrow topology apply`",
-                    order.order_id, msg.exchange, msg.routing_key
-                );
-                code = ExitCode::FAILURE;
-            }
+        let destination = format!("'{}' with key '{}'", msg.exchange, msg.routing_key);
+        match publish_confirmed(&channel, &msg, timeout, what, &order.order_id, destination).await {
+            Ok(()) if msg.label == LABEL_ORDER => placement.order_confirmed = true,
+            Ok(()) => {}
             Err(e) => {
-                eprintln!(
-                    "error: the {what} {} was not confirmed: {e:#}",
-                    order.order_id
-                );
-                code = ExitCode::FAILURE;
+                placement.failure = Some(e);
+                break;
             }
-        }
-        if code != ExitCode::SUCCESS {
-            break;
         }
     }
     let _ = conn.close(200, "done".into()).await;
-    Ok(code)
+    Ok(placement)
 }
+
+/// What a bulk publish reports while it runs; the command layer shows it as a progress bar.
+/// Every method does nothing by default.
+pub trait PublishProgress: Sync {
+    /// The publish starts; `total` messages are planned, when known.
+    fn start(&self, _total: Option<u64>) {}
+    /// One more order (or event) was confirmed.
+    fn confirmed(&self) {}
+    /// An input line was skipped, and why (`line 3: …`).
+    fn skipped(&self, _reason: &str) {}
+}
+
+/// No progress reported.
+impl PublishProgress for () {}
 
 /// Where `producer orders` takes its orders from.
 #[derive(Debug, Clone)]
@@ -208,9 +286,9 @@ enum Planned {
     Invalid { order_id: String, body: Vec<u8> },
 }
 
-/// Counts of one bulk publish.
+/// Counts of one bulk publish of orders.
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
-pub struct Tally {
+pub struct PublishTally {
     /// Orders confirmed.
     pub confirmed: u64,
     /// Orders nacked.
@@ -225,10 +303,19 @@ pub struct Tally {
     pub skipped_lines: u64,
     /// Messages re-sent after a lost connection.
     pub resent: u64,
+    /// Seconds the publish took.
+    pub seconds: f64,
 }
 
-/// Publishes many orders through a window of pipelined confirms with a progress bar, and prints
-/// the tally. Exit code 1 if any order was not confirmed or any input line was skipped.
+impl PublishTally {
+    /// Whether every order was confirmed and every input line read.
+    pub fn ok(&self) -> bool {
+        self.nacked == 0 && self.returned == 0 && self.skipped_lines == 0
+    }
+}
+
+/// Publishes many orders through a window of pipelined confirms, telling `progress` as orders
+/// are confirmed and input lines skipped, and returns the tally.
 ///
 /// # Errors
 /// The broker is unreachable or the file cannot be read.
@@ -237,13 +324,14 @@ pub async fn publish_orders(
     source: OrderSource,
     rate: Option<f64>,
     events: bool,
-) -> anyhow::Result<ExitCode> {
+    progress: &dyn PublishProgress,
+) -> anyhow::Result<PublishTally> {
     let pool = broker::pool(&settings.amqp, "producer")?;
     // Fail fast with one line when the broker is not there at all.
     drop(pool.connection().await?);
     let (total, planned): (
         Option<u64>,
-        Box<dyn Iterator<Item = Result<Planned, String>> + Send>,
+        Box<dyn Iterator<Item = Result<Planned, String>> + Send + '_>,
     ) = match source {
         OrderSource::Generate {
             count,
@@ -277,18 +365,9 @@ pub async fn publish_orders(
             )
         }
     };
-    let bar = match total {
-        Some(n) => ProgressBar::new(n),
-        None => ProgressBar::new_spinner(),
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} orders confirmed ({per_sec}) {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    progress.start(total);
     let skipped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let (skipped_in, bar_in) = (skipped.clone(), bar.clone());
+    let skipped_in = skipped.clone();
     let messages = planned.flat_map(move |item| match item {
         Ok(Planned::Order(order)) => order_messages(&order, events),
         Ok(Planned::Invalid { order_id, body }) => vec![Outgoing {
@@ -300,19 +379,19 @@ pub async fn publish_orders(
         }],
         Err(reason) => {
             skipped_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            bar_in.suspend(|| eprintln!("skipped {reason}"));
+            progress.skipped(&reason);
             Vec::new()
         }
     });
     let started = Instant::now();
-    let mut tally = Tally::default();
+    let mut tally = PublishTally::default();
     let publisher = BulkPublisher::new(pool, settings.producer.confirm_window, rate)
         .confirm_timeout(Duration::from_millis(settings.producer.confirm_timeout_ms));
     let report = publisher
         .run(messages, |msg, fate| match (msg.label, fate) {
             (LABEL_ORDER, Confirm::Confirmed) => {
                 tally.confirmed += 1;
-                bar.inc(1);
+                progress.confirmed();
             }
             (LABEL_ORDER, Confirm::Nacked) => tally.nacked += 1,
             (LABEL_ORDER, Confirm::Returned(_)) => tally.returned += 1,
@@ -320,34 +399,10 @@ pub async fn publish_orders(
             _ => tally.events_failed += 1,
         })
         .await?;
-    bar.finish_and_clear();
     tally.resent = report.resent + report.nack_resends;
     tally.skipped_lines = skipped.load(std::sync::atomic::Ordering::Relaxed);
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "orders: {} confirmed, {} nacked, {} returned; events: {} confirmed, {} failed; {} lines skipped; {} re-sent; {:.0} orders/s over {:.1}s",
-        tally.confirmed,
-        tally.nacked,
-        tally.returned,
-        tally.events_confirmed,
-        tally.events_failed,
-        tally.skipped_lines,
-        tally.resent,
-        tally.confirmed as f64 / secs.max(1e-9),
-        secs
-    );
-    if tally.returned > 0 {
-        eprintln!(
-            "error: {} orders were unroutable: run `burrow topology apply`",
-            tally.returned
-        );
-    }
-    let ok = tally.nacked == 0 && tally.returned == 0 && tally.skipped_lines == 0;
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    tally.seconds = started.elapsed().as_secs_f64();
+    Ok(tally)
 }
 
 /// Reads JSON-lines orders; a line that is not a valid order becomes an error naming its number.

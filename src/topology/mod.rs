@@ -8,9 +8,9 @@
 //! - [`verify`]: checking a broker through the management API.
 //! - [`export`]: the definitions document (users with salted SHA-256 password hashes).
 //! - [`users`]: creating the users and permissions through the management API.
-//! - [`command`]: `burrow topology apply|verify|export`.
+//! - [`actions`]: apply, verify or export a topology file against the configured broker.
 
-pub mod command;
+pub mod actions;
 pub mod declare;
 pub mod definition;
 pub mod drift;

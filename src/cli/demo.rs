@@ -1,0 +1,120 @@
+//! `burrow demo`: prints each step of [`crate::demo`] (topology applied, workers started, a
+//! progress bar while the orders settle, the summary, the workers stopping); exit code 1
+//! unless every order settled and every worker stopped cleanly.
+
+use std::process::ExitCode;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::demo::{self, Demo, DemoOptions, DemoSummary, SettlingPhase};
+use crate::settings::Settings;
+
+/// Runs the demo.
+///
+/// # Errors
+/// As [`demo::apply_topology`], [`Demo::start`] and [`Demo::run`].
+pub async fn run(settings: &Settings, options: DemoOptions) -> anyhow::Result<ExitCode> {
+    let report = demo::apply_topology(settings).await?;
+    println!(
+        "topology applied: {} created, {} unchanged, {} drifted",
+        report.created.len(),
+        report.unchanged.len(),
+        report.drift.len()
+    );
+    for drift in &report.drift {
+        println!(
+            "  drift: {}",
+            drift.describe(&settings.topology.display().to_string())
+        );
+    }
+    let mut running = Demo::start(settings, options).await?;
+    println!(
+        "started {} workers (logs in {})",
+        running.worker_count(),
+        running.logs.display()
+    );
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} settling orders {bar:30} {pos}/{len} ({elapsed}) {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let summary = running
+        .run(|s| {
+            bar.set_length(s.confirmed);
+            bar.set_position(s.settled);
+            match s.phase {
+                SettlingPhase::Handling => bar.set_message(""),
+                SettlingPhase::Retrying => {
+                    bar.set_message("waiting for retries (1 s / 10 s / 60 s back-off)");
+                }
+                SettlingPhase::GaveUp => bar.abandon_with_message("gave up waiting after 180 s"),
+            }
+        })
+        .await;
+    bar.finish_and_clear();
+    let summary = summary?;
+    print!("{}", render_summary(&summary, settings));
+    let clean = running
+        .stop(|name, code| {
+            println!(
+                "stopped {name:<16} exit {}",
+                code.map_or("killed".to_owned(), |c| c.to_string())
+            );
+        })
+        .await;
+    Ok(if clean && summary.all_settled() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The summary block, from the blank line before `== burrow demo summary ==` to `inspect:`.
+pub fn render_summary(s: &DemoSummary, settings: &Settings) -> String {
+    let mut out = String::new();
+    let mut line = |text: String| {
+        out.push_str(&text);
+        out.push('\n');
+    };
+    line(String::new());
+    line("== burrow demo summary ==".into());
+    line(format!("orders:   {}", s.orders));
+    line(format!("events:   {}", s.events));
+    line(format!(
+        "settled:  {} fulfilled, {} dead-lettered (orders.dead), {:.0} retries; all settled {:.1} s after the first publish ({:.0} orders/s end to end)",
+        s.fulfilled,
+        s.dead,
+        s.retried,
+        s.settled_after.as_secs_f64(),
+        s.confirmed as f64 / s.settled_after.as_secs_f64().max(1e-9)
+    ));
+    line(format!(
+        "publishing took {:.1} s",
+        s.publish_took.as_secs_f64()
+    ));
+    for w in &s.workers {
+        line(format!(
+            "  {:<16} {:>6.0} handled, {:>4.0} dead-lettered",
+            w.name, w.handled, w.dead_lettered
+        ));
+    }
+    line(format!(
+        "emails:   {} sent by this run, into {}",
+        s.mails,
+        s.outbox_file.display()
+    ));
+    line(format!(
+        "UI:       {} (guest/guest) → Queues",
+        settings.management.url
+    ));
+    if let Some(sample) = &s.sample_recommendation {
+        line(format!("sample recommendation for cus_7: {sample}"));
+    }
+    if let Some(funnel) = &s.funnel {
+        line(format!("funnel (all runs, persisted): {funnel}"));
+    }
+    line("inspect:  burrow status · burrow dlq list".into());
+    out
+}
