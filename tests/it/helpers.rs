@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use burrow::settings::{encode_vhost, SecretUrl, Settings};
+use burrow::management::{Management, QueueInfo};
+use burrow::settings::{SecretUrl, Settings};
 
 pub use crate::common::{fast_topology_text, order_body, wait_for};
 
@@ -20,14 +21,12 @@ pub const ONE_ORDER: [&str; 7] = [
     "SKU-1:2:1999",
 ];
 
-/// A vhost that exists for one test and is deleted when dropped.
+/// A vhost that exists for one test and is deleted when dropped, made and inspected through
+/// the one management client ([`burrow::management::Management`]).
 pub struct TestVhost {
     pub name: String,
     pub settings: Settings,
-    http: reqwest::Client,
-    api: String,
-    user: String,
-    password: String,
+    management: Management,
 }
 
 impl TestVhost {
@@ -38,37 +37,20 @@ impl TestVhost {
             "burrow-test-{label}-{}",
             ulid::Ulid::new().to_string().to_lowercase()
         );
-        let api = settings
-            .management
-            .url
-            .expose()
-            .trim_end_matches('/')
-            .to_owned();
+        let management =
+            Management::new(&settings.management, &settings.amqp).expect("management client");
         let user = settings
             .amqp
             .url
             .username()
             .unwrap_or_else(|| "guest".into());
-        let password = settings
-            .amqp
-            .url
-            .password()
-            .unwrap_or_else(|| "guest".into());
-        let http = reqwest::Client::new();
-        let vhost = encode_vhost(&name);
-        http.put(format!("{api}/api/vhosts/{vhost}"))
-            .basic_auth(&user, Some(&password))
-            .json(&serde_json::json!({}))
-            .send()
+        management
+            .put_vhost(&name)
             .await
-            .and_then(|r| r.error_for_status())
             .expect("creating test vhost (is the management plugin enabled?)");
-        http.put(format!("{api}/api/permissions/{vhost}/{user}"))
-            .basic_auth(&user, Some(&password))
-            .json(&serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}))
-            .send()
+        management
+            .put_permissions(&name, &user, ".*", ".*", ".*")
             .await
-            .and_then(|r| r.error_for_status())
             .expect("granting permissions on test vhost");
         settings.amqp.url = settings.amqp.url.with_vhost(&name);
         settings.store.dir = std::env::temp_dir().join(&name);
@@ -78,10 +60,7 @@ impl TestVhost {
         Self {
             name,
             settings,
-            http,
-            api,
-            user,
-            password,
+            management,
         }
     }
 
@@ -90,39 +69,68 @@ impl TestVhost {
         &self.settings.amqp.url
     }
 
-    /// GET a management API path, e.g. `/api/queues/{vhost}/orders.dead`, as JSON.
-    pub async fn api_get(&self, path: &str) -> serde_json::Value {
-        let path = path.replace("{vhost}", &encode_vhost(&self.name));
-        self.http
-            .get(format!("{}{}", self.api, path))
-            .basic_auth(&self.user, Some(&self.password))
-            .send()
+    /// A management API client acting as the configured (administrator) user.
+    pub fn management(&self) -> Management {
+        self.management.clone()
+    }
+
+    /// `queue` of this vhost as the management API shows it; panics when it does not exist.
+    pub async fn queue_info(&self, queue: &str) -> QueueInfo {
+        self.management
+            .queue(&self.name, queue)
             .await
-            .and_then(|r| r.error_for_status())
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
-            .json()
+            .unwrap_or_else(|e| panic!("reading queue {queue}: {e}"))
+            .unwrap_or_else(|| panic!("queue {queue} does not exist"))
+    }
+
+    /// Deletes `queue` of this vhost through the management API.
+    pub async fn delete_queue(&self, queue: &str) {
+        self.management
+            .delete_queue(&self.name, queue)
             .await
-            .expect("json")
+            .unwrap_or_else(|e| panic!("deleting queue {queue}: {e}"));
+    }
+
+    /// Deletes `exchange` of this vhost through the management API.
+    pub async fn delete_exchange(&self, exchange: &str) {
+        self.management
+            .delete_exchange(&self.name, exchange)
+            .await
+            .unwrap_or_else(|e| panic!("deleting exchange {exchange}: {e}"));
+    }
+
+    /// Closes every client connection to this vhost, as an operator (or a node restart)
+    /// would; returns how many there were.
+    pub async fn close_connections(&self) -> usize {
+        let connections = self
+            .management
+            .connections(&self.name)
+            .await
+            .expect("listing connections");
+        for c in &connections {
+            self.management
+                .close_connection(&c.name)
+                .await
+                .unwrap_or_else(|e| panic!("closing connection {}: {e}", c.name));
+        }
+        connections.len()
     }
 }
 
 impl Drop for TestVhost {
     fn drop(&mut self) {
-        let url = format!("{}/api/vhosts/{}", self.api, encode_vhost(&self.name));
-        let (user, password) = (self.user.clone(), self.password.clone());
-        // Drop cannot be async; a blocking client on its own thread cleans up.
+        let name = self.name.clone();
+        let settings = self.settings.clone();
+        // Drop cannot be async; a client of its own on its own thread cleans up (the test's
+        // client belongs to the test's runtime, which this thread blocks).
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build();
-            if let Ok(rt) = rt {
-                rt.block_on(async {
-                    let _ = reqwest::Client::new()
-                        .delete(url)
-                        .basic_auth(user, Some(password))
-                        .send()
-                        .await;
-                });
+            if let (Ok(rt), Ok(management)) =
+                (rt, Management::new(&settings.management, &settings.amqp))
+            {
+                let _ = rt.block_on(management.delete_vhost(&name));
             }
         })
         .join();
@@ -239,24 +247,6 @@ impl TestVhost {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
-    }
-
-    /// A management API client acting as the configured (administrator) user.
-    pub fn management(&self) -> burrow::management::Management {
-        burrow::management::Management::new(&self.settings.management, &self.settings.amqp)
-            .expect("management client")
-    }
-
-    /// DELETE a management API path, e.g. `/api/queues/{vhost}/orders.dead`.
-    pub async fn api_delete(&self, path: &str) {
-        let path = path.replace("{vhost}", &encode_vhost(&self.name));
-        self.http
-            .delete(format!("{}{}", self.api, path))
-            .basic_auth(&self.user, Some(&self.password))
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .unwrap_or_else(|e| panic!("DELETE {path}: {e}"));
     }
 
     /// Publishes `messages` (exchange, routing key, body, properties) confirmed.

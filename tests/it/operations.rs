@@ -86,8 +86,8 @@ async fn scaling_down_ten_times_dead_letters_no_healthy_order_and_redelivers_not
     // A stop never requeues: the queue redelivered nothing. The management API's message
     // stats lag; wait until they have counted all 100 acks, then read the redeliveries.
     let stats = wait_for("queue stats to count 100 acks", LONG, || async {
-        let q = t.api_get("/api/queues/{vhost}/orders.fulfillment").await;
-        let stats = q["message_stats"].clone();
+        let q = t.queue_info("orders.fulfillment").await;
+        let stats = q.message_stats.unwrap_or_default();
         (stats["ack"].as_u64().unwrap_or(0) >= 100).then_some(stats)
     })
     .await;
@@ -119,7 +119,7 @@ async fn a_closed_forwarding_channel_is_reopened_and_a_failed_forward_does_not_h
     })
     .await;
     // Forwarding a dead letter now fails: the broker closes the channel with 404.
-    t.api_delete("/api/exchanges/{vhost}/orders.dlx").await;
+    t.delete_exchange("orders.dlx").await;
     t.publish_raw(vec![("bad-1".into(), b"not json, first".to_vec())])
         .await;
     wait_for("a failed forward", LONG, || async {

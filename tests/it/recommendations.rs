@@ -194,26 +194,6 @@ async fn out_of_stock_products_are_never_recommended() {
     );
 }
 
-/// Closes every connection of the test vhost through the management API, as an operator (or a
-/// node restart) would.
-async fn force_close_connections(t: &crate::helpers::TestVhost) -> usize {
-    let conns = t.api_get("/api/vhosts/{vhost}/connections").await;
-    let names: Vec<String> = conns
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|c| c["name"].as_str().map(str::to_owned))
-        .collect();
-    for name in &names {
-        t.api_delete(&format!(
-            "/api/connections/{}",
-            burrow::settings::encode_vhost(name)
-        ))
-        .await;
-    }
-    names.len()
-}
-
 #[tokio::test]
 async fn a_reconnect_resumes_from_the_stored_offset_and_reads_nothing_twice() {
     let t = TestVhost::new("recs-reconnect")
@@ -228,7 +208,7 @@ async fn a_reconnect_resumes_from_the_stored_offset_and_reads_nothing_twice() {
     wait_events(&svc, 60).await;
     // The management API lists a connection a moment after it opens.
     wait_for("the worker's connection to be listed", LONG, || async {
-        (force_close_connections(&t).await > 0).then_some(())
+        (t.close_connections().await > 0).then_some(())
     })
     .await;
     wait_for("the worker to reconnect", LONG, || async {

@@ -135,11 +135,7 @@ impl TestVhost {
     /// Messages in `queue`, ready and unacked, from the management API (refreshed every few
     /// seconds by the broker).
     pub async fn queue_messages(&self, queue: &str) -> u64 {
-        self.api_get(&format!("/api/queues/{{vhost}}/{queue}"))
-            .await
-            .get("messages")
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(u64::MAX)
+        self.queue_info(queue).await.messages.unwrap_or(u64::MAX)
     }
 }
 
