@@ -56,7 +56,7 @@ impl TestVhost {
         settings.store.dir = std::env::temp_dir().join(&name);
         settings.mail.outbox = settings.store.dir.join("outbox");
         std::fs::create_dir_all(&settings.store.dir).expect("store dir");
-        settings.topology = concat!(env!("CARGO_MANIFEST_DIR"), "/topology/shop.toml").into();
+        settings.topology = crate::common::SHOP_TOPOLOGY.into();
         Self {
             name,
             settings,
