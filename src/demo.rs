@@ -224,7 +224,7 @@ pub async fn run(
 
     let mut clean = true;
     for w in &mut workers {
-        let code = w.stop(Duration::from_secs(15));
+        let code = w.stop(Duration::from_secs(15)).await;
         clean &= code == Some(0);
         println!(
             "stopped {:<16} exit {}",

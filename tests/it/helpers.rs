@@ -197,19 +197,33 @@ impl TestVhost {
         ]
     }
 
-    /// Starts `worker <service>` against this vhost with extra arguments and environment.
-    pub fn spawn_worker(&self, service: &str, args: &[&str], env: &[(&str, &str)]) -> Worker {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_worker"));
-        cmd.arg(service).args(args).envs(self.env());
+    /// The `worker <service> <args>` command against this vhost, with extra environment.
+    pub fn worker_command(
+        &self,
+        service: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_worker"));
+        cmd.arg(service)
+            .args(args)
+            .envs(self.env())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
         }
+        cmd
+    }
+
+    /// Starts `worker <service>` against this vhost with extra arguments and environment; it
+    /// logs to the test's stderr when `TEST_LOG` is set.
+    pub fn spawn_worker(&self, service: &str, args: &[&str], env: &[(&str, &str)]) -> Worker {
+        let mut cmd = self.worker_command(service, args, env);
         if std::env::var_os("TEST_LOG").is_none() {
             cmd.stderr(std::process::Stdio::null());
         }
-        Worker {
-            child: cmd.spawn().expect("spawning worker"),
-        }
+        Worker::spawn(service, cmd).expect("spawning worker")
     }
 
     /// Runs `producer` with `args` against this vhost; returns (exit code, stdout, stderr).
@@ -336,38 +350,7 @@ impl TestVhost {
 }
 
 /// A worker child process, killed if the test ends without stopping it.
-pub struct Worker {
-    pub child: std::process::Child,
-}
-
-impl Worker {
-    /// Sends a signal (`TERM`, `KILL`) with the `kill` command.
-    pub fn signal(&self, name: &str) {
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{name} failed");
-    }
-
-    /// Waits for the process to exit, up to `timeout`; returns its exit code.
-    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        wait_for("worker to exit", timeout, || {
-            let r = self.child.try_wait().expect("try_wait");
-            async move { r }
-        })
-        .await
-        .code()
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub type Worker = burrow::children::Process;
 
 /// A dead letter as the worker makes one: an order body published to `orders.dlx` with the
 /// reason, attempts, source queue and time of failure.

@@ -1,6 +1,7 @@
 //! Everyday operations on workers: scaling down (SIGTERM) hands nothing back to the broker, and a
 //! worker whose forwarding channel was closed by the broker opens a new one without hot-looping.
 
+use burrow::children::Signal;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -53,9 +54,9 @@ async fn scaling_down_ten_times_dead_letters_no_healthy_order_and_redelivers_not
             (ready + t.store_counts().0 < 100 || ready == 0).then_some(())
         })
         .await;
-        slow.signal("TERM");
+        slow.signal(Signal::SIGTERM);
         assert_eq!(
-            slow.wait_exit(LONG).await,
+            slow.wait_exit(LONG).await.and_then(|s| s.code()),
             Some(0),
             "stop {stop}: the worker exits cleanly within its grace period"
         );
@@ -113,7 +114,7 @@ async fn a_closed_forwarding_channel_is_reopened_and_a_failed_forward_does_not_h
     use burrow::message::{header_str, HEADER_ERROR};
 
     let t = TestVhost::new("forward").await.with_fast_topology().await;
-    let w = t.spawn_service("fulfillment", &["--no-events"], &[]);
+    let w = t.spawn_service("fulfillment", &["--no-events"], &[]).await;
     wait_for("the worker to consume", LONG, || async {
         (consumers(&t, "orders.fulfillment").await == 1).then_some(())
     })
