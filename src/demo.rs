@@ -321,7 +321,7 @@ impl Demo {
         let _ = self.probe.close(200, "done".into()).await;
         let mut clean = true;
         for w in &mut self.workers {
-            let code = w.stop(Duration::from_secs(15));
+            let code = w.stop(Duration::from_secs(15)).await;
             clean &= code == Some(0);
             stopped(&w.name, code);
         }

@@ -1,5 +1,8 @@
-//! A small typed client for the RabbitMQ management HTTP API: queues, exchanges, bindings, the
-//! overview, and definitions import. Errors name what failed and the URL, never the password.
+//! The one client of the RabbitMQ management HTTP API, used by the commands, the benchmark and
+//! the tests alike: the overview, queues, exchanges, bindings, connections, vhosts, users and
+//! permissions, and definitions import. Errors name what failed and the URL, never the password.
+//!
+//! It knows nothing of burrow's topology: callers pass names and values.
 
 use std::time::Duration;
 
@@ -158,6 +161,38 @@ pub struct Overview {
     pub node: String,
 }
 
+/// A client connection as the management API shows it (the fields burrow uses).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConnectionInfo {
+    /// The broker's name for it, e.g. `127.0.0.1:50212 -> 127.0.0.1:5672`.
+    pub name: String,
+    /// Its vhost.
+    pub vhost: String,
+    /// The user it logged in as.
+    #[serde(default)]
+    pub user: String,
+    /// The name the client gave (`connection_name` client property), if any.
+    #[serde(default)]
+    pub client_properties: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A user as the management API shows it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UserInfo {
+    /// Its name.
+    pub name: String,
+    /// The salted hash the broker stores.
+    #[serde(default)]
+    pub password_hash: String,
+    /// The scheme of that hash, e.g. `rabbit_password_hashing_sha256`.
+    #[serde(default)]
+    pub hashing_algorithm: String,
+    /// Management tags (`administrator`, `monitoring`…); a list on 3.9+, a comma-separated
+    /// string before.
+    #[serde(default)]
+    pub tags: serde_json::Value,
+}
+
 /// A client of the management HTTP API.
 #[derive(Clone)]
 pub struct Management {
@@ -250,11 +285,52 @@ impl Management {
         name: &str,
     ) -> Result<Option<QueueInfo>, ManagementError> {
         let path = format!("/api/queues/{}/{}", encode_vhost(vhost), encode_vhost(name));
-        match self.get(&format!("reading queue '{name}'"), &path).await {
-            Ok(q) => Ok(Some(q)),
-            Err(ManagementError::Status { status: 404, .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.get_optional(&format!("reading queue '{name}'"), &path)
+            .await
+    }
+
+    /// Deletes a queue with its messages; a queue that does not exist is not an error.
+    ///
+    /// # Errors
+    /// As [`Management::overview`].
+    pub async fn delete_queue(&self, vhost: &str, name: &str) -> Result<(), ManagementError> {
+        let path = format!("/api/queues/{}/{}", encode_vhost(vhost), encode_vhost(name));
+        self.delete(&format!("deleting queue '{name}'"), &path)
+            .await
+    }
+
+    /// Deletes an exchange; one that does not exist is not an error.
+    ///
+    /// # Errors
+    /// As [`Management::overview`].
+    pub async fn delete_exchange(&self, vhost: &str, name: &str) -> Result<(), ManagementError> {
+        let path = format!(
+            "/api/exchanges/{}/{}",
+            encode_vhost(vhost),
+            encode_vhost(name)
+        );
+        self.delete(&format!("deleting exchange '{name}'"), &path)
+            .await
+    }
+
+    /// Every client connection to `vhost`.
+    ///
+    /// # Errors
+    /// As [`Management::overview`].
+    pub async fn connections(&self, vhost: &str) -> Result<Vec<ConnectionInfo>, ManagementError> {
+        let path = format!("/api/vhosts/{}/connections", encode_vhost(vhost));
+        self.get("listing connections", &path).await
+    }
+
+    /// Closes a client connection by its name, as an operator would; one already gone is not
+    /// an error.
+    ///
+    /// # Errors
+    /// As [`Management::overview`].
+    pub async fn close_connection(&self, name: &str) -> Result<(), ManagementError> {
+        let path = format!("/api/connections/{}", encode_vhost(name));
+        self.delete(&format!("closing connection '{name}'"), &path)
+            .await
     }
 
     /// Every exchange of `vhost`, including the built-in ones.
@@ -275,8 +351,8 @@ impl Management {
         self.get("listing bindings", &path).await
     }
 
-    /// Imports a definitions document (as made by [`crate::topology::export::definitions`])
-    /// into `vhost`.
+    /// Imports a definitions document (the JSON of `rabbitmqctl export_definitions`) into
+    /// `vhost`.
     ///
     /// # Errors
     /// As [`Management::overview`]; a rejected document is a [`ManagementError::Status`] with
@@ -297,24 +373,34 @@ impl Management {
         self.send(&what, &url, request).await.map(drop)
     }
 
-    /// Creates or updates a user from a password hash (see
-    /// [`crate::topology::users::password_hash`]), with management `tags`.
+    /// Creates or updates a user with management `tags`. The password travels in plain text
+    /// (over the API's own transport, HTTPS in production) and the broker salts and hashes it
+    /// with its configured scheme, as `rabbitmqctl add_user` does.
     ///
     /// # Errors
     /// As [`Management::overview`].
     pub async fn put_user(
         &self,
         name: &str,
-        password_hash: &str,
+        password: &str,
         tags: &[String],
     ) -> Result<(), ManagementError> {
         let path = format!("/api/users/{}", encode_vhost(name));
         let body = serde_json::json!({
-            "password_hash": password_hash,
-            "hashing_algorithm": crate::topology::users::HASHING_ALGORITHM,
+            "password": password,
             "tags": tags.join(","),
         });
         self.put(&format!("creating user '{name}'"), &path, &body)
+            .await
+    }
+
+    /// One user, or `None` when it does not exist.
+    ///
+    /// # Errors
+    /// As [`Management::overview`].
+    pub async fn user(&self, name: &str) -> Result<Option<UserInfo>, ManagementError> {
+        let path = format!("/api/users/{}", encode_vhost(name));
+        self.get_optional(&format!("reading user '{name}'"), &path)
             .await
     }
 
@@ -383,6 +469,19 @@ impl Management {
                 url,
                 source,
             })
+    }
+
+    /// GET `path`; a 404 is `None`.
+    async fn get_optional<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        path: &str,
+    ) -> Result<Option<T>, ManagementError> {
+        match self.get(what, path).await {
+            Ok(v) => Ok(Some(v)),
+            Err(ManagementError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     async fn send(

@@ -195,9 +195,9 @@ impl Fleet {
     }
 
     /// Stops every process (SIGTERM, then SIGKILL after 15 s).
-    pub fn stop(&mut self) {
+    pub async fn stop(&mut self) {
         for (_, w) in &mut self.workers {
-            w.stop(Duration::from_secs(15));
+            w.stop(Duration::from_secs(15)).await;
         }
         self.workers.clear();
     }
@@ -245,7 +245,7 @@ pub async fn run(vhost: &BenchVhost, spec: &PipelineSpec) -> anyhow::Result<Pipe
         fleet.spawn(settings, &store, *s, 1, &[])?;
     }
     let result = measure(vhost, spec, &mut fleet, &store, &activity).await;
-    fleet.stop();
+    fleet.stop().await;
     if result.is_ok() {
         let _ = std::fs::remove_dir_all(&store);
     }
@@ -431,7 +431,7 @@ pub async fn idle_worker_rss(
         tokio::time::sleep(idle).await;
     }
     let memory = fleet.workers.first().and_then(|(_, w)| rss(w.pid()));
-    fleet.stop();
+    fleet.stop().await;
     ready?;
     let _ = std::fs::remove_dir_all(&store);
     Ok(memory)

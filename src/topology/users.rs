@@ -1,6 +1,10 @@
-//! The users of the programs and their least-privilege permissions: password hashes as
-//! RabbitMQ stores them, and creating users through the management API
-//! (`burrow topology apply --users`). AMQP cannot create users, hence the management API.
+//! The users of the programs and their least-privilege permissions: creating them through the
+//! management API (`burrow topology apply --users`; AMQP cannot create users), and the salted
+//! password hashes of the exported definitions file.
+//!
+//! A live broker gets each password in plain text and hashes it itself, with a random salt and
+//! its configured scheme; only [`super::export`] writes hashes, because a definitions file must
+//! not carry passwords.
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
@@ -8,10 +12,11 @@ use sha2::{Digest, Sha256};
 use super::definition::UserDefinition;
 use crate::management::{Management, ManagementError};
 
-/// RabbitMQ's name of the hashing scheme used here.
+/// RabbitMQ's name of the hashing scheme of [`password_hash`].
 pub const HASHING_ALGORITHM: &str = "rabbit_password_hashing_sha256";
 
-/// The password hash RabbitMQ's `rabbit_password_hashing_sha256` checks:
+/// The password hash RabbitMQ's `rabbit_password_hashing_sha256` checks, for the exported
+/// definitions only:
 /// `base64(salt ++ sha256(salt ++ password))` with a 4-byte salt.
 ///
 /// The salt is derived from the user name, not random, so that exporting the same file twice
@@ -32,7 +37,7 @@ fn hash_with_salt(salt: &[u8], password: &str) -> String {
 }
 
 /// Creates (or updates) every user that is not `export_only`, with its permissions on `vhost`.
-/// Returns the names created.
+/// The broker hashes each password itself. Returns the names created.
 ///
 /// # Errors
 /// [`ManagementError`] when the API refuses (the acting user needs the `administrator` tag).
@@ -44,11 +49,7 @@ pub async fn apply(
     let mut created = Vec::new();
     for user in users.iter().filter(|u| !u.export_only) {
         management
-            .put_user(
-                &user.name,
-                &password_hash(&user.name, user.password.expose()),
-                &user.tags,
-            )
+            .put_user(&user.name, user.password.expose(), &user.tags)
             .await?;
         let p = &user.permissions;
         management

@@ -24,16 +24,54 @@ where
     }
 }
 
-/// A shop topology with the same names but a fast retry ladder (100/200/300 ms), for tests.
+/// `topology/shop.toml`.
+pub const SHOP_TOPOLOGY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/topology/shop.toml");
+
+/// The delay of step `rank` (0 = the shortest) of the tests' retry ladders: 100, 200, 300 ms…
+pub fn fast_delay(rank: usize) -> Duration {
+    Duration::from_millis(100 * (rank as u64 + 1))
+}
+
+/// The shop topology with the same names and the fast retry ladders of [`fast_delay`].
+pub fn fast_topology() -> burrow::topology::Topology {
+    burrow::topology::Topology::parse(&fast_topology_text()).expect("the fast topology is valid")
+}
+
+/// [`fast_topology`] as the text of a topology file, for the binaries a test starts.
+///
+/// The retry steps come from the typed topology (every ladder, shortest step first); each
+/// step's `delay` is set in the parsed document and its `x-message-ttl` left to follow from it.
 pub fn fast_topology_text() -> String {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/topology/shop.toml"))
-        .expect("reading topology/shop.toml");
-    text.replace("x-message-ttl = 60000", "x-message-ttl = 300")
-        .replace("x-message-ttl = 10000", "x-message-ttl = 200")
-        .replace("x-message-ttl = 1000", "x-message-ttl = 100")
-        .replace("delay = \"60s\"", "delay = \"300ms\"")
-        .replace("delay = \"10s\"", "delay = \"200ms\"")
-        .replace("delay = \"1s\"", "delay = \"100ms\"")
+    use burrow::topology::Topology;
+    use toml::Value;
+    let text = std::fs::read_to_string(SHOP_TOPOLOGY).expect("reading topology/shop.toml");
+    let shop = Topology::parse(&text).expect("topology/shop.toml is valid");
+    let fast: std::collections::HashMap<String, Duration> = shop
+        .queues
+        .iter()
+        .filter(|q| q.retry.is_none())
+        .flat_map(|q| shop.retry_ladder(&q.name).into_iter().enumerate())
+        .map(|(rank, step)| (step.queue, fast_delay(rank)))
+        .collect();
+    let mut doc: toml::Table = text.parse().expect("topology/shop.toml is TOML");
+    let queues = doc
+        .get_mut("queues")
+        .and_then(Value::as_array_mut)
+        .expect("topology/shop.toml has [[queues]]");
+    for queue in queues.iter_mut().filter_map(Value::as_table_mut) {
+        let name = queue
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let Some(delay) = fast.get(name) else {
+            continue;
+        };
+        queue.insert("delay".into(), format!("{}ms", delay.as_millis()).into());
+        if let Some(arguments) = queue.get_mut("arguments").and_then(Value::as_table_mut) {
+            arguments.remove("x-message-ttl");
+        }
+    }
+    toml::to_string(&doc).expect("writing the fast topology")
 }
 
 /// A valid order body with a fresh id.

@@ -10,5 +10,6 @@
 mod common;
 mod fake_node;
 mod harness;
+mod requires;
 mod scenarios;
 mod shop;

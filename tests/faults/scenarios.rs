@@ -69,6 +69,7 @@ async fn settle(shop: &Shop, n: usize) -> Vec<lapin::message::BasicGetMessage> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_sigkilled_mid_stream_loses_nothing() {
+    crate::requires::skip_unless_fault_env!();
     let _serial = harness::SERIAL.lock().await;
     let node = Node::start(1);
     let shop = Shop::new(vec![node.url()]);
@@ -99,6 +100,7 @@ async fn worker_sigkilled_mid_stream_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_closed_then_node_restarted_loses_nothing() {
+    crate::requires::skip_unless_fault_env!();
     let _serial = harness::SERIAL.lock().await;
     let node = Node::start(1);
     let shop = Shop::new(vec![node.url()]);
@@ -164,6 +166,7 @@ async fn connections_closed_then_node_restarted_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_leader_sigkilled_in_a_3_node_cluster_loses_nothing() {
+    crate::requires::skip_unless_fault_env!();
     let _serial = harness::SERIAL.lock().await;
     let nodes = harness::cluster(3);
     let shop = Shop::new(nodes.iter().map(Node::url).collect());
@@ -220,6 +223,7 @@ async fn quorum_leader_sigkilled_in_a_3_node_cluster_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_alarm_mid_publish_pauses_and_resumes_losing_nothing() {
+    crate::requires::skip_unless_fault_env!();
     let _serial = harness::SERIAL.lock().await;
     let node = Node::start(1);
     let shop = Shop::new(vec![node.url()]);
@@ -298,6 +302,7 @@ fn malformed(kind: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_storm_dead_letters_every_malformed_order_without_a_restart() {
+    crate::requires::skip_unless_fault_env!();
     let _serial = harness::SERIAL.lock().await;
     let node = Node::start(1);
     let shop = Shop::new(vec![node.url()]);
@@ -343,6 +348,7 @@ async fn poison_storm_dead_letters_every_malformed_order_without_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panicking_and_process_killing_orders_are_dead_lettered() {
+    crate::requires::skip_unless_fault_env!();
     let _serial = harness::SERIAL.lock().await;
     let node = Node::start(1);
     let shop = Shop::new(vec![node.url()]);
@@ -431,6 +437,7 @@ async fn panicking_and_process_killing_orders_are_dead_lettered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicting_queue_is_reported_as_drift_and_the_worker_keeps_running() {
+    crate::requires::skip_unless_fault_env!();
     let _serial = harness::SERIAL.lock().await;
     let node = Node::start(1);
     let shop = Shop::new(vec![node.url()]);
@@ -613,6 +620,7 @@ async fn roll(shop: &Shop, node: &Node, witness: &Node, size: usize) -> (Duratio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_of_the_3_node_cluster_under_load_loses_nothing() {
+    crate::requires::skip_unless_fault_env!();
     let _serial = harness::SERIAL.lock().await;
     let nodes = harness::cluster(3);
     let shop = Shop::new(nodes.iter().map(Node::url).collect());
@@ -709,6 +717,7 @@ async fn rolling_restart_of_the_3_node_cluster_under_load_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_failures_of_a_stopping_node_fail_over_and_end_no_worker_or_producer() {
+    crate::requires::skip_unless_fault_env!();
     let _serial = harness::SERIAL.lock().await;
     let node = Node::start(1);
     // Every client's primary node fails each handshake as a node that stops or boots does; the

@@ -1,5 +1,6 @@
 //! The activity services end to end: notifications, analytics and the fanout that feeds them.
 
+use burrow::children::Signal;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
@@ -32,9 +33,9 @@ fn placed(user: &str, sku: &str) -> ActivityEvent {
 #[tokio::test]
 async fn one_event_from_a_plain_amqp_client_reaches_each_service_exactly_once() {
     let t = TestVhost::new("fanout").await.with_fast_topology().await;
-    let notifications = t.spawn_service("notifications", &[], &[]);
-    let analytics = t.spawn_service("analytics", &[], &[]);
-    let recommendations = t.spawn_service("recommendations", &[], &[]);
+    let notifications = t.spawn_service("notifications", &[], &[]).await;
+    let analytics = t.spawn_service("analytics", &[], &[]).await;
+    let recommendations = t.spawn_service("recommendations", &[], &[]).await;
     let _ = &notifications;
 
     // A plain AMQP publish: no burrow publisher involved.
@@ -150,7 +151,7 @@ async fn two_notification_workers_never_send_the_same_mail_twice() {
 #[tokio::test]
 async fn analytics_counts_match_what_was_published_and_survive_a_restart() {
     let t = TestVhost::new("analytics").await.with_fast_topology().await;
-    let analytics = t.spawn_service("analytics", &[], &[]);
+    let analytics = t.spawn_service("analytics", &[], &[]).await;
     let mut generator = ActivityGenerator::new(40);
     let events: Vec<ActivityEvent> = (0..400).map(|_| generator.next_event()).collect();
     let mut expected: BTreeMap<&str, u64> = BTreeMap::new();
@@ -196,7 +197,7 @@ async fn analytics_counts_match_what_was_published_and_survive_a_restart() {
     );
 
     analytics.stop().await;
-    let analytics = t.spawn_service("analytics", &[], &[]);
+    let analytics = t.spawn_service("analytics", &[], &[]).await;
     assert_eq!(
         analytics.get("/stats").await,
         stats,
@@ -240,8 +241,8 @@ async fn malformed_events_are_dead_lettered_with_their_reason() {
         .with_fast_topology()
         .await;
     let _notifications = t.spawn_worker("notifications", &[], &[]);
-    let analytics = t.spawn_service("analytics", &[], &[]);
-    let recommendations = t.spawn_service("recommendations", &[], &[]);
+    let analytics = t.spawn_service("analytics", &[], &[]).await;
+    let recommendations = t.spawn_service("recommendations", &[], &[]).await;
     let mut unknown = serde_json::to_value(viewed("cus_1", "SKU-1")).unwrap();
     unknown["kind"] = "product.teleported".into();
     let mut missing = serde_json::to_value(viewed("cus_1", "SKU-1")).unwrap();
@@ -367,8 +368,10 @@ async fn a_claim_left_by_a_killed_worker_is_taken_over_at_once_and_sent_once() {
         (smtp.holding() == 5).then_some(())
     })
     .await;
-    a.signal("KILL");
-    a.wait_exit(Duration::from_secs(10)).await;
+    a.signal(Signal::SIGKILL);
+    a.wait_exit(Duration::from_secs(10))
+        .await
+        .expect("the killed worker exits");
     *smtp.delay.lock().unwrap() = Duration::ZERO;
     let killed = std::time::Instant::now();
     let _b = t.spawn_worker("notifications", &[], &env);

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use burrow::children::Signal;
 use burrow::message::{ActivityEvent, EventKind};
 
 use crate::helpers::{wait_for, TestVhost};
@@ -109,15 +110,17 @@ async fn a_mail_server_outage_pauses_notifications_and_dead_letters_nothing() {
     let port = free_port();
     let smtp_url = format!("smtp://127.0.0.1:{port}");
     // The mail server is down from the start.
-    let notifications = t.spawn_service(
-        "notifications",
-        &[],
-        &[
-            ("BURROW__MAIL__SMTP_URL", smtp_url.as_str()),
-            ("BURROW__WORKER__BREAKER_PROBE_MS", "200"),
-            ("BURROW__WORKER__BREAKER_PROBE_MAX_MS", "2000"),
-        ],
-    );
+    let notifications = t
+        .spawn_service(
+            "notifications",
+            &[],
+            &[
+                ("BURROW__MAIL__SMTP_URL", smtp_url.as_str()),
+                ("BURROW__WORKER__BREAKER_PROBE_MS", "200"),
+                ("BURROW__WORKER__BREAKER_PROBE_MAX_MS", "2000"),
+            ],
+        )
+        .await;
 
     let events: Vec<ActivityEvent> = (0..100)
         .map(|i| {
@@ -193,15 +196,17 @@ async fn sigterm_while_the_breaker_is_open_exits_promptly_and_keeps_every_event(
         .with_fast_topology()
         .await;
     let smtp_url = format!("smtp://127.0.0.1:{}", free_port());
-    let notifications = t.spawn_service(
-        "notifications",
-        &["--concurrency", "2", "--prefetch", "20"],
-        &[
-            ("BURROW__MAIL__SMTP_URL", smtp_url.as_str()),
-            ("BURROW__WORKER__BREAKER_WINDOW", "4"),
-            ("BURROW__WORKER__BREAKER_THRESHOLD", "3"),
-        ],
-    );
+    let notifications = t
+        .spawn_service(
+            "notifications",
+            &["--concurrency", "2", "--prefetch", "20"],
+            &[
+                ("BURROW__MAIL__SMTP_URL", smtp_url.as_str()),
+                ("BURROW__WORKER__BREAKER_WINDOW", "4"),
+                ("BURROW__WORKER__BREAKER_THRESHOLD", "3"),
+            ],
+        )
+        .await;
     let events: Vec<ActivityEvent> = (0..40)
         .map(|i| {
             let user = format!("cus_{i}");
@@ -219,9 +224,12 @@ async fn sigterm_while_the_breaker_is_open_exits_promptly_and_keeps_every_event(
 
     let started = std::time::Instant::now();
     let mut worker = notifications.worker;
-    worker.signal("TERM");
+    worker.signal(Signal::SIGTERM);
     assert_eq!(
-        worker.wait_exit(Duration::from_secs(30)).await,
+        worker
+            .wait_exit(Duration::from_secs(30))
+            .await
+            .and_then(|status| status.code()),
         Some(0),
         "clean exit"
     );

@@ -322,8 +322,8 @@ async fn list_returns_what_it_read_with_nack_and_the_dead_letter_queue_has_a_del
 ) {
     let t = TestVhost::new("dlq-limit").await.with_fast_topology().await;
     three_dead_letters(&t).await;
-    let q = t.api_get("/api/queues/{vhost}/orders.dead").await;
-    let limit = q["arguments"]["x-delivery-limit"]
+    let q = t.queue_info("orders.dead").await;
+    let limit = q.arguments["x-delivery-limit"]
         .as_i64()
         .expect("orders.dead declares x-delivery-limit");
     assert!(limit >= 1_000_000_000, "{limit}");

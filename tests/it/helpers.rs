@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use burrow::settings::{encode_vhost, SecretUrl, Settings};
+use burrow::management::{Management, QueueInfo};
+use burrow::settings::{SecretUrl, Settings};
 
 pub use crate::common::{fast_topology_text, order_body, wait_for};
 
@@ -20,14 +21,12 @@ pub const ONE_ORDER: [&str; 7] = [
     "SKU-1:2:1999",
 ];
 
-/// A vhost that exists for one test and is deleted when dropped.
+/// A vhost that exists for one test and is deleted when dropped, made and inspected through
+/// the one management client ([`burrow::management::Management`]).
 pub struct TestVhost {
     pub name: String,
     pub settings: Settings,
-    http: reqwest::Client,
-    api: String,
-    user: String,
-    password: String,
+    management: Management,
 }
 
 impl TestVhost {
@@ -38,50 +37,30 @@ impl TestVhost {
             "burrow-test-{label}-{}",
             ulid::Ulid::new().to_string().to_lowercase()
         );
-        let api = settings
-            .management
-            .url
-            .expose()
-            .trim_end_matches('/')
-            .to_owned();
+        let management =
+            Management::new(&settings.management, &settings.amqp).expect("management client");
         let user = settings
             .amqp
             .url
             .username()
             .unwrap_or_else(|| "guest".into());
-        let password = settings
-            .amqp
-            .url
-            .password()
-            .unwrap_or_else(|| "guest".into());
-        let http = reqwest::Client::new();
-        let vhost = encode_vhost(&name);
-        http.put(format!("{api}/api/vhosts/{vhost}"))
-            .basic_auth(&user, Some(&password))
-            .json(&serde_json::json!({}))
-            .send()
+        management
+            .put_vhost(&name)
             .await
-            .and_then(|r| r.error_for_status())
             .expect("creating test vhost (is the management plugin enabled?)");
-        http.put(format!("{api}/api/permissions/{vhost}/{user}"))
-            .basic_auth(&user, Some(&password))
-            .json(&serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}))
-            .send()
+        management
+            .put_permissions(&name, &user, ".*", ".*", ".*")
             .await
-            .and_then(|r| r.error_for_status())
             .expect("granting permissions on test vhost");
         settings.amqp.url = settings.amqp.url.with_vhost(&name);
         settings.store.dir = std::env::temp_dir().join(&name);
         settings.mail.outbox = settings.store.dir.join("outbox");
         std::fs::create_dir_all(&settings.store.dir).expect("store dir");
-        settings.topology = concat!(env!("CARGO_MANIFEST_DIR"), "/topology/shop.toml").into();
+        settings.topology = crate::common::SHOP_TOPOLOGY.into();
         Self {
             name,
             settings,
-            http,
-            api,
-            user,
-            password,
+            management,
         }
     }
 
@@ -90,39 +69,68 @@ impl TestVhost {
         &self.settings.amqp.url
     }
 
-    /// GET a management API path, e.g. `/api/queues/{vhost}/orders.dead`, as JSON.
-    pub async fn api_get(&self, path: &str) -> serde_json::Value {
-        let path = path.replace("{vhost}", &encode_vhost(&self.name));
-        self.http
-            .get(format!("{}{}", self.api, path))
-            .basic_auth(&self.user, Some(&self.password))
-            .send()
+    /// A management API client acting as the configured (administrator) user.
+    pub fn management(&self) -> Management {
+        self.management.clone()
+    }
+
+    /// `queue` of this vhost as the management API shows it; panics when it does not exist.
+    pub async fn queue_info(&self, queue: &str) -> QueueInfo {
+        self.management
+            .queue(&self.name, queue)
             .await
-            .and_then(|r| r.error_for_status())
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
-            .json()
+            .unwrap_or_else(|e| panic!("reading queue {queue}: {e}"))
+            .unwrap_or_else(|| panic!("queue {queue} does not exist"))
+    }
+
+    /// Deletes `queue` of this vhost through the management API.
+    pub async fn delete_queue(&self, queue: &str) {
+        self.management
+            .delete_queue(&self.name, queue)
             .await
-            .expect("json")
+            .unwrap_or_else(|e| panic!("deleting queue {queue}: {e}"));
+    }
+
+    /// Deletes `exchange` of this vhost through the management API.
+    pub async fn delete_exchange(&self, exchange: &str) {
+        self.management
+            .delete_exchange(&self.name, exchange)
+            .await
+            .unwrap_or_else(|e| panic!("deleting exchange {exchange}: {e}"));
+    }
+
+    /// Closes every client connection to this vhost, as an operator (or a node restart)
+    /// would; returns how many there were.
+    pub async fn close_connections(&self) -> usize {
+        let connections = self
+            .management
+            .connections(&self.name)
+            .await
+            .expect("listing connections");
+        for c in &connections {
+            self.management
+                .close_connection(&c.name)
+                .await
+                .unwrap_or_else(|e| panic!("closing connection {}: {e}", c.name));
+        }
+        connections.len()
     }
 }
 
 impl Drop for TestVhost {
     fn drop(&mut self) {
-        let url = format!("{}/api/vhosts/{}", self.api, encode_vhost(&self.name));
-        let (user, password) = (self.user.clone(), self.password.clone());
-        // Drop cannot be async; a blocking client on its own thread cleans up.
+        let name = self.name.clone();
+        let settings = self.settings.clone();
+        // Drop cannot be async; a client of its own on its own thread cleans up (the test's
+        // client belongs to the test's runtime, which this thread blocks).
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build();
-            if let Ok(rt) = rt {
-                rt.block_on(async {
-                    let _ = reqwest::Client::new()
-                        .delete(url)
-                        .basic_auth(user, Some(password))
-                        .send()
-                        .await;
-                });
+            if let (Ok(rt), Ok(management)) =
+                (rt, Management::new(&settings.management, &settings.amqp))
+            {
+                let _ = rt.block_on(management.delete_vhost(&name));
             }
         })
         .join();
@@ -189,19 +197,33 @@ impl TestVhost {
         ]
     }
 
-    /// Starts `worker <service>` against this vhost with extra arguments and environment.
-    pub fn spawn_worker(&self, service: &str, args: &[&str], env: &[(&str, &str)]) -> Worker {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_worker"));
-        cmd.arg(service).args(args).envs(self.env());
+    /// The `worker <service> <args>` command against this vhost, with extra environment.
+    pub fn worker_command(
+        &self,
+        service: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_worker"));
+        cmd.arg(service)
+            .args(args)
+            .envs(self.env())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
         }
+        cmd
+    }
+
+    /// Starts `worker <service>` against this vhost with extra arguments and environment; it
+    /// logs to the test's stderr when `TEST_LOG` is set.
+    pub fn spawn_worker(&self, service: &str, args: &[&str], env: &[(&str, &str)]) -> Worker {
+        let mut cmd = self.worker_command(service, args, env);
         if std::env::var_os("TEST_LOG").is_none() {
             cmd.stderr(std::process::Stdio::null());
         }
-        Worker {
-            child: cmd.spawn().expect("spawning worker"),
-        }
+        Worker::spawn(service, cmd).expect("spawning worker")
     }
 
     /// Runs `producer` with `args` against this vhost; returns (exit code, stdout, stderr).
@@ -239,24 +261,6 @@ impl TestVhost {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
-    }
-
-    /// A management API client acting as the configured (administrator) user.
-    pub fn management(&self) -> burrow::management::Management {
-        burrow::management::Management::new(&self.settings.management, &self.settings.amqp)
-            .expect("management client")
-    }
-
-    /// DELETE a management API path, e.g. `/api/queues/{vhost}/orders.dead`.
-    pub async fn api_delete(&self, path: &str) {
-        let path = path.replace("{vhost}", &encode_vhost(&self.name));
-        self.http
-            .delete(format!("{}{}", self.api, path))
-            .basic_auth(&self.user, Some(&self.password))
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .unwrap_or_else(|e| panic!("DELETE {path}: {e}"));
     }
 
     /// Publishes `messages` (exchange, routing key, body, properties) confirmed.
@@ -346,38 +350,7 @@ impl TestVhost {
 }
 
 /// A worker child process, killed if the test ends without stopping it.
-pub struct Worker {
-    pub child: std::process::Child,
-}
-
-impl Worker {
-    /// Sends a signal (`TERM`, `KILL`) with the `kill` command.
-    pub fn signal(&self, name: &str) {
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{name} failed");
-    }
-
-    /// Waits for the process to exit, up to `timeout`; returns its exit code.
-    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        wait_for("worker to exit", timeout, || {
-            let r = self.child.try_wait().expect("try_wait");
-            async move { r }
-        })
-        .await
-        .code()
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub type Worker = burrow::children::Process;
 
 /// A dead letter as the worker makes one: an order body published to `orders.dlx` with the
 /// reason, attempts, source queue and time of failure.

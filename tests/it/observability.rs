@@ -2,66 +2,43 @@
 //! with `--log-format json`, and the W3C trace context carried from an order to its
 //! `order.fulfilled` event.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
+use burrow::children::{Lines, Process};
 use burrow::message::{header_str, HEADER_TRACEPARENT};
 
 use crate::helpers::{order_body, wait_for, TestVhost, ONE_ORDER};
+use crate::services::listening_addr;
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// A worker started with `--http 127.0.0.1:0 --log-format json`; its stderr is read on a
-/// thread that reports the HTTP address and every line.
+/// A worker started with `--http 127.0.0.1:0 --log-format json`, with its HTTP address and
+/// its log lines.
 struct ObservedWorker {
-    child: Child,
+    _process: Process,
     addr: String,
-    lines: mpsc::Receiver<String>,
+    lines: Lines,
 }
 
 impl ObservedWorker {
-    fn spawn(t: &TestVhost) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_worker"))
-            .args([
-                "fulfillment",
-                "--http",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-            ])
-            .envs(t.env())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn worker");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut seen = Vec::new();
-        let deadline = std::time::Instant::now() + LONG;
-        let addr = loop {
-            let line = lines
-                .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
-                .unwrap_or_else(|_| panic!("no 'http listening on' in the log: {seen:?}"));
-            if let Some(rest) = line.split("http listening on ").nth(1) {
-                break rest
-                    .split(|c: char| c == '"' || c.is_whitespace())
-                    .next()
-                    .expect("address")
-                    .to_owned();
-            }
-            seen.push(line);
-        };
-        Self { child, addr, lines }
+    async fn spawn(t: &TestVhost) -> Self {
+        let mut cmd = t.worker_command(
+            "fulfillment",
+            &["--http", "127.0.0.1:0", "--log-format", "json"],
+            &[("RUST_LOG", "info")],
+        );
+        cmd.stderr(std::process::Stdio::piped());
+        let mut process = Process::spawn("fulfillment", cmd).expect("spawn worker");
+        let mut lines = process.stderr_lines(None);
+        let addr = lines
+            .find(LONG, listening_addr)
+            .await
+            .expect("'http listening on' in the log");
+        Self {
+            _process: process,
+            addr,
+            lines,
+        }
     }
 
     async fn get(&self, path: &str) -> (u16, String) {
@@ -72,20 +49,13 @@ impl ObservedWorker {
     }
 }
 
-impl Drop for ObservedWorker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn worker_serves_health_and_metrics_and_logs_json() {
     let t = TestVhost::new("obs-metrics")
         .await
         .with_fast_topology()
         .await;
-    let w = ObservedWorker::spawn(&t);
+    let mut w = ObservedWorker::spawn(&t).await;
     assert_eq!(w.get("/healthz").await, (200, "ok\n".to_owned()));
 
     t.publish_raw((0..20).map(|_| order_body("SKU-1")).collect())
@@ -111,7 +81,7 @@ async fn worker_serves_health_and_metrics_and_logs_json() {
     }
 
     // Every log line so far is a JSON object with a level and a message.
-    let lines: Vec<String> = w.lines.try_iter().collect();
+    let lines: Vec<String> = w.lines.drain();
     assert!(!lines.is_empty());
     for line in &lines {
         let v: serde_json::Value =

@@ -1,6 +1,7 @@
 //! Everyday operations on workers: scaling down (SIGTERM) hands nothing back to the broker, and a
 //! worker whose forwarding channel was closed by the broker opens a new one without hot-looping.
 
+use burrow::children::Signal;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -53,9 +54,9 @@ async fn scaling_down_ten_times_dead_letters_no_healthy_order_and_redelivers_not
             (ready + t.store_counts().0 < 100 || ready == 0).then_some(())
         })
         .await;
-        slow.signal("TERM");
+        slow.signal(Signal::SIGTERM);
         assert_eq!(
-            slow.wait_exit(LONG).await,
+            slow.wait_exit(LONG).await.and_then(|s| s.code()),
             Some(0),
             "stop {stop}: the worker exits cleanly within its grace period"
         );
@@ -86,8 +87,8 @@ async fn scaling_down_ten_times_dead_letters_no_healthy_order_and_redelivers_not
     // A stop never requeues: the queue redelivered nothing. The management API's message
     // stats lag; wait until they have counted all 100 acks, then read the redeliveries.
     let stats = wait_for("queue stats to count 100 acks", LONG, || async {
-        let q = t.api_get("/api/queues/{vhost}/orders.fulfillment").await;
-        let stats = q["message_stats"].clone();
+        let q = t.queue_info("orders.fulfillment").await;
+        let stats = q.message_stats.unwrap_or_default();
         (stats["ack"].as_u64().unwrap_or(0) >= 100).then_some(stats)
     })
     .await;
@@ -113,13 +114,13 @@ async fn a_closed_forwarding_channel_is_reopened_and_a_failed_forward_does_not_h
     use burrow::message::{header_str, HEADER_ERROR};
 
     let t = TestVhost::new("forward").await.with_fast_topology().await;
-    let w = t.spawn_service("fulfillment", &["--no-events"], &[]);
+    let w = t.spawn_service("fulfillment", &["--no-events"], &[]).await;
     wait_for("the worker to consume", LONG, || async {
         (consumers(&t, "orders.fulfillment").await == 1).then_some(())
     })
     .await;
     // Forwarding a dead letter now fails: the broker closes the channel with 404.
-    t.api_delete("/api/exchanges/{vhost}/orders.dlx").await;
+    t.delete_exchange("orders.dlx").await;
     t.publish_raw(vec![("bad-1".into(), b"not json, first".to_vec())])
         .await;
     wait_for("a failed forward", LONG, || async {

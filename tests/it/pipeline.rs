@@ -1,5 +1,6 @@
 //! The order pipeline end to end: producer, competing fulfillment workers, retries, dead letters.
 
+use burrow::children::Signal;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -104,8 +105,8 @@ async fn transient_carrier_failures_are_retried_and_then_succeed() {
             .contains("simulated timeout"));
         assert_eq!(header_u32(h, HEADER_ATTEMPTS), Some(4));
     }
-    w.signal("TERM");
-    assert_eq!(w.wait_exit(LONG).await, Some(0));
+    w.signal(Signal::SIGTERM);
+    assert_eq!(w.wait_exit(LONG).await.and_then(|s| s.code()), Some(0));
 }
 
 #[tokio::test]
@@ -159,8 +160,12 @@ async fn sigterm_mid_batch_exits_cleanly_and_loses_nothing() {
         (t.store_counts().0 >= 20).then_some(())
     })
     .await;
-    w.signal("TERM");
-    assert_eq!(w.wait_exit(LONG).await, Some(0), "graceful exit code");
+    w.signal(Signal::SIGTERM);
+    assert_eq!(
+        w.wait_exit(LONG).await.and_then(|s| s.code()),
+        Some(0),
+        "graceful exit code"
+    );
     let after_stop = t.store_counts().0;
     assert!(after_stop < 300, "stopped mid-batch ({after_stop} done)");
     let _w2 = t.spawn_worker("fulfillment", &[], &[]);
@@ -184,7 +189,7 @@ async fn sigkill_mid_batch_loses_nothing_because_the_other_worker_takes_over() {
         (t.store_counts().0 >= 50).then_some(())
     })
     .await;
-    a.signal("KILL");
+    a.signal(Signal::SIGKILL);
     wait_for("all 600 fulfilled", LONG, || async {
         (t.store_counts().0 >= 600).then_some(())
     })

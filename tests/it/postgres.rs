@@ -182,15 +182,17 @@ async fn terminated_postgres_sessions_are_replaced_and_each_order_is_fulfilled_o
     let t = TestVhost::new("pgkill").await.with_fast_topology().await;
     let db = TestDatabase::new().await;
     let url = db.url();
-    let worker = t.spawn_service(
-        "fulfillment",
-        &[],
-        &[
-            ("BURROW__STORE__URL", url.as_str()),
-            // About 800 orders/s with 16 handlers: the stream lasts a few seconds.
-            ("BURROW__CARRIER__LATENCY_MS", "20"),
-        ],
-    );
+    let worker = t
+        .spawn_service(
+            "fulfillment",
+            &[],
+            &[
+                ("BURROW__STORE__URL", url.as_str()),
+                // About 800 orders/s with 16 handlers: the stream lasts a few seconds.
+                ("BURROW__CARRIER__LATENCY_MS", "20"),
+            ],
+        )
+        .await;
     let orders: Vec<_> = (0..N).map(|_| order_body("SKU-1")).collect();
     let ids: HashSet<String> = orders.iter().map(|(id, _)| id.clone()).collect();
     t.publish_raw(orders).await;
@@ -261,7 +263,9 @@ async fn readyz_answers_503_while_the_store_or_the_broker_is_unreachable() {
     let url = db.url();
     let closed = closed_port();
 
-    let healthy = t.spawn_service("fulfillment", &[], &[("BURROW__STORE__URL", url.as_str())]);
+    let healthy = t
+        .spawn_service("fulfillment", &[], &[("BURROW__STORE__URL", url.as_str())])
+        .await;
     let body = wait_for("/readyz 200", LONG, || async {
         let (status, body) = readyz(&healthy).await;
         (status == 200).then_some(body)
@@ -272,11 +276,13 @@ async fn readyz_answers_503_while_the_store_or_the_broker_is_unreachable() {
     assert_eq!(body["checks"]["store"], "ok");
 
     let store_url = format!("postgres://postgres:secret@127.0.0.1:{closed}/nowhere");
-    let no_store = t.spawn_service(
-        "fulfillment",
-        &[],
-        &[("BURROW__STORE__URL", store_url.as_str())],
-    );
+    let no_store = t
+        .spawn_service(
+            "fulfillment",
+            &[],
+            &[("BURROW__STORE__URL", store_url.as_str())],
+        )
+        .await;
     let (status, body) = readyz(&no_store).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["checks"]["broker"], "ok", "{body}");
@@ -293,7 +299,9 @@ async fn readyz_answers_503_while_the_store_or_the_broker_is_unreachable() {
     );
 
     let amqp_url = format!("amqp://guest:guest@127.0.0.1:{closed}/%2f");
-    let no_broker = t.spawn_service("fulfillment", &[], &[("AMQP_URL", amqp_url.as_str())]);
+    let no_broker = t
+        .spawn_service("fulfillment", &[], &[("AMQP_URL", amqp_url.as_str())])
+        .await;
     let (status, body) = readyz(&no_broker).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["checks"]["store"], "ok", "{body}");

@@ -50,7 +50,7 @@ async fn a_replay_of_the_stream_gives_the_same_recommendations_as_following_it_l
         .await
         .with_fast_topology()
         .await;
-    let live = t.spawn_service("recommendations", &[], &[]);
+    let live = t.spawn_service("recommendations", &[], &[]).await;
     let mut generator = ActivityGenerator::new(100);
     let mut events: Vec<ActivityEvent> = (0..600).map(|_| generator.next_event()).collect();
     events.insert(300, stock("SKU-2", 0));
@@ -60,11 +60,13 @@ async fn a_replay_of_the_stream_gives_the_same_recommendations_as_following_it_l
 
     let replay_dir = t.settings.store.dir.join("replica");
     let replay_dir = replay_dir.display().to_string();
-    let replay = t.spawn_service(
-        "recommendations",
-        &[],
-        &[("BURROW__STORE__DIR", replay_dir.as_str())],
-    );
+    let replay = t
+        .spawn_service(
+            "recommendations",
+            &[],
+            &[("BURROW__STORE__DIR", replay_dir.as_str())],
+        )
+        .await;
     wait_events(&replay, events.len() as u64).await;
 
     let users: Vec<String> = (1..=100).map(|i| format!("cus_{i}")).collect();
@@ -93,7 +95,7 @@ async fn a_restart_resumes_from_the_stored_offset_and_rebuild_rereads() {
         .await
         .with_fast_topology()
         .await;
-    let svc = t.spawn_service("recommendations", &[], &[]);
+    let svc = t.spawn_service("recommendations", &[], &[]).await;
     let first: Vec<ActivityEvent> = (0..100)
         .map(|i| viewed(&format!("cus_{}", i % 10), CATALOGUE[i % 12].0))
         .collect();
@@ -103,7 +105,7 @@ async fn a_restart_resumes_from_the_stored_offset_and_rebuild_rereads() {
     let answer = svc.get("/recommendations/cus_3").await;
     svc.stop().await;
 
-    let svc = t.spawn_service("recommendations", &[], &[]);
+    let svc = t.spawn_service("recommendations", &[], &[]).await;
     assert_eq!(
         svc.get("/state").await,
         before,
@@ -127,7 +129,9 @@ async fn a_restart_resumes_from_the_stored_offset_and_rebuild_rereads() {
     );
     svc.stop().await;
 
-    let svc = t.spawn_service("recommendations", &["--rebuild"], &[]);
+    let svc = t
+        .spawn_service("recommendations", &["--rebuild"], &[])
+        .await;
     wait_events(&svc, 150).await;
     assert_eq!(metric(&svc.text("/metrics").await, PROCESSED), 150);
     assert_eq!(svc.get("/state").await, state);
@@ -139,7 +143,7 @@ async fn out_of_stock_products_are_never_recommended() {
         .await
         .with_fast_topology()
         .await;
-    let svc = t.spawn_service("recommendations", &[], &[]);
+    let svc = t.spawn_service("recommendations", &[], &[]).await;
     let mut events = Vec::new();
     for u in 0..6 {
         let user = format!("cus_{u}");
@@ -194,33 +198,13 @@ async fn out_of_stock_products_are_never_recommended() {
     );
 }
 
-/// Closes every connection of the test vhost through the management API, as an operator (or a
-/// node restart) would.
-async fn force_close_connections(t: &crate::helpers::TestVhost) -> usize {
-    let conns = t.api_get("/api/vhosts/{vhost}/connections").await;
-    let names: Vec<String> = conns
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|c| c["name"].as_str().map(str::to_owned))
-        .collect();
-    for name in &names {
-        t.api_delete(&format!(
-            "/api/connections/{}",
-            burrow::settings::encode_vhost(name)
-        ))
-        .await;
-    }
-    names.len()
-}
-
 #[tokio::test]
 async fn a_reconnect_resumes_from_the_stored_offset_and_reads_nothing_twice() {
     let t = TestVhost::new("recs-reconnect")
         .await
         .with_fast_topology()
         .await;
-    let svc = t.spawn_service("recommendations", &[], &[]);
+    let svc = t.spawn_service("recommendations", &[], &[]).await;
     let first: Vec<ActivityEvent> = (0..60)
         .map(|i| viewed(&format!("cus_{}", i % 6), CATALOGUE[i % 12].0))
         .collect();
@@ -228,7 +212,7 @@ async fn a_reconnect_resumes_from_the_stored_offset_and_reads_nothing_twice() {
     wait_events(&svc, 60).await;
     // The management API lists a connection a moment after it opens.
     wait_for("the worker's connection to be listed", LONG, || async {
-        (force_close_connections(&t).await > 0).then_some(())
+        (t.close_connections().await > 0).then_some(())
     })
     .await;
     wait_for("the worker to reconnect", LONG, || async {

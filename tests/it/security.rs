@@ -240,3 +240,28 @@ async fn wrong_credentials_are_refused_in_one_line_without_the_password() {
     assert!(err.contains("refused"), "{err}");
     assert!(!err.contains("wrong-s3cret"), "{err}");
 }
+
+#[tokio::test]
+async fn live_users_get_a_hash_the_broker_made_not_the_exported_one() {
+    let t = TestVhost::new("sec-hash").await;
+    let users = TestUsers::create(&t).await;
+    let user = users
+        .users
+        .iter()
+        .find(|u| u.name.starts_with("burrow-fulfillment-"))
+        .expect("user in topology");
+    let stored = users
+        .management
+        .user(&user.name)
+        .await
+        .expect("reading the user")
+        .expect("the user exists");
+    assert!(!stored.password_hash.is_empty(), "{stored:?}");
+    assert_ne!(
+        stored.password_hash,
+        burrow::topology::users::password_hash(&user.name, user.password.expose()),
+        "the broker salted the plain password itself; the deterministic hash is for the export"
+    );
+    let conn = connect_as(&t, users.url(&t, "burrow-fulfillment")).await;
+    let _ = conn.close(200, "done".into()).await;
+}

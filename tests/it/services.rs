@@ -3,8 +3,9 @@
 
 #![allow(dead_code)]
 
-use std::io::BufRead;
 use std::time::Duration;
+
+use burrow::children::{Lines, Signal};
 
 use burrow::message::ActivityEvent;
 use burrow::publisher::Outgoing;
@@ -16,6 +17,8 @@ pub struct ServiceProcess {
     pub worker: Worker,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// Its log lines after the one with the address (read on, so the pipe never fills).
+    pub lines: Lines,
 }
 
 impl ServiceProcess {
@@ -38,14 +41,18 @@ impl ServiceProcess {
 
     /// SIGTERM, then wait for a clean exit.
     pub async fn stop(mut self) {
-        self.worker.signal("TERM");
-        let code = self.worker.wait_exit(Duration::from_secs(30)).await;
-        assert_eq!(code, Some(0), "worker exits cleanly on SIGTERM");
+        self.worker.signal(Signal::SIGTERM);
+        let status = self.worker.wait_exit(Duration::from_secs(30)).await;
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "worker exits cleanly on SIGTERM"
+        );
     }
 }
 
-/// Reads `http listening on ADDR` from a worker's log line.
-fn listening_addr(line: &str) -> Option<String> {
+/// Reads `http listening on ADDR` from a worker's log line (text or JSON).
+pub fn listening_addr(line: &str) -> Option<String> {
     let rest = line.split("http listening on ").nth(1)?;
     let addr: String = rest
         .chars()
@@ -56,53 +63,37 @@ fn listening_addr(line: &str) -> Option<String> {
 
 impl TestVhost {
     /// Starts `worker <service> --http 127.0.0.1:0 <args>` and waits for its HTTP address.
-    pub fn spawn_service(
+    pub async fn spawn_service(
         &self,
         service: &str,
         args: &[&str],
         env: &[(&str, &str)],
     ) -> ServiceProcess {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_worker"));
         let test_log = std::env::var("TEST_LOG").ok();
-        cmd.arg(service)
-            .args(["--http", "127.0.0.1:0"])
-            .args(args)
-            .envs(self.env())
-            .env(
-                "RUST_LOG",
-                format!(
-                    "{},burrow::http=info",
-                    test_log.as_deref().unwrap_or("warn")
-                ),
-            )
-            .env("NO_COLOR", "1")
-            .stderr(std::process::Stdio::piped());
+        let mut cmd =
+            self.worker_command(service, &[&["--http", "127.0.0.1:0"], args].concat(), env);
+        cmd.env(
+            "RUST_LOG",
+            format!(
+                "{},burrow::http=info",
+                test_log.as_deref().unwrap_or("warn")
+            ),
+        )
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawning worker");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let label = service.to_owned();
-        // Keeps reading so the worker never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = listening_addr(&line) {
-                    let _ = tx.send(addr);
-                }
-                if test_log.is_some() {
-                    eprintln!("[{label}] {line}");
-                }
-            }
-        });
-        let worker = Worker { child };
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("worker {service} did not log its HTTP address"));
+        let mut worker = Worker::spawn(service, cmd).expect("spawning worker");
+        let mut lines = worker.stderr_lines(test_log.map(|_| service.to_owned()));
+        let addr = lines
+            .find(Duration::from_secs(30), listening_addr)
+            .await
+            .unwrap_or_else(|| panic!("worker {service} did not log its HTTP address"));
         ServiceProcess {
             worker,
             base: format!("http://{addr}"),
+            lines,
         }
     }
 
@@ -135,11 +126,7 @@ impl TestVhost {
     /// Messages in `queue`, ready and unacked, from the management API (refreshed every few
     /// seconds by the broker).
     pub async fn queue_messages(&self, queue: &str) -> u64 {
-        self.api_get(&format!("/api/queues/{{vhost}}/{queue}"))
-            .await
-            .get("messages")
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(u64::MAX)
+        self.queue_info(queue).await.messages.unwrap_or(u64::MAX)
     }
 }
 

@@ -60,8 +60,7 @@ async fn missing_queue_is_shown_as_missing_and_is_drift() {
         .await
         .with_fast_topology()
         .await;
-    t.api_delete("/api/queues/{vhost}/activity.recommendations")
-        .await;
+    t.delete_queue("activity.recommendations").await;
     let (code, out, err) = t.burrow(&["status", "--json"]);
     assert_eq!(code, 1, "drift exits 1: {out}{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");

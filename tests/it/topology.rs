@@ -15,7 +15,7 @@ use lapin::BasicProperties;
 
 use crate::helpers::{wait_for, TestVhost};
 
-const SHOP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/topology/shop.toml");
+const SHOP: &str = crate::common::SHOP_TOPOLOGY;
 
 fn shop() -> Topology {
     Topology::load(SHOP).expect("topology/shop.toml is valid")
@@ -437,4 +437,46 @@ async fn management_client_creates_and_deletes_a_vhost_the_user_can_connect_to()
     m.delete_vhost(&name)
         .await
         .expect("deleting a missing vhost is fine");
+}
+
+#[test]
+fn the_tests_fast_topology_is_the_shop_with_a_fast_retry_ladder() {
+    let shop = shop();
+    let fast = crate::common::fast_topology();
+    let delays: Vec<Duration> = fast
+        .retry_ladder("orders.fulfillment")
+        .iter()
+        .map(|s| s.delay)
+        .collect();
+    assert_eq!(
+        delays,
+        [100, 200, 300].map(Duration::from_millis),
+        "the ladder, shortest first"
+    );
+    assert_eq!(fast.exchanges, shop.exchanges);
+    assert_eq!(fast.bindings, shop.bindings);
+    assert_eq!(fast.users, shop.users);
+    assert_eq!(fast.queues.len(), shop.queues.len());
+    for (f, s) in fast.queues.iter().zip(&shop.queues) {
+        let Some(retry) = &f.retry else {
+            assert_eq!(f, s, "only retry steps change");
+            continue;
+        };
+        let ttl = u64::try_from(retry.delay.as_millis()).expect("ms");
+        assert_eq!(
+            f.arguments["x-message-ttl"],
+            serde_json::json!(ttl),
+            "{}",
+            f.name
+        );
+        let (mut f, mut s) = (f.clone(), s.clone());
+        f.arguments.remove("x-message-ttl");
+        s.arguments.remove("x-message-ttl");
+        f.retry = None;
+        s.retry = None;
+        assert_eq!(
+            f, s,
+            "a retry step keeps its name and everything but the delay"
+        );
+    }
 }
