@@ -23,7 +23,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 
 use super::acks::{Settlement, Settler};
 use super::breaker::Watch;
@@ -31,6 +31,7 @@ use super::forward::Forwarder;
 use super::handler::{Handler, Incoming, Outcome};
 use super::settle::{Decision, SettlePolicy};
 use crate::backoff::Backoff;
+use crate::message::HEADER_TRACEPARENT;
 use crate::metrics::{OutcomeLabels, QueueLabels, WorkerMetrics};
 use crate::publisher::Confirm;
 
@@ -367,9 +368,45 @@ impl<H: Handler> Session<'_, H> {
             routing_key: delivery.routing_key.to_string(),
             redelivered: delivery.redelivered,
         };
+        // Every log line of this delivery's handling and settlement carries its queue, message
+        // id, attempt and the trace id of its W3C `traceparent`; `outcome` is recorded at the end.
+        let span = tracing::info_span!(
+            "delivery",
+            queue = %self.policy.queue,
+            message_id = msg.message_id().unwrap_or("-"),
+            attempt = msg.attempts().saturating_add(1),
+            redelivered = msg.redelivered,
+            trace_id = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        if let Some(trace_id) = msg.header(HEADER_TRACEPARENT).as_deref().and_then(trace_id) {
+            span.record("trace_id", trace_id);
+        }
+        let settled = self
+            .settle_one(hot, tag, &msg, shutdown)
+            .instrument(span.clone())
+            .await;
+        span.record(
+            "outcome",
+            match settled.1 {
+                Settlement::Ack => "settled",
+                Settlement::Release => "released",
+            },
+        );
+        settled
+    }
+
+    /// Runs the handler on `msg` and decides its settlement (see [`Self::job`]).
+    async fn settle_one(
+        &self,
+        hot: &HotMetrics,
+        tag: u64,
+        msg: &Incoming,
+        shutdown: &CancellationToken,
+    ) -> (u64, Settlement) {
         hot.in_flight.inc();
         let started = Instant::now();
-        let outcome = std::panic::AssertUnwindSafe(self.handler.handle(&msg))
+        let outcome = std::panic::AssertUnwindSafe(self.handler.handle(msg))
             .catch_unwind()
             .await
             .unwrap_or_else(|panic| {
@@ -379,7 +416,7 @@ impl<H: Handler> Session<'_, H> {
         hot.in_flight.dec();
         self.breaker.record(&outcome, self.metrics);
         let queue = &self.policy.queue;
-        let (copy, outcome, reason) = match self.policy.decide(&msg, outcome) {
+        let (copy, outcome, reason) = match self.policy.decide(msg, outcome) {
             Decision::Ack => {
                 hot.success.inc();
                 return (tag, Settlement::Ack);
@@ -429,10 +466,31 @@ impl<H: Handler> Session<'_, H> {
     }
 }
 
+/// The trace id (32 hex digits) of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`).
+fn trace_id(traceparent: &str) -> Option<&str> {
+    let id = traceparent.split('-').nth(1)?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+}
+
 fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trace_id;
+
+    #[test]
+    fn the_trace_id_is_read_from_a_w3c_traceparent() {
+        assert_eq!(
+            trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(trace_id("00-short-00f067aa0ba902b7-01"), None);
+        assert_eq!(trace_id("garbage"), None);
+    }
 }
