@@ -263,7 +263,8 @@ pub struct CarrierSettings {
 /// Where services keep their state.
 #[derive(Debug, Clone, Deserialize)]
 pub struct StoreSettings {
-    /// Directory of the SQLite files shared by a service's processes on this host.
+    /// Directory of the SQLite files shared by a service's processes on this host; by default
+    /// [`default_state_dir`], whatever the working directory.
     pub dir: PathBuf,
     /// Optional PostgreSQL URL for the fulfillment store, when workers span hosts.
     pub url: Option<SecretUrl>,
@@ -288,7 +289,8 @@ impl StoreSettings {
 /// Outgoing mail.
 #[derive(Debug, Clone, Deserialize)]
 pub struct MailSettings {
-    /// Directory of the file outbox (`outbox.mbox`, every mail appended).
+    /// Directory of the file outbox (`outbox.mbox`, every mail appended); `<store.dir>/outbox`
+    /// unless set.
     pub outbox: PathBuf,
     /// Optional SMTP URL (`smtp://user:pass@host:587`); the outbox is used when unset.
     pub smtp_url: Option<SecretUrl>,
@@ -311,6 +313,21 @@ pub struct ProducerSettings {
     pub confirm_window: usize,
     /// How long to wait for a confirm before counting the publish as failed.
     pub confirm_timeout_ms: u64,
+}
+
+/// Where the stores live unless `store.dir` says otherwise: one place per user that does not
+/// depend on the working directory, so every process of a host shares its stores (the
+/// fulfilled-once guarantee rests on that): `$XDG_STATE_HOME/burrow`, else
+/// `$HOME/.local/state/burrow`, else `/var/lib/burrow`.
+pub fn default_state_dir() -> PathBuf {
+    let non_empty = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(state) = non_empty("XDG_STATE_HOME") {
+        return PathBuf::from(state).join("burrow");
+    }
+    if let Some(home) = non_empty("HOME") {
+        return PathBuf::from(home).join(".local/state/burrow");
+    }
+    PathBuf::from("/var/lib/burrow")
 }
 
 const DEFAULTS: &str = r#"
@@ -341,11 +358,10 @@ always_fail_skus = []
 panic_skus = []
 
 [store]
-dir = "var"
 retention_secs = 604800
 
 [mail]
-outbox = "var/outbox"
+outbox = ""
 from = "shop@burrow.example"
 claim_lease_ms = 30000
 outbox_max_bytes = 67108864
@@ -374,6 +390,10 @@ impl Settings {
         #[cfg(feature = "test-hooks")]
         let environment = environment.with_list_parse_key("carrier.abort_skus");
         let mut builder = config::Config::builder()
+            .set_default(
+                "store.dir",
+                default_state_dir().to_string_lossy().into_owned(),
+            )?
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
             .add_source(config::File::with_name(&file).required(false))
             .add_source(environment);
@@ -392,13 +412,16 @@ impl Settings {
         if let Ok(url) = std::env::var("RABBITMQ_MANAGEMENT_URL") {
             builder = builder.set_override("management.url", url)?;
         }
-        let settings: Settings = builder
+        let mut settings: Settings = builder
             .build()
             .map_err(|e| anyhow::anyhow!(redact_url(&e.to_string())))
             .context("reading settings")?
             .try_deserialize()
             .map_err(|e| anyhow::anyhow!(redact_url(&e.to_string())))
             .context("reading settings")?;
+        if settings.mail.outbox.as_os_str().is_empty() {
+            settings.mail.outbox = settings.store.dir.join("outbox");
+        }
         Ok(settings)
     }
 }

@@ -426,13 +426,26 @@ pub fn parse_delay(s: &str) -> Option<Duration> {
     })
 }
 
+/// The topology file the settings name by default, relative to the working directory.
+pub const DEFAULT_FILE: &str = "topology/shop.toml";
+
+/// The shop's topology as built into the binaries: what [`Topology::load`] reads when the
+/// default file is not there.
+pub const BUILT_IN: &str = include_str!("../../topology/shop.toml");
+
 impl Topology {
-    /// Reads and validates a topology file.
+    /// Reads and validates a topology file; the default file ([`DEFAULT_FILE`]) falls back to
+    /// the built-in topology ([`BUILT_IN`]) when it does not exist.
     ///
     /// # Errors
     /// [`TopologyError::Read`] when the file cannot be read, otherwise as [`Topology::parse`].
     pub fn load(path: impl AsRef<Path>) -> Result<Self, TopologyError> {
         let path = path.as_ref();
+        if path == Path::new(DEFAULT_FILE) && !path.exists() {
+            // A binary copied to a host, or started from another directory, runs on the shop's
+            // topology built into it; a file, `BURROW__TOPOLOGY` or `--file` overrides it.
+            return Self::parse(BUILT_IN);
+        }
         let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
             path: path.to_owned(),
             source,

@@ -48,3 +48,35 @@ fn topology_export_writes_the_committed_definitions() {
     .expect("committed");
     assert_eq!(written, committed);
 }
+
+/// A binary copied to a host runs with nothing but `AMQP_URL`: from a directory without
+/// `topology/`, with no other setting, it applies and verifies the built-in topology.
+#[tokio::test]
+async fn the_binaries_run_from_any_directory_with_nothing_but_amqp_url() {
+    let t = crate::helpers::TestVhost::new("anywhere").await;
+    let home = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_burrow"))
+            .args(args)
+            .current_dir(home.path())
+            .env_clear()
+            .env("HOME", home.path())
+            .env("AMQP_URL", t.amqp_url().expose())
+            .env(
+                "RABBITMQ_MANAGEMENT_URL",
+                t.settings.management.url.expose(),
+            )
+            .output()
+            .expect("running burrow");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = run(&["topology", "apply"]);
+    assert_eq!(code, Some(0), "apply: {stdout}{stderr}");
+    let (code, stdout, stderr) = run(&["topology", "verify"]);
+    assert_eq!(code, Some(0), "verify: {stdout}{stderr}");
+    assert!(!home.path().join("topology").exists());
+}
