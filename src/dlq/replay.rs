@@ -22,6 +22,8 @@ use crate::publisher::{self, Confirm, Outgoing};
 const CONFIRM_WINDOW: usize = 256;
 /// Messages settled between two batched acks (see `Acks`).
 const ACK_BATCH: usize = 64;
+/// How long the reader's channel stays open after the last ack of a pass (see [`with_pass`]).
+const SETTLE_BEFORE_CLOSE: Duration = Duration::from_secs(2);
 /// `basic.get` requests in flight during a pass. Measured on RabbitMQ 3.10.8: with 32 in
 /// flight a pass over 20,000 took 20 s instead of 76-90 s (debug build, busy machine), but
 /// 8 to 191 messages it had acked came back into the queue as duplicates; with 1, none.
@@ -327,6 +329,11 @@ async fn with_pass(
     };
     let result = pass(&reader, &publish, rate, decide, &mut progress).await;
     let _ = publish.close(200, "done".into()).await;
+    // RabbitMQ 3.10 stashes quorum-queue settles in the channel process while more than 32 of
+    // its commands are not yet applied, and drops the stash when the channel closes: messages
+    // acked (and already republished) would come back as duplicates. Give the queue a moment to
+    // apply the last acks before the reader's channel closes.
+    tokio::time::sleep(SETTLE_BEFORE_CLOSE).await;
     reader.close().await;
     result
 }
