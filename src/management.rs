@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::settings::{encode_vhost, AmqpSettings, ManagementSettings};
+use crate::settings::{encode_vhost, AmqpSettings, ManagementSettings, SecretUrl};
 
 /// Why a management API call failed.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +159,18 @@ pub struct Overview {
     /// The node answering.
     #[serde(default)]
     pub node: String,
+    /// The protocol listeners of the cluster's nodes.
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+}
+
+/// One protocol listener of a node, from `/api/overview`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Listener {
+    /// e.g. `amqp`, `amqp/ssl`, `http`.
+    pub protocol: String,
+    /// The port.
+    pub port: u16,
 }
 
 /// A client connection as the management API shows it (the fields burrow uses).
@@ -264,6 +276,42 @@ impl Management {
     /// [`ManagementError`] when the API cannot be reached, refuses the login or answers badly.
     pub async fn overview(&self) -> Result<Overview, ManagementError> {
         self.get("reading the overview", "/api/overview").await
+    }
+
+    /// Checks that this management API belongs to the broker `amqp` names, by the AMQP port its
+    /// nodes listen on, so that a report never silently describes another broker (e.g. the
+    /// local one while `AMQP_URL` names a closed port). Skipped when the API lists no AMQP
+    /// listener.
+    ///
+    /// # Errors
+    /// The API cannot be read, or no node of it listens on the port of `amqp`.
+    pub async fn ensure_serves(&self, amqp: &SecretUrl) -> anyhow::Result<()> {
+        let Some(port) = url::Url::parse(amqp.expose()).ok().and_then(|u| {
+            u.port()
+                .or(Some(if u.scheme() == "amqps" { 5671 } else { 5672 }))
+        }) else {
+            return Ok(());
+        };
+        let overview = self.overview().await?;
+        let amqp_ports: Vec<u16> = overview
+            .listeners
+            .iter()
+            .filter(|l| l.protocol.starts_with("amqp"))
+            .map(|l| l.port)
+            .collect();
+        anyhow::ensure!(
+            amqp_ports.is_empty() || amqp_ports.contains(&port),
+            "the management API at {} belongs to a broker listening for AMQP on port {}, not on \
+             port {port} of {}; set RABBITMQ_MANAGEMENT_URL to the management API of that broker",
+            self.base,
+            amqp_ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            amqp.redacted()
+        );
+        Ok(())
     }
 
     /// Every queue of `vhost`.

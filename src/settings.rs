@@ -315,6 +315,27 @@ pub struct ProducerSettings {
     pub confirm_timeout_ms: u64,
 }
 
+/// The management API of the broker at `amqp` when none is configured: the same host, port
+/// 15672 (`https` for `amqps`), so `burrow status` and `topology verify` never report on another
+/// broker than the one `AMQP_URL` names.
+fn management_url_for(amqp: &SecretUrl) -> String {
+    let parsed = url::Url::parse(amqp.expose()).ok();
+    let host = parsed
+        .as_ref()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_else(|| "127.0.0.1".to_owned());
+    let scheme = match parsed.as_ref().map(url::Url::scheme) {
+        Some("amqps") => "https",
+        _ => "http",
+    };
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    format!("{scheme}://{host}:15672")
+}
+
 /// Where the stores live unless `store.dir` says otherwise: one place per user that does not
 /// depend on the working directory, so every process of a host shares its stores (the
 /// fulfilled-once guarantee rests on that): `$XDG_STATE_HOME/burrow`, else
@@ -340,7 +361,7 @@ frame_max = 131072
 connect_timeout_ms = 5000
 
 [management]
-url = "http://127.0.0.1:15672"
+url = ""
 
 [worker]
 concurrency = 16
@@ -419,6 +440,9 @@ impl Settings {
             .try_deserialize()
             .map_err(|e| anyhow::anyhow!(redact_url(&e.to_string())))
             .context("reading settings")?;
+        if settings.management.url.expose().is_empty() {
+            settings.management.url = SecretUrl::new(management_url_for(&settings.amqp.url));
+        }
         if settings.mail.outbox.as_os_str().is_empty() {
             settings.mail.outbox = settings.store.dir.join("outbox");
         }
@@ -437,6 +461,24 @@ mod tests {
         assert!(!format!("{url}").contains("s3cret-pw"));
         assert!(format!("{url}").contains("ann:***@"));
         assert_eq!(url.expose(), "amqp://ann:s3cret-pw@127.0.0.1:5672/%2f");
+    }
+
+    #[test]
+    fn the_management_url_follows_the_amqp_host() {
+        let m = |amqp: &str| management_url_for(&SecretUrl::new(amqp));
+        assert_eq!(
+            m("amqp://u:p@rabbit.example.com:5672/%2f"),
+            "http://rabbit.example.com:15672"
+        );
+        assert_eq!(
+            m("amqps://u:p@10.0.0.7:5671/shop"),
+            "https://10.0.0.7:15672"
+        );
+        assert_eq!(
+            m("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "http://127.0.0.1:15672"
+        );
+        assert_eq!(m("not a url"), "http://127.0.0.1:15672");
     }
 
     #[test]

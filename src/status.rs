@@ -61,6 +61,7 @@ pub struct StatusReport {
 /// (`--watch`): the file is loaded and the management client built once.
 pub struct StatusProbe {
     management: Management,
+    amqp: crate::settings::SecretUrl,
     vhost: String,
     topology: Topology,
     source: String,
@@ -76,6 +77,7 @@ impl StatusProbe {
             Topology::load(file).with_context(|| format!("loading topology {}", file.display()))?;
         Ok(Self {
             management: Management::new(&settings.management, &settings.amqp)?,
+            amqp: settings.amqp.url.clone(),
             vhost: settings.amqp.url.vhost(),
             topology,
             source: file.display().to_string(),
@@ -87,6 +89,7 @@ impl StatusProbe {
     /// # Errors
     /// The management API cannot be read.
     pub async fn read(&self) -> anyhow::Result<StatusReport> {
+        self.management.ensure_serves(&self.amqp).await?;
         collect(&self.management, &self.vhost, &self.topology, &self.source).await
     }
 }

@@ -72,6 +72,7 @@ pub async fn apply_users(settings: &Settings, file: &Path) -> anyhow::Result<Use
 pub async fn verify_file(settings: &Settings, file: &Path) -> anyhow::Result<Verification> {
     let topology = load(file)?;
     let management = Management::new(&settings.management, &settings.amqp)?;
+    management.ensure_serves(&settings.amqp.url).await?;
     let vhost = settings.amqp.url.vhost();
     let drift = verify::verify(&management, &vhost, &topology).await?;
     Ok(Verification { vhost, drift })
