@@ -80,3 +80,22 @@ async fn the_binaries_run_from_any_directory_with_nothing_but_amqp_url() {
     assert_eq!(code, Some(0), "verify: {stdout}{stderr}");
     assert!(!home.path().join("topology").exists());
 }
+
+/// `burrow status` pointed at a closed AMQP port never reports on the local broker instead.
+#[test]
+fn status_for_an_amqp_url_whose_broker_is_not_the_management_apis_says_so() {
+    let output = Command::new(env!("CARGO_BIN_EXE_burrow"))
+        .args(["status"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("AMQP_URL", "amqp://guest:s3cret@127.0.0.1:1/%2f")
+        .env_remove("RABBITMQ_MANAGEMENT_URL")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("running burrow");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.trim().is_empty(), "no report: {stdout}");
+    assert!(stderr.contains("not on port 1"), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+}
