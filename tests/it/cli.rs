@@ -87,7 +87,7 @@ fn status_for_an_amqp_url_whose_broker_is_not_the_management_apis_says_so() {
     let output = Command::new(env!("CARGO_BIN_EXE_burrow"))
         .args(["status"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("AMQP_URL", "amqp://guest:s3cret@127.0.0.1:1/%2f")
+        .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
         .env_remove("RABBITMQ_MANAGEMENT_URL")
         .env_remove("RUST_LOG")
         .output()
@@ -97,5 +97,5 @@ fn status_for_an_amqp_url_whose_broker_is_not_the_management_apis_says_so() {
     assert_ne!(output.status.code(), Some(0), "{stdout}{stderr}");
     assert!(stdout.trim().is_empty(), "no report: {stdout}");
     assert!(stderr.contains("not on port 1"), "{stderr}");
-    assert!(!stderr.contains("s3cret"), "{stderr}");
+    assert!(stderr.contains("guest:***@"), "{stderr}");
 }
