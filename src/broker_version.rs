@@ -1,5 +1,5 @@
 //! The RabbitMQ version of the broker and what burrow relies on that differs between versions
-//! (DESIGN.md, "RabbitMQ versions"), read from the management API's `/api/overview`.
+//! (docs/CONTRACT.md, "RabbitMQ versions"), read from the management API's `/api/overview`.
 //!
 //! lapin 4 does not expose `connection.start`'s server properties, so the version comes from
 //! the management API; when that is unreachable the version is logged as unknown and nothing

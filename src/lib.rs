@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`settings`]: typed, layered configuration; secrets never printed.
-//! - [`broker`]: the connection pool and clear connection errors; [`backoff`] for reconnects.
+//! - [`broker`]: the connection pool and clear connection errors; [`backoff`] for reconnects;
+//!   [`broker_version`]: what differs between RabbitMQ versions.
 //! - [`topology`]: exchanges, queues and bindings as data (`topology/shop.toml`).
 //! - [`management`]: a typed client of the management HTTP API.
 //! - [`message`]: orders and activity events, their rules; every header name (`headers.rs`).
@@ -20,7 +21,8 @@
 //!   [`demo`]: the whole shop on one machine.
 //! - [`cli`]: the command layer, the only module that prints: tables, JSON, progress bars and
 //!   exit codes over what the library returns, shared by the binaries.
-//! - [`telemetry`]: the one tracing setup; [`shutdown`]: SIGINT/SIGTERM.
+//! - [`telemetry`]: the one tracing setup; [`shutdown`]: SIGINT/SIGTERM; [`children`]: child
+//!   processes (the demo's workers, the tests').
 
 pub mod analytics;
 pub mod backoff;

@@ -15,7 +15,7 @@ pub enum InvalidMessage {
     /// Not JSON, or JSON of the wrong shape; serde's message names the field and position.
     #[error("malformed JSON: {0}")]
     Malformed(String),
-    /// A field breaks a rule of DESIGN.md.
+    /// A field breaks a rule of docs/CONTRACT.md.
     #[error("invalid field `{field}`: {rule}")]
     Rule {
         /// The field, e.g. `items[1].quantity`.

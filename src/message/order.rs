@@ -48,7 +48,7 @@ impl Order {
         Ok(order)
     }
 
-    /// Checks the rules of DESIGN.md.
+    /// Checks the rules of docs/CONTRACT.md.
     ///
     /// # Errors
     /// The first broken rule, naming its field.

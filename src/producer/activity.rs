@@ -126,7 +126,7 @@ impl EventSpec {
     /// The event, validated.
     ///
     /// # Errors
-    /// The kind is missing or a rule of DESIGN.md is broken.
+    /// The kind is missing or a rule of docs/CONTRACT.md is broken.
     pub fn event(&self) -> Result<ActivityEvent, String> {
         let kind = self.kind.ok_or("--kind is required")?;
         let mut e = ActivityEvent::new(kind, &self.user);

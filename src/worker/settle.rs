@@ -1,4 +1,4 @@
-//! The settlement rules of DESIGN.md as a pure function: given a handler's outcome, ack, or
+//! The settlement rules of docs/CONTRACT.md as a pure function: given a handler's outcome, ack, or
 //! forward a copy (to the next retry queue, or to the dead-letter exchange with the reason) and
 //! ack once the copy is confirmed.
 

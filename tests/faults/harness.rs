@@ -1,4 +1,4 @@
-//! Private RabbitMQ nodes for fault tests, started beside the system node as DESIGN.md says: as
+//! Private RabbitMQ nodes for fault tests, started beside the system node as docs/CONTRACT.md says: as
 //! the `rabbitmq` user (whose HOME holds the shared Erlang cookie), with their own name, ports,
 //! config file and directories under a temporary directory owned by `rabbitmq`. A node can be
 //! stopped gracefully, SIGKILLed, restarted, have its connections closed, raise a memory alarm and

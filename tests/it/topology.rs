@@ -1,5 +1,5 @@
 //! The topology against a real broker: declared idempotently, drift reported, verified through
-//! the management API, exported definitions imported, and messages routed as DESIGN.md says.
+//! the management API, exported definitions imported, and messages routed as docs/CONTRACT.md says.
 
 use std::time::{Duration, Instant};
 
