@@ -28,22 +28,12 @@ pub async fn verify(
             drift.push(Drift::missing(entity));
             continue;
         };
-        if actual.kind != expected.kind.as_str() {
-            drift.push(differs(
-                &entity,
-                "type",
-                expected.kind.as_str(),
-                &actual.kind,
-            ));
-        }
-        if actual.durable != expected.durable {
-            drift.push(differs(
-                &entity,
-                "durable",
-                &expected.durable.to_string(),
-                &actual.durable.to_string(),
-            ));
-        }
+        compare_kind_and_durability(
+            &entity,
+            (expected.kind.as_str(), expected.durable),
+            (&actual.kind, actual.durable),
+            &mut drift,
+        );
         compare_arguments(&entity, &expected.arguments, &actual.arguments, &mut drift);
     }
 
@@ -53,22 +43,12 @@ pub async fn verify(
             drift.push(Drift::missing(entity));
             continue;
         };
-        if actual.kind != expected.kind.as_str() {
-            drift.push(differs(
-                &entity,
-                "type",
-                expected.kind.as_str(),
-                &actual.kind,
-            ));
-        }
-        if actual.durable != expected.durable {
-            drift.push(differs(
-                &entity,
-                "durable",
-                &expected.durable.to_string(),
-                &actual.durable.to_string(),
-            ));
-        }
+        compare_kind_and_durability(
+            &entity,
+            (expected.kind.as_str(), expected.durable),
+            (&actual.kind, actual.durable),
+            &mut drift,
+        );
         // The type is compared above; `x-queue-type` may or may not be among the arguments
         // depending on how the queue was declared.
         let mut actual_args = actual.arguments.clone();
@@ -92,6 +72,26 @@ pub async fn verify(
         }
     }
     Ok(drift)
+}
+
+/// Drift in the type or the durability of an exchange or a queue, given as (type, durable).
+fn compare_kind_and_durability(
+    entity: &Entity,
+    expected: (&str, bool),
+    actual: (&str, bool),
+    drift: &mut Vec<Drift>,
+) {
+    if actual.0 != expected.0 {
+        drift.push(differs(entity, "type", expected.0, actual.0));
+    }
+    if actual.1 != expected.1 {
+        drift.push(differs(
+            entity,
+            "durable",
+            &expected.1.to_string(),
+            &actual.1.to_string(),
+        ));
+    }
 }
 
 fn differs(entity: &Entity, what: &str, expected: &str, actual: &str) -> Drift {
