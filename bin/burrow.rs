@@ -60,28 +60,6 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
-    /// Benchmark burrow against raw lapin, mode after mode, and print one table.
-    Bench {
-        /// Messages (orders) per mode.
-        #[arg(long, default_value_t = 20_000)]
-        messages: u64,
-        /// Publisher confirm window (unconfirmed publishes at most).
-        #[arg(long, default_value_t = 512)]
-        window: usize,
-        /// Consumer prefetch.
-        #[arg(long, default_value_t = 256)]
-        prefetch: u16,
-        /// Handlers at once of the in-process burrow worker.
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        /// Modes to run (comma-separated; default all).
-        #[arg(long, value_enum, value_delimiter = ',')]
-        modes: Vec<burrow::bench::Mode>,
-        /// Rounds of baseline, baseline-tuned and burrow-runtime, run interleaved; each
-        /// reports its median round.
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
-    },
 }
 
 #[derive(Subcommand)]
@@ -194,29 +172,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 failure_rate,
             };
             burrow::demo::run(&settings, options).await
-        }
-        Command::Bench {
-            messages,
-            window,
-            prefetch,
-            concurrency,
-            modes,
-            rounds,
-        } => {
-            let options = burrow::bench::BenchOptions {
-                messages,
-                window,
-                prefetch,
-                concurrency,
-                modes: if modes.is_empty() {
-                    burrow::bench::Mode::ALL.to_vec()
-                } else {
-                    modes
-                },
-                rounds,
-                command: std::env::args().collect::<Vec<_>>().join(" "),
-            };
-            burrow::bench::run(&settings, options).await
         }
         Command::Topology(command) => {
             use burrow::topology::command as topology;

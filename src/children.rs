@@ -1,5 +1,5 @@
-//! Child processes of `burrow demo` and `burrow bench`: the real `worker` binaries, started next
-//! to the running executable, stopped with SIGTERM (and killed only past a deadline).
+//! Child processes of `burrow demo` (and of the benchmark): the real `worker` binaries, started
+//! next to the running executable, stopped with SIGTERM (and killed only past a deadline).
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -55,10 +55,27 @@ impl ChildWorker {
         envs: &[(String, String)],
         log: &std::path::Path,
     ) -> anyhow::Result<Self> {
+        let worker = sibling_binary("worker")?;
+        Self::spawn_binary(&worker, name, service, args, envs, log)
+    }
+
+    /// [`ChildWorker::spawn`] with the `worker` binary at `worker` (the benchmark's is where
+    /// cargo built it, not next to the running executable).
+    ///
+    /// # Errors
+    /// The binary is missing or could not start.
+    pub fn spawn_binary(
+        worker: &std::path::Path,
+        name: &str,
+        service: &str,
+        args: &[String],
+        envs: &[(String, String)],
+        log: &std::path::Path,
+    ) -> anyhow::Result<Self> {
         let http = free_port()?;
         let file =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new(sibling_binary("worker")?)
+        let child = Command::new(worker)
             .arg(service)
             .arg("--http")
             .arg(http.to_string())

@@ -14,14 +14,13 @@
 //! - [`producer`]: the order service and other publishers.
 //! - [`service`]: runs one service as a worker process; [`http`] and [`metrics`] serve it.
 //! - [`status`]: `burrow status`; [`dlq`]: `burrow dlq list|show|replay|purge`.
-//! - [`bench`]: `burrow bench`, burrow against raw lapin in one run.
 //! - [`cli`]: errors as one line and an exit code, shared by the binaries.
 //! - [`telemetry`]: the one tracing setup; [`shutdown`]: SIGINT/SIGTERM.
 
 pub mod analytics;
 pub mod backoff;
-pub mod bench;
 pub mod broker;
+pub mod broker_version;
 pub mod children;
 pub mod cli;
 pub mod demo;

@@ -323,18 +323,8 @@ impl Management {
     /// # Errors
     /// As [`Management::overview`].
     pub async fn delete_user(&self, name: &str) -> Result<(), ManagementError> {
-        let url = format!("{}/api/users/{}", self.base, encode_vhost(name));
-        let request = self
-            .http
-            .delete(&url)
-            .basic_auth(&self.user, Some(&self.password));
-        match self
-            .send(&format!("deleting user '{name}'"), &url, request)
-            .await
-        {
-            Ok(_) | Err(ManagementError::Status { status: 404, .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
+        let path = format!("/api/users/{}", encode_vhost(name));
+        self.delete(&format!("deleting user '{name}'"), &path).await
     }
 
     /// Sets what `user` may configure, write and read in `vhost` (regular expressions).
@@ -436,6 +426,43 @@ impl Management {
             status: status.as_u16(),
             reason,
         })
+    }
+
+    /// Creates `vhost` (nothing changes when it exists).
+    ///
+    /// # Errors
+    /// As [`Management::overview`].
+    pub async fn put_vhost(&self, vhost: &str) -> Result<(), ManagementError> {
+        let path = format!("/api/vhosts/{}", encode_vhost(vhost));
+        self.put(
+            &format!("creating vhost '{vhost}'"),
+            &path,
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// Deletes `vhost` with everything in it; a vhost that does not exist is not an error.
+    ///
+    /// # Errors
+    /// As [`Management::overview`].
+    pub async fn delete_vhost(&self, vhost: &str) -> Result<(), ManagementError> {
+        let path = format!("/api/vhosts/{}", encode_vhost(vhost));
+        self.delete(&format!("deleting vhost '{vhost}'"), &path)
+            .await
+    }
+
+    /// DELETE `path`; a 404 (already gone) is success.
+    async fn delete(&self, what: &str, path: &str) -> Result<(), ManagementError> {
+        let url = format!("{}{path}", self.base);
+        let request = self
+            .http
+            .delete(&url)
+            .basic_auth(&self.user, Some(&self.password));
+        match self.send(what, &url, request).await {
+            Ok(_) | Err(ManagementError::Status { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -16,6 +16,12 @@ pub const HEADER_ERROR: &str = "x-burrow-error";
 pub const HEADER_SOURCE_QUEUE: &str = "x-burrow-source-queue";
 /// Header with the RFC 3339 time a message was dead-lettered.
 pub const HEADER_FAILED_AT: &str = "x-burrow-failed-at";
+/// Header with the exchange a dead letter was first delivered from in its dead-letter queue,
+/// kept when `burrow dlq` puts the message back at the tail of that queue.
+pub const HEADER_DEAD_EXCHANGE: &str = "x-burrow-dead-exchange";
+/// Header with the routing key a dead letter was first delivered with in its dead-letter
+/// queue, kept like [`HEADER_DEAD_EXCHANGE`].
+pub const HEADER_DEAD_ROUTING_KEY: &str = "x-burrow-dead-routing-key";
 /// W3C trace context header.
 pub const HEADER_TRACEPARENT: &str = "traceparent";
 
@@ -119,15 +125,29 @@ impl Order {
                 return Err(rule(format!("items[{i}].unit_price_cents"), "must be >= 0"));
             }
         }
-        Ok(())
+        self.total_cents().map(|_| ())
     }
 
-    /// Total in cents.
-    pub fn total_cents(&self) -> i64 {
+    /// Total in cents, computed with checked arithmetic.
+    ///
+    /// # Errors
+    /// The total does not fit in an `i64`; the error names the price of the first line at which
+    /// the running total overflows.
+    pub fn total_cents(&self) -> Result<i64, InvalidMessage> {
         self.items
             .iter()
-            .map(|i| i.unit_price_cents * i64::from(i.quantity))
-            .sum()
+            .enumerate()
+            .try_fold(0i64, |total, (i, item)| {
+                item.unit_price_cents
+                    .checked_mul(i64::from(item.quantity))
+                    .and_then(|line| total.checked_add(line))
+                    .ok_or_else(|| {
+                        rule(
+                            format!("items[{i}].unit_price_cents"),
+                            format!("the order total overflows {} cents", i64::MAX),
+                        )
+                    })
+            })
     }
 }
 
@@ -242,7 +262,8 @@ impl ActivityEvent {
         e.data = serde_json::json!({
             "email": order.email,
             "skus": order.items.iter().map(|i| i.sku.as_str()).collect::<Vec<_>>(),
-            "total_cents": order.total_cents(),
+            // A validated order's total fits; an unvalidated one that overflows shows `null`.
+            "total_cents": order.total_cents().ok(),
             "currency": order.currency,
         });
         e
@@ -426,6 +447,10 @@ mod tests {
             (
                 "items[0].unit_price_cents",
                 Box::new(|o| o.items[0].unit_price_cents = -1),
+            ),
+            (
+                "items[0].unit_price_cents",
+                Box::new(|o| o.items[0].unit_price_cents = i64::MAX),
             ),
         ];
         for (field, break_it) in cases {

@@ -104,21 +104,52 @@ pub async fn run(
         Topology::load(&settings.topology)
             .with_context(|| format!("loading {}", settings.topology.display()))?,
     );
+    crate::sqlite::set_synchronous(settings.store.synchronous);
     let metrics = WorkerMetrics::new();
     let role = format!("worker {}", service.name());
     let pool = crate::broker::pool(&settings.amqp, &role)?;
-    let router = crate::http::base_router(metrics.clone());
+    // In the background: a management API that is slow or closed to this user delays nothing.
+    tokio::spawn({
+        let (settings, role) = (settings.clone(), role.clone());
+        async move { crate::broker_version::log(&settings, &role).await }
+    });
+    let readiness = crate::http::Readiness::default().broker(pool.clone());
     let ctx = Runner {
         settings: &settings,
         topology,
         pool,
         metrics,
+        readiness,
         http: options.http,
         shutdown,
     };
+    let window = settings.store.retention();
+    // Purges de-duplication records past the retention window, in small batches, until shutdown.
+    macro_rules! purge {
+        ($what:literal, $store:expr) => {{
+            let store = $store.clone();
+            tokio::spawn(crate::sqlite::run_purges(
+                $what,
+                crate::sqlite::purge_interval(window),
+                ctx.shutdown.clone(),
+                move || {
+                    let store = store.clone();
+                    async move { store.purge(window).await }
+                },
+            ));
+        }};
+    }
     match service {
         Service::Fulfillment => {
             let store = Arc::new(FulfillmentStore::open(&settings.store).await?);
+            purge!("fulfillment", store);
+            let probe = store.clone();
+            let router = ctx.router(|r| {
+                r.check("store", move || {
+                    let store = probe.clone();
+                    async move { store.ping().await }
+                })
+            });
             let announcer = options.events.then(|| {
                 Arc::new(Announcer::new(
                     ctx.pool.clone(),
@@ -126,7 +157,7 @@ pub async fn run(
                 ))
             });
             let handler = Fulfillment::new(
-                SimulatedCarrier::new(settings.carrier.clone()),
+                SimulatedCarrier::new(settings.carrier.clone()).with_metrics(&ctx.metrics),
                 store,
                 announcer,
             );
@@ -136,23 +167,28 @@ pub async fn run(
         Service::Notifications => {
             let store = Arc::new(NotificationStore::open(
                 &settings.store.dir,
-                notifications::CLAIM_LEASE,
+                Duration::from_millis(settings.mail.claim_lease_ms),
             )?);
+            purge!("notifications", store);
             let mailer = Mailer::from_settings(&settings.mail)?;
             let handler = Notifications::new(mailer, settings.mail.from.clone(), store);
             let config = ctx.queue_config(service.queue())?;
+            let router = ctx.router(|r| r);
             ctx.serve_and_run(router, handler, config).await
         }
         Service::Analytics => {
             let store = Arc::new(AnalyticsStore::open(&settings.store.dir)?);
+            purge!("analytics", store);
             let handler = Analytics::new(store, &ctx.metrics);
             let config = ctx.queue_config(service.queue())?;
+            let router = ctx.router(|r| r);
             ctx.serve_and_run(router.merge(handler.router()), handler, config)
                 .await
         }
         Service::Recommendations => {
             let rebuild = options.rebuild || options.since.is_some();
             let model = Arc::new(Model::open(&settings.store.dir, rebuild).await?);
+            purge!("recommendations", model);
             let state = model.state().await?;
             let start = StartAt::resume(&state, options.since);
             tracing::info!(
@@ -161,12 +197,14 @@ pub async fn run(
                 rebuild,
                 "recommendations model loaded"
             );
-            let handler = Recommendations::new(model);
+            let handler = Recommendations::new(model, options.since);
             let mut config = ctx.queue_config_with(recommendations::settle_policy());
             // One handler at a time: the model applies events in stream order. Streams require
-            // a prefetch; acks only release the broker's credit.
+            // a prefetch; acks only release the broker's credit. The start offset is asked of
+            // the model before every session (`Handler::consume_arguments`), not fixed here.
             config.concurrency = 1;
-            config.consume_arguments = start.consume_arguments();
+            config.stream = true;
+            let router = ctx.router(|r| r);
             ctx.serve_and_run(router.merge(handler.router()), handler, config)
                 .await
         }
@@ -179,11 +217,22 @@ struct Runner<'a> {
     topology: Arc<Topology>,
     pool: crate::broker::Pool,
     metrics: Arc<WorkerMetrics>,
+    readiness: crate::http::Readiness,
     http: Option<SocketAddr>,
     shutdown: CancellationToken,
 }
 
 impl Runner<'_> {
+    /// `/healthz`, `/readyz` (the broker, plus what `checks` adds) and `/metrics`. The SQLite
+    /// stores of the activity services are local files, so only the broker decides their
+    /// readiness.
+    fn router(
+        &self,
+        checks: impl FnOnce(crate::http::Readiness) -> crate::http::Readiness,
+    ) -> axum::Router {
+        crate::http::base_router(self.metrics.clone(), checks(self.readiness.clone()))
+    }
+
     fn queue_config(&self, queue: &str) -> anyhow::Result<WorkerConfig> {
         Ok(self.queue_config_with(settle_policy(&self.topology, queue)?))
     }
@@ -196,6 +245,7 @@ impl Runner<'_> {
             grace: self.settings.worker.grace(),
             confirm_timeout: Duration::from_millis(self.settings.producer.confirm_timeout_ms),
             consume_arguments: lapin::types::FieldTable::default(),
+            stream: false,
         }
     }
 

@@ -14,9 +14,50 @@ use std::path::Path;
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use anyhow::Context;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
+
+/// How long a SQLite commit waits for the disk: `PRAGMA synchronous` in WAL mode. Set per
+/// process with `store.synchronous` (`BURROW__STORE__SYNCHRONOUS`).
+///
+/// `normal` is the default because `full` was measured to cost too much for what it buys here
+/// (`burrow bench --modes burrow-full`, notes of issue 11: fulfillment CPU per order +35-40 %,
+/// end-to-end rate 931-1058 → 611-689 orders/s, below the 1,000/s target on this machine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// The WAL is synced only at checkpoints. A commit survives the process crashing or being
+    /// killed, and the file is never corrupted, but a power failure or OS crash can roll back
+    /// the last commits, whose messages were already acked and will not be redelivered: a
+    /// fulfillment record (the shipment was booked and announced, but a later duplicate of the
+    /// order is no longer recognised; the carrier's idempotency key still prevents a second
+    /// booking), a notification claim (a redelivered or republished event could be mailed
+    /// again), analytics counts (events counted once are missing).
+    #[default]
+    Normal,
+    /// The WAL is synced at every commit: a committed record, and so the ack it allowed,
+    /// survives a power failure or OS crash. With group commit that is one fsync per batch of
+    /// calls, not per call.
+    Full,
+}
+
+static SYNCHRONOUS_FULL: AtomicBool = AtomicBool::new(false);
+
+/// Sets how every SQLite store opened afterwards by this process commits.
+pub fn set_synchronous(mode: Synchronous) {
+    SYNCHRONOUS_FULL.store(mode == Synchronous::Full, Ordering::Relaxed);
+}
+
+fn synchronous() -> &'static str {
+    if SYNCHRONOUS_FULL.load(Ordering::Relaxed) {
+        "FULL"
+    } else {
+        "NORMAL"
+    }
+}
 
 /// One call queued for the database thread.
 trait Call: Send {
@@ -101,7 +142,7 @@ pub fn open_wal(path: &Path) -> anyhow::Result<Connection> {
             let conn = Connection::open(path)?;
             conn.busy_timeout(Duration::from_secs(30))?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            conn.pragma_update(None, "synchronous", synchronous())?;
             Ok::<_, rusqlite::Error>(conn)
         })();
         match attempt {
@@ -200,6 +241,89 @@ impl Db {
     }
 }
 
+impl Db {
+    /// Deletes the rows of `table` whose `column` is below `cutoff`, oldest first (by rowid,
+    /// i.e. by insertion), `batch` rows per call, each call committed through the group-commit
+    /// thread like any handler's call, so a purge never holds the write lock for long and
+    /// handlers' calls interleave with it. Stops at the first batch that is not full. Returns
+    /// the rows deleted.
+    ///
+    /// Only the oldest `batch` rows are looked at per call, so the purge needs no index on
+    /// `column`: rows are inserted in time order.
+    ///
+    /// # Errors
+    /// The database failed; what was deleted before stays deleted.
+    pub async fn purge_older(
+        &self,
+        table: &'static str,
+        column: &'static str,
+        cutoff: rusqlite::types::Value,
+        batch: usize,
+    ) -> anyhow::Result<u64> {
+        let mut total = 0u64;
+        loop {
+            let cutoff = cutoff.clone();
+            let limit = i64::try_from(batch).unwrap_or(i64::MAX);
+            let deleted = self
+                .call_one_statement(move |conn| {
+                    conn.prepare_cached(&format!(
+                        "DELETE FROM {table} WHERE rowid IN
+                           (SELECT rowid FROM {table} ORDER BY rowid LIMIT ?2)
+                         AND {column} < ?1"
+                    ))?
+                    .execute(rusqlite::params![cutoff, limit])
+                })
+                .await?;
+            total += deleted as u64;
+            if deleted < batch {
+                return Ok(total);
+            }
+            // Let the handlers' calls in between two batches.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Rows deleted per transaction by a retention purge.
+pub const PURGE_BATCH: usize = 500;
+
+/// Runs `purge` every `every` until `shutdown`, logging what it deleted. `purge` deletes what
+/// is older than the retention window and returns how many rows.
+pub async fn run_purges<F, Fut>(
+    what: &'static str,
+    every: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+    mut purge: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<u64>>,
+{
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match purge().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                store = what,
+                deleted = n,
+                "purged records past the retention window"
+            ),
+            Err(e) => {
+                tracing::warn!(store = what, error = %format!("{e:#}"), "retention purge failed")
+            }
+        }
+    }
+}
+
+/// How often a store with retention `window` is purged: a tenth of it, between 1 s and 60 s.
+pub fn purge_interval(window: Duration) -> Duration {
+    (window / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
 /// Runs `f` in a savepoint: released when `f` succeeds, rolled back when it fails.
 fn in_savepoint<T>(
     conn: &Connection,
@@ -296,6 +420,41 @@ mod tests {
         })
         .await
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_purge_deletes_old_rows_in_batches_and_keeps_fresh_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = counter_db(dir.path());
+        db.call(|c| {
+            for i in 0..1234 {
+                c.execute(
+                    "INSERT INTO t VALUES (?1, ?2)",
+                    rusqlite::params![format!("old{i:04}"), i],
+                )?;
+            }
+            for i in 0..10 {
+                c.execute("INSERT INTO t VALUES (?1, 5000)", [format!("new{i}")])?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+        // Batches of 100: 13 calls, the last one not full.
+        let deleted = db
+            .purge_older("t", "n", rusqlite::types::Value::Integer(4000), 100)
+            .await
+            .unwrap();
+        assert_eq!(deleted, 1234);
+        let left = rows(&db).await;
+        assert_eq!(left.len(), 10);
+        assert!(left.iter().all(|k| k.starts_with("new")));
+        assert_eq!(
+            db.purge_older("t", "n", rusqlite::types::Value::Integer(4000), 100)
+                .await
+                .unwrap(),
+            0
+        );
     }
 
     #[tokio::test]

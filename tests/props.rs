@@ -1,7 +1,9 @@
 //! Property tests of message decoding and header parsing: arbitrary input never panics, and
 //! valid messages survive a round trip through their JSON form.
 
-use burrow::message::{header_str, header_u32, ActivityEvent, EventKind, Order, OrderItem};
+use burrow::message::{
+    header_str, header_u32, ActivityEvent, EventKind, InvalidMessage, Order, OrderItem,
+};
 use chrono::{TimeZone, Utc};
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use proptest::prelude::*;
@@ -88,6 +90,43 @@ proptest! {
     fn valid_orders_round_trip(order in valid_order()) {
         let body = serde_json::to_vec(&order).expect("serialize");
         prop_assert_eq!(Order::decode(&body), Ok(order));
+    }
+
+    #[test]
+    fn an_order_total_is_exact_or_an_error_naming_the_overflowing_price(
+        lines in prop::collection::vec((1u32..=1000, 0i64..=i64::MAX), 1..5),
+    ) {
+        let mut order = Order {
+            order_id: "ord_1".into(),
+            customer_id: "cus_1".into(),
+            email: "a@b.c".into(),
+            items: Vec::new(),
+            currency: "EUR".into(),
+            placed_at: Utc.timestamp_opt(0, 0).single().expect("valid time"),
+        };
+        order.items = lines
+            .iter()
+            .enumerate()
+            .map(|(i, &(quantity, unit_price_cents))| OrderItem {
+                sku: format!("SKU-{i}"),
+                quantity,
+                unit_price_cents,
+            })
+            .collect();
+        let exact: i128 = lines.iter().map(|&(q, p)| i128::from(q) * i128::from(p)).sum();
+        let body = serde_json::to_vec(&order).expect("serialize");
+        match (i64::try_from(exact), Order::decode(&body)) {
+            (Ok(total), Ok(decoded)) => prop_assert_eq!(decoded.total_cents(), Ok(total)),
+            (Err(_), Err(InvalidMessage::Rule { field, rule })) => {
+                prop_assert!(
+                    field.starts_with("items[") && field.ends_with("].unit_price_cents"),
+                    "field {field}"
+                );
+                prop_assert!(rule.contains("overflows"), "rule {rule}");
+                prop_assert!(order.total_cents().is_err());
+            }
+            (exact, decoded) => prop_assert!(false, "exact total {exact:?}, decoded {decoded:?}"),
+        }
     }
 
     #[test]

@@ -118,6 +118,19 @@ impl AnalyticsStore {
         })
     }
 
+    /// Forgets the `event_id`s counted longer than `window` ago (the counts stay), in batches;
+    /// returns how many. A redelivery after the window is counted again.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn purge(&self, window: std::time::Duration) -> anyhow::Result<u64> {
+        let window = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = rusqlite::types::Value::Integer(now_ms().saturating_sub(window));
+        self.db
+            .purge_older("seen", "counted_at", cutoff, crate::sqlite::PURGE_BATCH)
+            .await
+    }
+
     /// Counts `event` unless its `event_id` was counted before; returns whether it was new.
     ///
     /// # Errors

@@ -14,7 +14,7 @@ use tracing::debug;
 
 pub use carrier::{Carrier, CarrierError, SimulatedCarrier};
 pub use postgres::PostgresStore;
-pub use store::{FulfillmentStore, Recorded, SqliteStore, StoreCounts};
+pub use store::{FulfillmentRecord, FulfillmentStore, Recorded, SqliteStore, StoreCounts};
 
 use crate::message::{properties, ActivityEvent, Order, HEADER_TRACEPARENT};
 use crate::publisher::{self, Fate, Outgoing};
@@ -115,7 +115,7 @@ impl<C: Carrier> Handler for Fulfillment<C> {
             Err(e) => return Outcome::Permanent(e.to_string()),
         };
         let traceparent = msg.header(HEADER_TRACEPARENT);
-        let shipment = match self.carrier.book(&order).await {
+        let shipment = match self.carrier.book(&order.order_id, &order).await {
             Ok(s) => s,
             Err(e @ CarrierError::Unavailable(_)) => return Outcome::Transient(e.to_string()),
             Err(e @ CarrierError::Refused(_)) => return Outcome::Permanent(e.to_string()),
@@ -142,5 +142,57 @@ impl<C: Carrier> Handler for Fulfillment<C> {
         // `burrow_messages_total`.
         debug!(order_id = %order.order_id, %shipment, trace = traceparent.as_deref().unwrap_or("-"), "fulfilled");
         Outcome::Success
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::CarrierSettings;
+
+    fn incoming(order: &Order) -> Incoming {
+        Incoming {
+            body: serde_json::to_vec(order).unwrap(),
+            properties: lapin::BasicProperties::default(),
+            exchange: "orders".into(),
+            routing_key: crate::message::ORDER_PLACED.into(),
+            redelivered: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_failure_after_booking_does_not_book_the_order_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fulfillment.db");
+        let store = Arc::new(FulfillmentStore::Sqlite(SqliteStore::open(&path).unwrap()));
+        let carrier = SimulatedCarrier::new(CarrierSettings {
+            latency_ms: 0,
+            failure_rate: 0.0,
+            always_fail_skus: Vec::new(),
+            panic_skus: Vec::new(),
+            #[cfg(feature = "test-hooks")]
+            abort_skus: Vec::new(),
+        });
+        let handler = Fulfillment::new(carrier.clone(), store.clone(), None);
+        let msg = incoming(&crate::message::tests_support::order("ord_1"));
+
+        // The store fails behind a successful booking: its table is away for the first attempt.
+        let side = rusqlite::Connection::open(&path).unwrap();
+        side.execute_batch("ALTER TABLE fulfillments RENAME TO away")
+            .unwrap();
+        let first = handler.handle(&msg).await;
+        assert!(
+            matches!(first, Outcome::Transient(ref e) if e.contains("store")),
+            "{first:?}"
+        );
+        assert_eq!(carrier.bookings(), 1);
+        side.execute_batch("ALTER TABLE away RENAME TO fulfillments")
+            .unwrap();
+
+        // The retry books with the same key: the carrier answers with the earlier booking.
+        assert!(matches!(handler.handle(&msg).await, Outcome::Success));
+        assert_eq!(carrier.bookings(), 1, "one shipment booked");
+        assert_eq!(carrier.duplicate_bookings(), 1);
+        assert_eq!(store.counts().await.unwrap().fulfilled, 1);
     }
 }

@@ -2,6 +2,12 @@
 //! order confirmation on `order.placed`, a shipping notice on `order.fulfilled`; every other kind
 //! is acked without mail. Each event's mail is sent at most once per claim (see [`store`]): a
 //! redelivery or a duplicate publish with the same `event_id` sends nothing.
+//!
+//! The claim is renewed before every attempt and every third of a lease while a send runs, so
+//! a send slower than the lease is not sent again by another worker; a worker that finds its
+//! claim taken over does not send. A worker that finds the event claimed by a live worker
+//! waits for that worker's outcome (sent, released, or its process gone), checking every
+//! 100 ms: a claim left by a killed process is taken over within that, not after a lease.
 
 mod mail;
 pub mod store;
@@ -20,11 +26,10 @@ use crate::worker::{Handler, Incoming, Outcome};
 /// The queue the service consumes.
 pub const QUEUE: &str = "activity.notifications";
 
-/// How long a claim protects an event whose worker may still be sending. Longer than any send
-/// (lettre's SMTP timeout is 60 s); a worker that died mid-send loses its claim after this, and
-/// the redelivered event is sent again (at-least-once: a crash between sending and recording
-/// can send a mail twice; nothing else can).
-pub const CLAIM_LEASE: Duration = Duration::from_secs(120);
+/// How long a worker waits on a claim held by another live worker before it hands its
+/// delivery back as a transient failure. The owner renews its claim while it sends, so this
+/// bounds the wait on a send that hangs (lettre's SMTP timeout is 60 s per attempt).
+pub const BUSY_WAIT: Duration = Duration::from_secs(300);
 
 /// Attempts at sending one mail before the event is handed back as a transient failure.
 const SEND_ATTEMPTS: u32 = 3;
@@ -121,8 +126,10 @@ impl Notifications {
             {
                 Ok(Claim::Won) => return Ok(true),
                 Ok(Claim::AlreadySent) => return Ok(false),
-                // Another worker holds a fresh claim: wait until it is sent, released or stale.
-                Ok(Claim::Busy) if started.elapsed() <= CLAIM_LEASE + Duration::from_secs(1) => {
+                // Another live worker holds the claim: wait until it is sent or released, its
+                // process is gone, or it stops renewing. Acking now could lose the mail: that
+                // worker's own delivery may be this one, requeued after its channel closed.
+                Ok(Claim::Busy) if started.elapsed() <= BUSY_WAIT => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Ok(Claim::Busy) => {
@@ -136,8 +143,43 @@ impl Notifications {
         }
     }
 
+    /// Whether `owner` still holds the claim; a store error counts as "still held" (the send
+    /// goes ahead as before renewals existed, and marking it sent checks the owner again).
+    async fn still_mine(&self, event: &ActivityEvent, owner: &str) -> bool {
+        match self.store.renew(&event.event_id, owner).await {
+            Ok(mine) => mine,
+            Err(e) => {
+                warn!(event_id = %event.event_id, error = %format!("{e:#}"), "could not renew the claim");
+                true
+            }
+        }
+    }
+
+    /// Sends `mail`, renewing `owner`'s claim every third of a lease while the send runs.
+    async fn send_renewing(
+        &self,
+        event: &ActivityEvent,
+        mail: &Mail,
+        owner: &str,
+    ) -> Result<(), MailError> {
+        let every = (self.store.lease() / 3).max(Duration::from_millis(10));
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let send = self.mailer.send(&self.from, mail);
+        tokio::pin!(send);
+        loop {
+            tokio::select! {
+                result = &mut send => return result,
+                _ = renew.tick() => {
+                    if !self.still_mine(event, owner).await {
+                        error!(event_id = %event.event_id, "claim taken over while sending");
+                    }
+                }
+            }
+        }
+    }
+
     async fn send(&self, event: &ActivityEvent, mail: &Mail) -> Outcome {
-        let owner = crate::message::new_id("claim");
+        let owner = store::new_owner();
         match self.claim(event, &mail.to, &owner).await {
             Ok(true) => {}
             Ok(false) => {
@@ -149,7 +191,14 @@ impl Notifications {
         let mut attempt = 0;
         let failure = loop {
             attempt += 1;
-            match self.mailer.send(&self.from, mail).await {
+            // Fenced: another worker took the claim over (this one was judged gone or stopped
+            // renewing); that worker sends the mail, and its own delivery stays unacked until
+            // it does.
+            if !self.still_mine(event, &owner).await {
+                warn!(event_id = %event.event_id, "claim taken over by another worker; not sending");
+                return Outcome::Success;
+            }
+            match self.send_renewing(event, mail, &owner).await {
                 Ok(()) => break None,
                 Err(MailError::Invalid(reason)) => break Some(Outcome::Permanent(reason)),
                 Err(MailError::Transport(reason)) if attempt >= SEND_ATTEMPTS => {
@@ -163,9 +212,15 @@ impl Notifications {
         };
         match failure {
             None => {
-                if let Err(e) = self.store.sent(&event.event_id, &owner).await {
+                match self.store.sent(&event.event_id, &owner).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        error!(event_id = %event.event_id, "mail sent after the claim was taken over");
+                    }
                     // The mail is out; only the record is missing. Retrying would send it again.
-                    error!(event_id = %event.event_id, error = %format!("{e:#}"), "mail sent but not recorded");
+                    Err(e) => {
+                        error!(event_id = %event.event_id, error = %format!("{e:#}"), "mail sent but not recorded");
+                    }
                 }
                 // debug: one line per mail is hot-path cost; sent mails are counted in
                 // `burrow_messages_total` and recorded in the notifications store.

@@ -2,6 +2,14 @@
 //! notifications process of a host. A worker *claims* an event before sending (an insert that
 //! only one writer can win), marks it sent afterwards, or releases the claim when sending
 //! failed, so two workers never both send the mail of one event.
+//!
+//! A claim names its owner: the process (pid, its start time, its pid namespace and the boot
+//! id, so a reused pid or another container is never mistaken for it) and a token unique to
+//! the claim. The owner renews the claim ([`NotificationStore::renew`]) before every attempt and
+//! while a send runs, so a slow send never outlasts its lease; renewing, marking sent and
+//! releasing all require the exact owner, so an owner that lost its claim (fenced) learns it
+//! before it sends again. A claim is taken over when its owner is a process of this host that
+//! is gone (at once, not after the lease) or when it was not renewed for a whole lease.
 
 use std::path::Path;
 use std::time::Duration;
@@ -29,8 +37,76 @@ pub enum Claim {
     Won,
     /// Its mail was sent before: a redelivery or a duplicate publish.
     AlreadySent,
-    /// Another worker is sending it right now.
+    /// Another live worker is sending it right now.
     Busy,
+}
+
+/// This process, as claims name it: `pid/start time/pid namespace/boot id`.
+fn this_process() -> &'static str {
+    static ME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ME.get_or_init(|| {
+        let pid = std::process::id();
+        format!(
+            "{pid}/{}/{}/{}",
+            start_time(pid).unwrap_or_default(),
+            pid_namespace().unwrap_or_default(),
+            boot_id().unwrap_or_default()
+        )
+    })
+}
+
+/// The start time of process `pid` in clock ticks since boot (field 22 of `/proc/PID/stat`).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields resume after the
+    // last `)`, at field 3.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+fn pid_namespace() -> Option<String> {
+    let link = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    Some(
+        link.to_string_lossy()
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect(),
+    )
+}
+
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
+/// A new owner for one claim: this process and a fresh token.
+pub fn new_owner() -> String {
+    format!("{}/{}", this_process(), crate::message::new_id("claim"))
+}
+
+/// Whether the process named by `owner` is gone: `Some(true)` only when it was a process of
+/// this host and pid namespace that no longer runs (its pid is free or belongs to a process
+/// started later). `None` when that cannot be told (another namespace or host, an old claim).
+pub fn owner_gone(owner: &str) -> Option<bool> {
+    let mut parts = owner.splitn(5, '/');
+    let (pid, start, ns, boot) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let mut mine = this_process().splitn(4, '/').skip(2);
+    let (my_ns, my_boot) = (mine.next()?, mine.next()?);
+    if ns.is_empty() || boot.is_empty() || ns != my_ns {
+        return None;
+    }
+    if boot != my_boot {
+        // Same namespace id, another boot: the host restarted since the claim.
+        return Some(true);
+    }
+    let pid: u32 = pid.parse().ok()?;
+    let start: u64 = start.parse().ok()?;
+    Some(start_time(pid) != Some(start))
 }
 
 /// Counts read back from the store.
@@ -92,22 +168,32 @@ impl NotificationStore {
                 let claim = if inserted == 1 {
                     Claim::Won
                 } else {
-                    let row: Option<(String, i64)> = conn
+                    let row: Option<(String, String, i64)> = conn
                         .query_row(
-                            "SELECT status, claimed_at FROM notifications WHERE event_id = ?1",
+                            "SELECT status, owner, claimed_at FROM notifications WHERE event_id = ?1",
                             [&event_id],
-                            |r| Ok((r.get(0)?, r.get(1)?)),
+                            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                         )
                         .optional()?;
                     match row {
-                        Some((status, _)) if status == "sent" => Claim::AlreadySent,
-                        Some((_, claimed_at)) if now.saturating_sub(claimed_at) > lease_ms => {
-                            conn.execute(
-                                "UPDATE notifications SET owner = ?2, claimed_at = ?3 WHERE event_id = ?1",
-                                params![event_id, owner, now],
+                        Some((status, _, _)) if status == "sent" => Claim::AlreadySent,
+                        Some((_, held_by, claimed_at))
+                            if owner_gone(&held_by) == Some(true)
+                                || now.saturating_sub(claimed_at) > lease_ms =>
+                        {
+                            let taken = conn.execute(
+                                "UPDATE notifications SET owner = ?2, claimed_at = ?3
+                                 WHERE event_id = ?1 AND owner = ?4 AND status = 'sending'",
+                                params![event_id, owner, now, held_by],
                             )?;
-                            Claim::Won
+                            if taken == 1 {
+                                Claim::Won
+                            } else {
+                                Claim::Busy
+                            }
                         }
+                        // Released between the insert and the read: try again.
+                        None => Claim::Busy,
                         _ => Claim::Busy,
                     }
                 };
@@ -116,11 +202,30 @@ impl NotificationStore {
             .await
     }
 
-    /// Marks the mail of `event_id` as sent.
+    /// Renews `owner`'s claim on `event_id` for another lease; `false` when the claim is no
+    /// longer `owner`'s (it was taken over: the caller must not send).
     ///
     /// # Errors
     /// The database failed.
-    pub async fn sent(&self, event_id: &str, owner: &str) -> anyhow::Result<()> {
+    pub async fn renew(&self, event_id: &str, owner: &str) -> anyhow::Result<bool> {
+        let (event_id, owner) = (event_id.to_owned(), owner.to_owned());
+        self.db
+            .call_one_statement(move |conn| {
+                conn.prepare_cached(
+                    "UPDATE notifications SET claimed_at = ?3
+                     WHERE event_id = ?1 AND owner = ?2 AND status = 'sending'",
+                )?
+                .execute(params![event_id, owner, now_ms()])
+                .map(|n| n == 1)
+            })
+            .await
+    }
+
+    /// Marks the mail of `event_id` as sent; `false` when the claim was no longer `owner`'s.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn sent(&self, event_id: &str, owner: &str) -> anyhow::Result<bool> {
         let (event_id, owner) = (event_id.to_owned(), owner.to_owned());
         self.db
             .call_one_statement(move |conn| {
@@ -129,9 +234,32 @@ impl NotificationStore {
                      WHERE event_id = ?1 AND owner = ?2",
                 )?
                 .execute(params![event_id, owner, now_ms()])
-                .map(|_| ())
+                .map(|n| n == 1)
             })
             .await
+    }
+
+    /// Forgets the events claimed (and, for sent ones, last renewed) longer than `window` ago,
+    /// in batches; returns how many. A redelivery after the window mails again.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn purge(&self, window: Duration) -> anyhow::Result<u64> {
+        let window = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = rusqlite::types::Value::Integer(now_ms().saturating_sub(window));
+        self.db
+            .purge_older(
+                "notifications",
+                "claimed_at",
+                cutoff,
+                crate::sqlite::PURGE_BATCH,
+            )
+            .await
+    }
+
+    /// The lease of a claim.
+    pub fn lease(&self) -> Duration {
+        self.lease
     }
 
     /// Gives up the claim of `event_id` after a failed send, so a later delivery may send it.
@@ -218,8 +346,53 @@ mod tests {
         assert_eq!(s.claim("e1", "k", "r", "w1").await.unwrap(), Claim::Won);
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(s.claim("e1", "k", "r", "w2").await.unwrap(), Claim::Won);
-        // The first owner can no longer mark it sent.
-        s.sent("e1", "w1").await.unwrap();
+        // The first owner is fenced: it can neither renew nor mark it sent.
+        assert!(!s.renew("e1", "w1").await.unwrap());
+        assert!(!s.sent("e1", "w1").await.unwrap());
         assert_eq!(s.counts().await.unwrap().sent, 0);
+        assert!(s.sent("e1", "w2").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_renewed_claim_outlives_its_lease_and_a_gone_owner_is_taken_over_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = NotificationStore::open(dir.path(), Duration::from_millis(300)).unwrap();
+        let me = new_owner();
+        assert_eq!(owner_gone(&me), Some(false));
+        assert_eq!(s.claim("e1", "k", "r", &me).await.unwrap(), Claim::Won);
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(s.renew("e1", &me).await.unwrap());
+            assert_eq!(
+                s.claim("e1", "k", "r", &new_owner()).await.unwrap(),
+                Claim::Busy,
+                "a live, renewing owner keeps its claim past the lease"
+            );
+        }
+        assert!(s.sent("e1", &me).await.unwrap());
+
+        // A claim of a process that has exited: the same host and namespace, its pid gone.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let start = start_time(pid);
+        child.wait().unwrap();
+        let mut parts = this_process().splitn(4, '/').skip(2);
+        let dead = format!(
+            "{pid}/{}/{}/{}/claim_x",
+            start.unwrap_or(1),
+            parts.next().unwrap(),
+            parts.next().unwrap()
+        );
+        assert_eq!(owner_gone(&dead), Some(true));
+        let s = NotificationStore::open(dir.path(), Duration::from_secs(3600)).unwrap();
+        assert_eq!(s.claim("e2", "k", "r", &dead).await.unwrap(), Claim::Won);
+        assert_eq!(s.claim("e2", "k", "r", &me).await.unwrap(), Claim::Won);
+        // An owner that cannot be judged (another host, an old claim) keeps it for the lease.
+        assert_eq!(owner_gone("claim_old"), None);
+        assert_eq!(
+            s.claim("e3", "k", "r", "claim_old").await.unwrap(),
+            Claim::Won
+        );
+        assert_eq!(s.claim("e3", "k", "r", &me).await.unwrap(), Claim::Busy);
     }
 }

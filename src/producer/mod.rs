@@ -104,6 +104,23 @@ pub fn event_message(event: &ActivityEvent, traceparent: Option<&str>) -> Outgoi
     }
 }
 
+/// Refuses a message larger than RabbitMQ 4.0+ accepts (16 MiB): the broker would close the
+/// channel, so the producer says why first.
+///
+/// # Errors
+/// A line naming the order, its size and the limit.
+pub fn check_size(what: &str, id: &str, body: &[u8]) -> Result<(), String> {
+    let limit = crate::broker_version::MAX_MESSAGE_BYTES_4_0;
+    if body.len() > limit {
+        return Err(format!(
+            "the {what} {id} is {} bytes, more than the {limit} bytes (16 MiB) RabbitMQ 4.0+ \
+             accepts in one message; split it",
+            body.len()
+        ));
+    }
+    Ok(())
+}
+
 /// Publishes one order, waits for its confirm and prints its id.
 ///
 /// # Errors
@@ -117,13 +134,22 @@ pub async fn place_order(
         eprintln!("error: {e}");
         return Ok(ExitCode::from(2));
     }
+    let messages = order_messages(&order, events);
+    if let Err(e) = messages
+        .iter()
+        .try_for_each(|m| check_size("order", &order.order_id, &m.body))
+    {
+        eprintln!("error: {e}");
+        return Ok(ExitCode::from(2));
+    }
+    crate::broker_version::log(settings, "producer").await;
     let conn = broker::connect(&settings.amqp, "producer").await?;
     let channel = publisher::confirm_channel(&conn)
         .await
         .context("opening a confirm channel")?;
     let timeout = Duration::from_millis(settings.producer.confirm_timeout_ms);
     let mut code = ExitCode::SUCCESS;
-    for msg in order_messages(&order, events) {
+    for msg in messages {
         let what = if msg.label == LABEL_ORDER {
             "order"
         } else {
@@ -339,6 +365,18 @@ fn read_orders(reader: impl BufRead + Send) -> impl Iterator<Item = Result<Order
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_order_over_16_mib_is_refused_with_its_size() {
+        let mut order = crate::message::tests_support::order("ord_big");
+        order.items[0].sku = "S".repeat(17 * 1024 * 1024);
+        let messages = order_messages(&order, false);
+        let e = check_size("order", &order.order_id, &messages[0].body).expect_err("too big");
+        assert!(e.contains("ord_big") && e.contains("16 MiB"), "{e}");
+        let small = crate::message::tests_support::order("ord_small");
+        let body = &order_messages(&small, false)[0].body;
+        assert!(check_size("order", "ord_small", body).is_ok());
+    }
 
     #[test]
     fn items_parse_or_say_what_is_wrong() {

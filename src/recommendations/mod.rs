@@ -2,10 +2,16 @@
 //! instance can rebuild its model from the whole history, then follows live events.
 //!
 //! It consumes with `x-stream-offset`: `first` for a fresh model, a timestamp for `--since`, and
-//! the stored offset + 1 when its model (see [`model`]) already holds events, so a restart does
-//! not re-read. Each message's `x-stream-offset` header is stored with the model change in one
-//! transaction; an offset at or below the stored one is skipped, which also covers the re-read
-//! after a reconnect (the runtime re-consumes from the start offset it was given).
+//! the stored offset + 1 when its model (see [`model`]) already holds events. The offset is
+//! chosen again from the store before every session ([`Handler::consume_arguments`]), so a
+//! restart and a reconnect both resume right after the last message applied: nothing is read
+//! twice and nothing skipped. Each message's `x-stream-offset` header is stored with the model
+//! change in one transaction; an offset at or below the stored one is still skipped, as a guard.
+//!
+//! The runtime settles the stream as a stream (`WorkerConfig::stream`): never `basic.nack` or
+//! `basic.reject`, which close a stream consumer's channel before RabbitMQ 3.13. A model store
+//! failure is retried here, with back-off, rather than handed to the runtime: the model applies
+//! the stream in order and may not step over a message.
 //!
 //! Stream consumers do not compete: every instance gets every message, so each replica holds the
 //! full model, and scaling out means more replicas answering HTTP, not shared work. Handlers run
@@ -32,6 +38,7 @@ use tracing::{error, info, warn};
 
 pub use model::{Applied, Model, ModelState, Scored};
 
+use crate::backoff::Backoff;
 use crate::message::ActivityEvent;
 use crate::worker::{Handler, Incoming, Outcome, SettlePolicy};
 
@@ -103,12 +110,21 @@ pub fn stream_offset(msg: &Incoming) -> Option<i64> {
 #[derive(Debug, Clone)]
 pub struct Recommendations {
     model: Arc<Model>,
+    since: Option<DateTime<Utc>>,
 }
 
 impl Recommendations {
-    /// Feeds `model`.
-    pub fn new(model: Arc<Model>) -> Self {
-        Self { model }
+    /// Feeds `model`; while the model holds no offset yet, reads from `since` (else `first`).
+    pub fn new(model: Arc<Model>, since: Option<DateTime<Utc>>) -> Self {
+        Self { model, since }
+    }
+
+    /// Where the next session starts: right after the offset stored in the model.
+    ///
+    /// # Errors
+    /// The model cannot be read.
+    pub async fn start(&self) -> anyhow::Result<StartAt> {
+        Ok(StartAt::resume(&self.model.state().await?, self.since))
     }
 
     /// `GET /recommendations/{user_id}`, `GET /products/{sku}/related` (both `?limit=N`) and
@@ -177,14 +193,31 @@ impl Handler for Recommendations {
         if let Err(reason) = &event {
             warn!(offset, message_id = msg.message_id().unwrap_or("-"), %reason, "invalid event in the stream; skipped");
         }
-        match self.model.apply(offset, event).await {
-            Ok(Applied::AlreadyApplied) if offset % 1000 == 0 => {
-                info!(offset, "skipping offsets already in the model");
-                Outcome::Success
+        // The model store is a local file: a failure (a full disk, a lock held too long) is
+        // waited out, since a stream cannot be requeued and the model may not skip a message.
+        // On shutdown the runtime gives up after its grace period; the message is then read
+        // again from the stored offset by the next start.
+        let mut backoff = Backoff::default();
+        loop {
+            match self.model.apply(offset, event.clone()).await {
+                Ok(Applied::AlreadyApplied) => {
+                    info!(offset, "skipping an offset already in the model");
+                    return Outcome::Success;
+                }
+                Ok(_) => return Outcome::Success,
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    error!(offset, error = %format!("{e:#}"), ?delay, "recommendations model failed; trying again");
+                    tokio::time::sleep(delay).await;
+                }
             }
-            Ok(_) => Outcome::Success,
-            Err(e) => Outcome::Transient(format!("recommendations model: {e:#}")),
         }
+    }
+
+    async fn consume_arguments(&self) -> anyhow::Result<Option<FieldTable>> {
+        let start = self.start().await?;
+        info!(?start, "reading the stream");
+        Ok(Some(start.consume_arguments()))
     }
 }
 

@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS state (
     skipped INTEGER NOT NULL DEFAULT 0
 );
 INSERT OR IGNORE INTO state (id) VALUES (0);
-CREATE TABLE IF NOT EXISTS seen (event_id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS seen (event_id TEXT PRIMARY KEY, seen_at INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS interest (
     user_id TEXT NOT NULL, sku TEXT NOT NULL, weight INTEGER NOT NULL, last_offset INTEGER NOT NULL,
     PRIMARY KEY (user_id, sku)
@@ -140,6 +140,19 @@ impl Model {
     /// The database cannot be opened or cleared.
     pub async fn open(dir: &Path, rebuild: bool) -> anyhow::Result<Self> {
         let db = Db::open(&dir.join("recommendations.db"), SCHEMA)?;
+        // Models made before `seen_at` existed: add it (their rows count as old).
+        db.call(|conn| {
+            let has: bool = conn
+                .prepare("SELECT 1 FROM pragma_table_info('seen') WHERE name = 'seen_at'")?
+                .exists([])?;
+            if !has {
+                conn.execute_batch(
+                    "ALTER TABLE seen ADD COLUMN seen_at INTEGER NOT NULL DEFAULT 0",
+                )?;
+            }
+            Ok(())
+        })
+        .await?;
         if rebuild {
             db.call(|conn| {
                 conn.execute_batch(
@@ -178,9 +191,9 @@ impl Model {
                     Ok(e) => {
                         let new = conn
                             .prepare_cached(
-                                "INSERT INTO seen (event_id) VALUES (?1) ON CONFLICT DO NOTHING",
+                                "INSERT INTO seen (event_id, seen_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
                             )?
-                            .execute([&e.event_id])?
+                            .execute(params![&e.event_id, crate::sqlite::now_ms()])?
                             == 1;
                         if new {
                             let w = weight(e.kind);
@@ -213,6 +226,21 @@ impl Model {
                     .execute([offset])?;
                 Ok(applied)
             })
+            .await
+    }
+
+    /// Forgets the `event_id`s applied longer than `window` ago (the model stays), in batches;
+    /// returns how many. Stream offsets, not these ids, keep a re-read out of the model; the ids
+    /// only catch an event published twice, which happens within seconds.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn purge(&self, window: std::time::Duration) -> anyhow::Result<u64> {
+        let window = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        let cutoff =
+            rusqlite::types::Value::Integer(crate::sqlite::now_ms().saturating_sub(window));
+        self.db
+            .purge_older("seen", "seen_at", cutoff, crate::sqlite::PURGE_BATCH)
             .await
     }
 

@@ -2,12 +2,16 @@
 //! and validated, so that every later step (declare, verify, export, the worker's retry ladder)
 //! works on a topology that is known to be consistent.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+/// The smallest `x-delivery-limit` a quorum dead-letter queue may declare (see
+/// [`TopologyError::DeadLetterQueueDeliveryLimit`]).
+pub const MIN_DEAD_LETTER_DELIVERY_LIMIT: i64 = 1_000_000;
 
 /// Queue or exchange arguments (`x-…`), as JSON values: strings, integers, booleans.
 pub type Arguments = BTreeMap<String, serde_json::Value>;
@@ -129,6 +133,20 @@ pub enum TopologyError {
     /// A user without a name or password.
     #[error("user '{0}' needs a non-empty name and password")]
     BadUser(String),
+    /// A quorum queue that receives dead letters without a delivery limit no inspection
+    /// reaches: RabbitMQ 4.0+ gives it a limit of 20, and `-1` (no limit on 4.0+) makes 3.10
+    /// drop a message the first time it is handed back.
+    #[error(
+        "dead-letter queue '{queue}' needs x-delivery-limit of at least {MIN_DEAD_LETTER_DELIVERY_LIMIT} \
+         (got {value}): RabbitMQ 4.0+ defaults a quorum queue to 20 and then drops what \
+         `burrow dlq` has read that often, and 3.10 drops a message at once with -1"
+    )]
+    DeadLetterQueueDeliveryLimit {
+        /// The dead-letter queue.
+        queue: String,
+        /// What it has (`none` when missing).
+        value: String,
+    },
     /// A stream without `x-max-age` or `x-max-length-bytes` would grow until the disk is full.
     #[error("stream '{queue}' is unbounded: set x-max-age or x-max-length-bytes")]
     UnboundedStream {
@@ -526,6 +544,7 @@ impl Topology {
                 });
             }
         }
+        check_dead_letter_queues(&queues, &raw.bindings)?;
         let bindings = raw
             .bindings
             .into_iter()
@@ -595,6 +614,28 @@ impl Topology {
         steps
     }
 
+    /// The queues whose dead letters land in `dead_letter_queue`: every queue whose
+    /// `x-dead-letter-exchange` is bound to it. These are the only queues a replay from that
+    /// dead-letter queue may send a message to.
+    pub fn dead_letter_sources(&self, dead_letter_queue: &str) -> BTreeSet<String> {
+        let exchanges: HashSet<&str> = self
+            .bindings
+            .iter()
+            .filter(|b| b.destination == dead_letter_queue)
+            .map(|b| b.source.as_str())
+            .collect();
+        self.queues
+            .iter()
+            .filter(|q| {
+                q.name != dead_letter_queue
+                    && self
+                        .dead_letter_exchange(&q.name)
+                        .is_some_and(|x| exchanges.contains(x))
+            })
+            .map(|q| q.name.clone())
+            .collect()
+    }
+
     /// The `x-dead-letter-exchange` of `queue`, if it has one.
     pub fn dead_letter_exchange(&self, queue: &str) -> Option<&str> {
         self.queue(queue)?
@@ -602,6 +643,41 @@ impl Topology {
             .get("x-dead-letter-exchange")?
             .as_str()
     }
+}
+
+/// Every quorum queue bound to an exchange that some queue dead-letters to must carry a
+/// delivery limit of at least [`MIN_DEAD_LETTER_DELIVERY_LIMIT`].
+fn check_dead_letter_queues(
+    queues: &[QueueDefinition],
+    bindings: &[RawBinding],
+) -> Result<(), TopologyError> {
+    let dead_letter_exchanges: HashSet<&str> = queues
+        .iter()
+        .filter_map(|q| q.arguments.get("x-dead-letter-exchange")?.as_str())
+        .filter(|x| !x.is_empty())
+        .collect();
+    for b in bindings {
+        if !dead_letter_exchanges.contains(b.source.as_str()) {
+            continue;
+        }
+        let Some(q) = queues.iter().find(|q| q.name == b.destination) else {
+            continue;
+        };
+        if q.kind != QueueType::Quorum {
+            continue;
+        }
+        let limit = q.arguments.get("x-delivery-limit");
+        if limit
+            .and_then(serde_json::Value::as_i64)
+            .is_none_or(|l| l < MIN_DEAD_LETTER_DELIVERY_LIMIT)
+        {
+            return Err(TopologyError::DeadLetterQueueDeliveryLimit {
+                queue: q.name.clone(),
+                value: limit.map_or_else(|| "none".to_owned(), ToString::to_string),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn queue_definition(
@@ -734,6 +810,65 @@ mod tests {
             Some("activity.dlx")
         );
         assert_eq!(t.dead_letter_exchange("orders.dead"), None);
+    }
+
+    #[test]
+    fn dead_letter_sources_are_the_queues_that_dead_letter_into_it() {
+        let t = Topology::parse(SHOP).expect("valid");
+        assert_eq!(
+            t.dead_letter_sources("orders.dead"),
+            BTreeSet::from(["orders.fulfillment".to_owned()])
+        );
+        assert_eq!(
+            t.dead_letter_sources("activity.dead"),
+            BTreeSet::from([
+                "activity.analytics".to_owned(),
+                "activity.notifications".to_owned()
+            ])
+        );
+        assert!(t.dead_letter_sources("some.other").is_empty());
+    }
+
+    #[test]
+    fn dead_letter_queues_need_a_delivery_limit_no_inspection_reaches() {
+        let t = Topology::parse(SHOP).expect("valid");
+        for q in ["orders.dead", "activity.dead"] {
+            let limit = t.queue(q).expect(q).arguments["x-delivery-limit"].as_i64();
+            assert!(
+                limit.is_some_and(|l| l >= MIN_DEAD_LETTER_DELIVERY_LIMIT),
+                "{q}"
+            );
+        }
+        let topology = |args: &str| {
+            format!(
+                r#"
+                [[exchanges]]
+                name = "work.dlx"
+                type = "fanout"
+                [[queues]]
+                name = "work"
+                type = "quorum"
+                arguments = {{ x-dead-letter-exchange = "work.dlx" }}
+                [[queues]]
+                name = "work.dead"
+                type = "quorum"
+                {args}
+                [[bindings]]
+                source = "work.dlx"
+                destination = "work.dead"
+                "#
+            )
+        };
+        let e = err(&topology(""));
+        assert!(e.contains("'work.dead'") && e.contains("got none"), "{e}");
+        let e = err(&topology("arguments = { x-delivery-limit = -1 }"));
+        assert!(e.contains("got -1") && e.contains("3.10"), "{e}");
+        let e = err(&topology("arguments = { x-delivery-limit = 20 }"));
+        assert!(e.contains("got 20"), "{e}");
+        Topology::parse(&topology(
+            "arguments = { x-delivery-limit = 1_000_000_000 }",
+        ))
+        .expect("a limit no inspection reaches is fine");
     }
 
     #[test]

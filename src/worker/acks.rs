@@ -87,19 +87,44 @@ pub enum Settlement {
 /// Sends one channel's settlements: acks batched through an [`AckTracker`], releases at once. Delivery tags belong to their channel: once it is closed nothing is sent
 /// (a tag on another channel would settle some other delivery); the broker then redelivers
 /// whatever was not settled.
+///
+/// On a stream (`stream = true`) nothing but `basic.ack` is ever sent: `basic.nack` and
+/// `basic.reject` close a stream consumer's channel before RabbitMQ 3.13, and a stream never
+/// requeues anyway. A reject or a release becomes an ack (which only returns the consumer's
+/// credit); the reader reads the message again from its stored offset in its next session.
 pub struct Settler<'a> {
     channel: &'a Channel,
     tracker: AckTracker,
     dead: bool,
+    stream: bool,
+}
+
+/// The frame a settlement is sent as on a stream (`stream`) or a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame {
+    /// Acked with the next flush: every success, and everything on a stream, which must never
+    /// see a nack or a reject.
+    Ack,
+    /// `basic.nack(requeue=true, multiple=false)`: handed back to a queue.
+    Release,
+}
+
+/// How `settlement` is sent on a stream or a queue.
+pub fn frame_for(stream: bool, settlement: Settlement) -> Frame {
+    match (stream, settlement) {
+        (true, _) | (false, Settlement::Ack) => Frame::Ack,
+        (false, Settlement::Release) => Frame::Release,
+    }
 }
 
 impl<'a> Settler<'a> {
-    /// Settles deliveries of `channel`.
-    pub fn new(channel: &'a Channel) -> Self {
+    /// Settles deliveries of `channel`; `stream` when it consumes a stream.
+    pub fn new(channel: &'a Channel, stream: bool) -> Self {
         Self {
             channel,
             tracker: AckTracker::default(),
             dead: false,
+            stream,
         }
     }
 
@@ -128,6 +153,10 @@ impl<'a> Settler<'a> {
 
     /// Gives a delivery back to the queue, not as a failure: `basic.nack(requeue=true)`.
     pub async fn release(&mut self, tag: u64) {
+        if frame_for(self.stream, Settlement::Release) == Frame::Ack {
+            self.tracker.ack(tag);
+            return;
+        }
         self.tracker.settled_otherwise(tag);
         if self.alive() {
             let opts = BasicNackOptions {
@@ -159,6 +188,9 @@ impl<'a> Settler<'a> {
         let leftover: Vec<u64> = self.tracker.unsettled().collect();
         for tag in leftover {
             self.release(tag).await;
+        }
+        if self.stream {
+            self.flush().await;
         }
     }
 
@@ -195,6 +227,15 @@ mod tests {
         );
         t.ack(3);
         assert_eq!(t.flush(), vec![AckFrame::Single(3)]);
+    }
+
+    #[test]
+    fn a_stream_is_never_sent_a_nack_or_a_reject() {
+        for settlement in [Settlement::Ack, Settlement::Release] {
+            assert_eq!(frame_for(true, settlement), Frame::Ack, "{settlement:?}");
+        }
+        assert_eq!(frame_for(false, Settlement::Release), Frame::Release);
+        assert_eq!(frame_for(false, Settlement::Ack), Frame::Ack);
     }
 
     #[test]

@@ -60,4 +60,15 @@ impl Incoming {
 pub trait Handler: Send + Sync + 'static {
     /// Handles one message. A panic is caught by the runtime and counts as a transient failure.
     fn handle(&self, msg: &Incoming) -> impl Future<Output = Outcome> + Send;
+
+    /// The `basic.consume` arguments of the next session, asked before every consume (the first
+    /// and every one after a reconnect); `None` keeps `WorkerConfig::consume_arguments`. A stream
+    /// reader answers with the offset right after the last one it applied, so a reconnect
+    /// resumes where the reader stopped, not where the process started.
+    ///
+    /// # Errors
+    /// The handler's store cannot say where it stopped; the session is retried with back-off.
+    fn consume_arguments(&self) -> impl Future<Output = anyhow::Result<Option<FieldTable>>> + Send {
+        async { Ok(None) }
+    }
 }

@@ -51,8 +51,14 @@ pub struct WorkerConfig {
     pub grace: Duration,
     /// How long a forwarded copy may wait for its confirm.
     pub confirm_timeout: Duration,
-    /// Arguments of `basic.consume`, e.g. `x-stream-offset` when consuming a stream.
+    /// Arguments of `basic.consume`, unless the handler gives them per session
+    /// ([`Handler::consume_arguments`]).
     pub consume_arguments: FieldTable,
+    /// The queue is a stream: no settlement ever sends `basic.nack` or `basic.reject` (before
+    /// RabbitMQ 3.13 either closes the channel of a stream consumer). What would be released or
+    /// rejected is acked instead (on a stream an ack only returns credit) and is read again from
+    /// the reader's stored offset, never requeued.
+    pub stream: bool,
 }
 
 /// The worker runtime for one queue.
@@ -159,12 +165,17 @@ impl<H: Handler> Worker<H> {
         {
             return lost("setting prefetch", &e);
         }
+        let arguments = match self.handler.consume_arguments().await {
+            Ok(Some(arguments)) => arguments,
+            Ok(None) => self.config.consume_arguments.clone(),
+            Err(e) => return lost("asking where to resume", &format!("{e:#}")),
+        };
         let mut consumer = match consume_channel
             .basic_consume(
                 queue.into(),
                 "".into(),
                 BasicConsumeOptions::default(),
-                self.config.consume_arguments.clone(),
+                arguments,
             )
             .await
         {
@@ -192,6 +203,7 @@ impl<H: Handler> Worker<H> {
             forwarder: &forwarder,
             concurrency: self.config.concurrency,
             grace: self.config.grace,
+            stream: self.config.stream,
         }
         .consume(&mut consumer, shutdown)
         .await;

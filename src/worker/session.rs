@@ -81,6 +81,8 @@ pub struct Session<'a, H> {
     pub forwarder: &'a Forwarder<'a>,
     pub concurrency: usize,
     pub grace: Duration,
+    /// Settle as a stream consumer: never nack or reject (see `WorkerConfig::stream`).
+    pub stream: bool,
 }
 
 impl<H: Handler> Session<'_, H> {
@@ -101,7 +103,7 @@ impl<H: Handler> Session<'_, H> {
     ) -> SessionEnd {
         let queue = self.policy.queue.as_str();
         let hot = HotMetrics::resolve(self.metrics, queue);
-        let mut settler = Settler::new(self.channel);
+        let mut settler = Settler::new(self.channel, self.stream);
         let mut jobs = FuturesUnordered::new();
         // While every handler slot is busy the consumer is not polled, so the channel's health
         // is checked on a tick too: a dead connection ends the session even then.

@@ -368,6 +368,9 @@ async fn panicking_and_process_killing_orders_are_dead_lettered() {
 
     // A message that aborts the process every time: workers are restarted (as a supervisor
     // would) until the broker's x-delivery-limit dead-letters it.
+    if !cfg!(feature = "test-hooks") {
+        panic!("the abort hook needs the test-hooks feature: cargo test --features test-hooks (scripts/test)");
+    }
     let killer = order("SKU-ABORT");
     published += 1;
     confirmed.extend(shop.publish(vec![killer.clone()]).await);

@@ -303,3 +303,94 @@ async fn malformed_events_are_dead_lettered_with_their_reason() {
     analytics.stop().await;
     recommendations.stop().await;
 }
+
+/// Each Message-ID accepted by `smtp`, with how often.
+fn mails_by_id(smtp: &crate::services::FakeSmtp) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for id in smtp.accepted() {
+        *out.entry(id).or_default() += 1;
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_send_slower_than_the_claim_lease_is_sent_once() {
+    let t = TestVhost::new("mail-slow").await.with_fast_topology().await;
+    let smtp = crate::services::FakeSmtp::start(Duration::from_secs(3)).await;
+    let url = smtp.url();
+    // A lease of 1 s, a relay that takes 3 s per mail: without renewal the second worker
+    // would take the claim over mid-send and send again.
+    let env = [
+        ("BURROW__MAIL__SMTP_URL", url.as_str()),
+        ("BURROW__MAIL__CLAIM_LEASE_MS", "1000"),
+    ];
+    let _a = t.spawn_worker("notifications", &[], &env);
+    let _b = t.spawn_worker("notifications", &[], &env);
+    let mut events = Vec::new();
+    for i in 0..6 {
+        let e = registered(&format!("cus_{i}"));
+        // Both copies are in flight at once, one at each worker.
+        events.push(e.clone());
+        events.push(e);
+    }
+    t.publish_events(&events).await;
+    wait_for("6 mails accepted", LONG, || async {
+        (smtp.accepted().len() >= 6).then_some(())
+    })
+    .await;
+    wait_for("every delivery settled", LONG, || async {
+        (t.queue_messages("activity.notifications").await == 0).then_some(())
+    })
+    .await;
+    let mails = mails_by_id(&smtp);
+    assert_eq!(mails.len(), 6, "{mails:?}");
+    assert!(
+        mails.values().all(|n| *n == 1),
+        "a mail was sent twice: {mails:?}"
+    );
+    assert_eq!(t.ready("activity.dead").await, 0);
+}
+
+#[tokio::test]
+async fn a_claim_left_by_a_killed_worker_is_taken_over_at_once_and_sent_once() {
+    let t = TestVhost::new("mail-killed")
+        .await
+        .with_fast_topology()
+        .await;
+    let smtp = crate::services::FakeSmtp::start(Duration::from_secs(3600)).await;
+    let url = smtp.url();
+    let env = [("BURROW__MAIL__SMTP_URL", url.as_str())];
+    let mut a = t.spawn_worker("notifications", &[], &env);
+    let events: Vec<ActivityEvent> = (0..5).map(|i| registered(&format!("cus_{i}"))).collect();
+    t.publish_events(&events).await;
+    wait_for("every mail to be mid-send", LONG, || async {
+        (smtp.holding() == 5).then_some(())
+    })
+    .await;
+    a.signal("KILL");
+    a.wait_exit(Duration::from_secs(10)).await;
+    *smtp.delay.lock().unwrap() = Duration::ZERO;
+    let killed = std::time::Instant::now();
+    let _b = t.spawn_worker("notifications", &[], &env);
+    wait_for("5 mails accepted", Duration::from_secs(30), || async {
+        (smtp.accepted().len() >= 5).then_some(())
+    })
+    .await;
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    wait_for("every delivery settled", LONG, || async {
+        (t.queue_messages("activity.notifications").await == 0).then_some(())
+    })
+    .await;
+    let mails = mails_by_id(&smtp);
+    let expected: HashSet<String> = events
+        .iter()
+        .map(|e| format!("<{}@burrow>", e.event_id))
+        .collect();
+    assert_eq!(mails.keys().cloned().collect::<HashSet<_>>(), expected);
+    assert!(
+        mails.values().all(|n| *n == 1),
+        "a mail was sent twice: {mails:?}"
+    );
+    assert_eq!(t.ready("activity.dead").await, 0);
+}

@@ -195,3 +195,147 @@ async fn replay_killed_half_way_loses_no_message() {
         lost.first()
     );
 }
+
+#[tokio::test]
+async fn replay_of_ten_among_twenty_thousand_at_a_rate_finishes_in_seconds_and_loses_nothing() {
+    let t = TestVhost::new("dlq-large").await.with_fast_topology().await;
+    let mut letters: Vec<_> = (0..19_990)
+        .map(|_| dead_letter("invalid field `email`: must contain '@'", 1))
+        .collect();
+    let wanted: Vec<_> = (0..10)
+        .map(|_| dead_letter("still failing after 4 attempts: carrier unreachable", 4))
+        .collect();
+    let wanted_ids: HashSet<String> = wanted.iter().map(|(id, _)| id.clone()).collect();
+    let kept_ids: Vec<String> = letters.iter().map(|(id, _)| id.clone()).collect();
+    // Spread the ten through the queue: one every 2,000 messages.
+    for (i, w) in wanted.into_iter().enumerate() {
+        letters.insert(i * 2000 + 1000, w);
+    }
+    t.publish_messages(letters.into_iter().map(|(_, m)| m).collect())
+        .await;
+    assert_eq!(t.ready("orders.dead").await, 20_000);
+
+    // Before, the rate paced every scanned message (20,000 at 5/s: over an hour) and every
+    // non-matching message was held unacked until the end.
+    let started = std::time::Instant::now();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_burrow"))
+        .args(["dlq", "replay", "--filter", "carrier", "--rate", "5"])
+        .envs(t.env())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn replay");
+    let code = wait_for("replay to finish", Duration::from_secs(180), || {
+        let r = child.try_wait().expect("try_wait");
+        async move { r }
+    })
+    .await;
+    let out = child.wait_with_output().expect("output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        code.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "replayed 10 of 20,000 at --rate 5 in {:?}",
+        started.elapsed()
+    );
+    assert!(stdout.contains("replayed 10 of 20000"), "{stdout}");
+
+    assert_eq!(t.ready("orders.fulfillment").await, 10);
+    assert_eq!(t.ready("orders.dead").await, 19_990);
+    let replayed = t.drain("orders.fulfillment").await;
+    assert_eq!(ids_of(&replayed), wanted_ids);
+    let left = t.drain("orders.dead").await;
+    assert_eq!(left.len(), 19_990, "no duplicates");
+    assert_eq!(
+        ids_of(&left),
+        kept_ids.into_iter().collect(),
+        "every kept message"
+    );
+    let h = left[0].delivery.properties.headers().as_ref();
+    assert!(
+        header_str(h, HEADER_ERROR).is_some_and(|e| e.contains("email")),
+        "kept unchanged"
+    );
+}
+
+#[tokio::test]
+async fn replay_refuses_a_source_queue_outside_the_topology_and_keeps_the_message() {
+    use burrow::message::{string_value, HEADER_SOURCE_QUEUE};
+    let t = TestVhost::new("dlq-steer").await.with_fast_topology().await;
+    let mut letters = Vec::new();
+    let mut claims = Vec::new();
+    for source in ["orders.dead", "some.other"] {
+        let (id, mut m) = dead_letter("still failing after 4 attempts: simulated timeout", 4);
+        let mut h = m.properties.headers().clone().unwrap_or_default();
+        h.insert(HEADER_SOURCE_QUEUE.into(), string_value(source));
+        m.properties = m.properties.with_headers(h);
+        claims.push((id, source));
+        letters.push(m);
+    }
+    let (good, m) = dead_letter("still failing after 4 attempts: simulated timeout", 4);
+    letters.push(m);
+    t.publish_messages(letters).await;
+    // A queue that exists, so that before the check the replay would have succeeded.
+    let conn = t.connect().await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_declare(
+        "some.other".into(),
+        lapin::options::QueueDeclareOptions::default(),
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .expect("declare some.other");
+
+    let (code, out, err) = t.burrow(&["dlq", "replay", "--filter", "timeout"]);
+    assert_eq!(code, 1, "{out} {err}");
+    for (id, source) in &claims {
+        assert!(
+            err.contains(&format!(
+                "refused to replay {id}: its source queue '{source}' is not a queue of the topology"
+            )),
+            "{err}"
+        );
+    }
+    assert!(err.contains("only 'orders.fulfillment'"), "{err}");
+    assert!(out.contains("replayed 1 of 3"), "{out}");
+    assert!(out.contains("2 of them refused"), "{out}");
+
+    assert_eq!(t.ready("some.other").await, 0);
+    assert_eq!(
+        ids_of(&t.drain("orders.fulfillment").await),
+        HashSet::from([good])
+    );
+    let left = ids_of(&t.drain("orders.dead").await);
+    assert_eq!(
+        left,
+        claims.iter().map(|(id, _)| id.clone()).collect(),
+        "refused messages stay, once"
+    );
+    let _ = conn.close(200, "done".into()).await;
+}
+
+#[tokio::test]
+async fn list_returns_what_it_read_with_nack_and_the_dead_letter_queue_has_a_delivery_limit_no_reading_reaches(
+) {
+    let t = TestVhost::new("dlq-limit").await.with_fast_topology().await;
+    three_dead_letters(&t).await;
+    let q = t.api_get("/api/queues/{vhost}/orders.dead").await;
+    let limit = q["arguments"]["x-delivery-limit"]
+        .as_i64()
+        .expect("orders.dead declares x-delivery-limit");
+    assert!(limit >= 1_000_000_000, "{limit}");
+    for _ in 0..25 {
+        // What a listing hands back is back in the queue a moment later.
+        wait_for("every dead letter back", LONG, || async {
+            (t.ready("orders.dead").await == 3).then_some(())
+        })
+        .await;
+        let (code, out, err) = t.burrow(&["dlq", "list"]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("3 dead letter(s) shown"), "{out}");
+    }
+    assert_eq!(t.ready("orders.dead").await, 3, "25 listings drop nothing");
+}

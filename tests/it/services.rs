@@ -154,3 +154,104 @@ pub fn viewed(user: &str, sku: &str) -> ActivityEvent {
 pub fn stock(sku: &str, stock: i64) -> ActivityEvent {
     burrow::producer::activity::inventory_event(sku, stock, 0)
 }
+
+/// A minimal SMTP server for tests: accepts every mail, optionally holding the final `250`
+/// of each for `delay` (a slow relay), and records the `Message-ID` of every mail it accepted.
+/// A mail whose client goes away before the `250` is not accepted (as a real server drops it).
+pub struct FakeSmtp {
+    pub port: u16,
+    /// Message-IDs of accepted mails, in order.
+    pub accepted: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Mails whose data arrived and whose answer is being held.
+    pub holding: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// How long the answer to each mail's data is held.
+    pub delay: std::sync::Arc<std::sync::Mutex<Duration>>,
+}
+
+impl FakeSmtp {
+    pub async fn start(delay: Duration) -> Self {
+        use std::sync::{Arc, Mutex};
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let holding = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let delay = Arc::new(Mutex::new(delay));
+        let (acc, hold, del) = (accepted.clone(), holding.clone(), delay.clone());
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let (acc, hold, del) = (acc.clone(), hold.clone(), del.clone());
+                tokio::spawn(async move {
+                    let (r, mut w) = sock.into_split();
+                    let mut r = BufReader::new(r);
+                    let _ = w.write_all(b"220 fake ESMTP\r\n").await;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let cmd = line.to_ascii_uppercase();
+                        let reply: &[u8] = if cmd.starts_with("EHLO") || cmd.starts_with("HELO") {
+                            b"250 fake\r\n"
+                        } else if cmd.starts_with("DATA") {
+                            let _ = w.write_all(b"354 go ahead\r\n").await;
+                            let mut id = String::new();
+                            loop {
+                                line.clear();
+                                if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                    return;
+                                }
+                                if line == ".\r\n" {
+                                    break;
+                                }
+                                if line.to_ascii_lowercase().starts_with("message-id:") {
+                                    id = line[11..].trim().to_owned();
+                                }
+                            }
+                            let wait = *del.lock().unwrap();
+                            hold.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let mut probe = [0u8; 1];
+                            let gone = tokio::select! {
+                                () = tokio::time::sleep(wait) => false,
+                                n = r.read(&mut probe) => matches!(n, Ok(0) | Err(_)),
+                            };
+                            hold.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                            if gone {
+                                return;
+                            }
+                            acc.lock().unwrap().push(id);
+                            b"250 accepted\r\n"
+                        } else if cmd.starts_with("QUIT") {
+                            let _ = w.write_all(b"221 bye\r\n").await;
+                            return;
+                        } else {
+                            b"250 ok\r\n"
+                        };
+                        if w.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            accepted,
+            holding,
+            delay,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    pub fn accepted(&self) -> Vec<String> {
+        self.accepted.lock().unwrap().clone()
+    }
+
+    pub fn holding(&self) -> usize {
+        self.holding.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

@@ -393,3 +393,42 @@ async fn activity_event_reaches_every_service_queue_and_the_stream() {
     assert_eq!(delivery.data, event);
     let _ = conn.close(200, "bye".into()).await;
 }
+
+#[tokio::test]
+async fn management_client_creates_and_deletes_a_vhost_the_user_can_connect_to() {
+    let settings = burrow::settings::Settings::load().expect("settings");
+    let m = Management::new(&settings.management, &settings.amqp).expect("management client");
+    let name = format!(
+        "burrow-test-mgmt-{}",
+        ulid::Ulid::new().to_string().to_lowercase()
+    );
+    let user = settings
+        .amqp
+        .url
+        .username()
+        .unwrap_or_else(|| "guest".into());
+    m.put_vhost(&name).await.expect("create the vhost");
+    m.put_vhost(&name).await.expect("creating it again is fine");
+    m.put_permissions(&name, &user, ".*", ".*", ".*")
+        .await
+        .expect("grant");
+    let mut amqp = settings.amqp.clone();
+    amqp.url = amqp.url.with_vhost(&name);
+    let conn = burrow::broker::connect(&amqp, "management test")
+        .await
+        .expect("the user connects to the new vhost");
+    let _ = conn.close(200, "bye".into()).await;
+    assert!(m.queues(&name).await.expect("list").is_empty());
+
+    m.delete_vhost(&name).await.expect("delete the vhost");
+    assert!(
+        matches!(
+            m.queues(&name).await,
+            Err(burrow::management::ManagementError::Status { status: 404, .. })
+        ),
+        "the vhost is gone"
+    );
+    m.delete_vhost(&name)
+        .await
+        .expect("deleting a missing vhost is fine");
+}

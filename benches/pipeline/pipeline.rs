@@ -11,17 +11,18 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::ValueEnum;
 
-use super::latency::{stamp, wall_us, Latencies};
-use super::memory::{cpu_seconds, rss};
-use super::report::Row;
-use super::runtime::PaddedOrders;
-use super::vhost::BenchVhost;
-use crate::children::{metric_sum, ChildWorker};
-use crate::producer::order_messages;
-use crate::publisher::{BulkPublisher, Fate};
-use crate::service::Service;
-use crate::settings::Settings;
-use crate::topology::Topology;
+use crate::latency::{stamp, wall_us, Latencies};
+use crate::memory::{cpu_seconds, rss};
+use crate::report::Row;
+use crate::runtime::PaddedOrders;
+use crate::vhost::BenchVhost;
+use burrow::children::{metric_sum, ChildWorker};
+use burrow::fulfillment::FulfillmentStore;
+use burrow::producer::order_messages;
+use burrow::publisher::{BulkPublisher, Fate};
+use burrow::service::Service;
+use burrow::settings::{Settings, StoreSettings};
+use burrow::topology::Topology;
 
 /// Header carrying the send time between processes: wall-clock microseconds since the epoch.
 pub const HEADER_SENT_US: &str = "x-bench-sent-us";
@@ -107,10 +108,13 @@ impl Fleet {
                 store.join("outbox").display().to_string(),
             ),
         ];
+        // Built by cargo, with this benchmark's profile, before it runs the benchmark.
+        let worker = Path::new(env!("CARGO_BIN_EXE_worker"));
         for i in 1..=count {
             let name = format!("{}#{i}", service.name());
             let log = store.join(format!("{}-{i}.log", service.name()));
-            let child = ChildWorker::spawn(&name, service.name(), args, &envs, &log)?;
+            let child =
+                ChildWorker::spawn_binary(worker, &name, service.name(), args, &envs, &log)?;
             self.workers.push((service, child));
         }
         Ok(())
@@ -153,10 +157,10 @@ impl Fleet {
                 *wanted.entry(s.queue()).or_default() += 1;
             }
         }
-        let conn = crate::broker::connect(&settings.amqp, "bench probe").await?;
+        let conn = burrow::broker::connect(&settings.amqp, "bench probe").await?;
         for (queue, consumers) in wanted {
             loop {
-                let q = crate::broker::queue_state(&conn, queue).await;
+                let q = burrow::broker::queue_state(&conn, queue).await;
                 if q.is_ok_and(|q| q.consumer_count() >= consumers) {
                     break;
                 }
@@ -211,11 +215,17 @@ impl Default for Fleet {
 /// A child failed, the broker is unreachable, or orders were not all stored in time.
 pub async fn run(vhost: &BenchVhost, spec: &PipelineSpec) -> anyhow::Result<PipelineResult> {
     let settings = &vhost.settings;
+    // The workers would write to the database too, shared by every run: the benchmark
+    // measures fresh SQLite stores.
+    anyhow::ensure!(
+        settings.store.url.is_none(),
+        "the benchmark measures the SQLite store: unset the store URL (BURROW__STORE__URL)"
+    );
     let store = store_dir(settings, &spec.mode)?;
     let topology = Topology::load(&settings.topology)
         .with_context(|| format!("loading {}", settings.topology.display()))?;
-    let conn = crate::broker::connect(&settings.amqp, "bench setup").await?;
-    crate::topology::apply(&conn, &topology).await?;
+    let conn = burrow::broker::connect(&settings.amqp, "bench setup").await?;
+    burrow::topology::apply(&conn, &topology).await?;
     let _ = conn.close(200, "done".into()).await;
 
     let mut fleet = Fleet::new();
@@ -273,7 +283,7 @@ async fn measure(
         msgs
     });
     let publisher = BulkPublisher::new(
-        crate::broker::pool(&settings.amqp, "bench producer")?,
+        burrow::broker::pool(&settings.amqp, "bench producer")?,
         spec.window,
         None,
     );
@@ -290,11 +300,16 @@ async fn measure(
 
     // Each activity queue gets every order.placed and every order.fulfilled.
     let events_each = if spec.events { 2 * orders } else { 0 };
-    let db = store.join("fulfillment.db");
+    let fulfillments = FulfillmentStore::open(&StoreSettings {
+        dir: store.to_owned(),
+        url: None,
+        ..settings.store.clone()
+    })
+    .await?;
     let deadline = started + Duration::from_secs(120 + spec.orders / 100);
     let mut kept_up = true;
     let finished = loop {
-        let stored = count_stored(&db).unwrap_or(0);
+        let stored = fulfillments.counts().await?.fulfilled;
         let mut done = stored >= orders;
         if done {
             for s in activity {
@@ -335,8 +350,10 @@ async fn measure(
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
-    for (order_id, stored_us) in stored_times(&db).unwrap_or_default() {
-        if let Some(sent_us) = sent.get(&order_id) {
+    let records = fulfillments.fulfillments().await?;
+    for record in &records {
+        if let Some(sent_us) = sent.get(&record.order_id) {
+            let stored_us = u64::try_from(record.fulfilled_at.timestamp_micros()).unwrap_or(0);
             latencies.record_us(stored_us.saturating_sub(*sent_us));
         }
     }
@@ -360,7 +377,7 @@ async fn measure(
         });
         // Publishes: orders and order.placed by the bench, order.fulfilled by fulfillment
         // (one per announced order). Deliveries: every message settled by any worker.
-        let announced = count_announced(&db).unwrap_or(0);
+        let announced = records.iter().filter(|r| r.announced).count() as u64;
         let mut deliveries = 0.0;
         for s in std::iter::once(Service::Fulfillment).chain(activity.iter().copied()) {
             deliveries += fleet.settled(s).await;
@@ -396,44 +413,6 @@ async fn measure(
     })
 }
 
-fn open_db(db: &Path) -> rusqlite::Result<rusqlite::Connection> {
-    let conn = rusqlite::Connection::open_with_flags(
-        db,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    Ok(conn)
-}
-
-fn count_stored(db: &Path) -> rusqlite::Result<u64> {
-    open_db(db)?.query_row("SELECT COUNT(*) FROM fulfillments", [], |r| {
-        r.get::<_, i64>(0).map(|n| u64::try_from(n).unwrap_or(0))
-    })
-}
-
-fn count_announced(db: &Path) -> rusqlite::Result<u64> {
-    open_db(db)?.query_row(
-        "SELECT COALESCE(SUM(announced), 0) FROM fulfillments",
-        [],
-        |r| r.get::<_, i64>(0).map(|n| u64::try_from(n).unwrap_or(0)),
-    )
-}
-
-/// `(order_id, fulfilled_at in µs since the epoch)` of every stored order.
-fn stored_times(db: &Path) -> anyhow::Result<Vec<(String, u64)>> {
-    let conn = open_db(db)?;
-    let mut stmt = conn.prepare("SELECT order_id, fulfilled_at FROM fulfillments")?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (id, at) = row?;
-        if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&at) {
-            out.push((id, u64::try_from(t.timestamp_micros()).unwrap_or(0)));
-        }
-    }
-    Ok(out)
-}
-
 /// Starts one fresh `worker fulfillment` in `vhost`, waits until it consumes, lets it idle for
 /// `idle`, and reads its memory.
 ///
@@ -442,7 +421,7 @@ fn stored_times(db: &Path) -> anyhow::Result<Vec<(String, u64)>> {
 pub async fn idle_worker_rss(
     vhost: &BenchVhost,
     idle: Duration,
-) -> anyhow::Result<Option<super::memory::Rss>> {
+) -> anyhow::Result<Option<crate::memory::Rss>> {
     let settings = &vhost.settings;
     let store = store_dir(settings, "memory")?;
     let mut fleet = Fleet::new();

@@ -11,15 +11,15 @@ use anyhow::Context;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::latency::{now_ns, read_stamp, stamp, Latencies, HEADER_SENT_NS};
-use super::raw::fresh_quorum_queue;
-use super::report::Row;
-use crate::message::{Order, OrderItem};
-use crate::metrics::WorkerMetrics;
-use crate::producer::{order_messages, Generated, OrderGenerator};
-use crate::publisher::{BulkPublisher, Fate, Outgoing};
-use crate::settings::Settings;
-use crate::worker::{Handler, Incoming, Outcome, SettlePolicy, Worker, WorkerConfig};
+use crate::latency::{now_ns, read_stamp, stamp, Latencies, HEADER_SENT_NS};
+use crate::raw::fresh_quorum_queue;
+use crate::report::Row;
+use burrow::message::{Order, OrderItem};
+use burrow::metrics::WorkerMetrics;
+use burrow::producer::{order_messages, Generated, OrderGenerator};
+use burrow::publisher::{BulkPublisher, Fate, Outgoing};
+use burrow::settings::Settings;
+use burrow::worker::{Handler, Incoming, Outcome, SettlePolicy, Worker, WorkerConfig};
 
 /// Orders are padded with catalogue lines until their JSON reaches about this size.
 const TARGET_BYTES: usize = 512;
@@ -128,7 +128,7 @@ pub async fn run(
     messages: u64,
     params: RuntimeParams,
 ) -> anyhow::Result<Row> {
-    let setup = crate::broker::connect(&settings.amqp, "bench setup").await?;
+    let setup = burrow::broker::connect(&settings.amqp, "bench setup").await?;
     let queue = fresh_quorum_queue(&setup.create_channel().await?, mode).await?;
     let _ = setup.close(200, "done".into()).await;
 
@@ -153,8 +153,9 @@ pub async fn run(
         grace: Duration::from_secs(5),
         confirm_timeout: Duration::from_secs(5),
         consume_arguments: lapin::types::FieldTable::default(),
+        stream: false,
     };
-    let worker_pool = crate::broker::pool(&settings.amqp, "bench worker")?;
+    let worker_pool = burrow::broker::pool(&settings.amqp, "bench worker")?;
     let shutdown = CancellationToken::new();
     let worker = tokio::spawn(
         Worker::new(config, handler.clone(), worker_pool, WorkerMetrics::new())
@@ -179,7 +180,7 @@ pub async fn run(
             })
             .collect::<Vec<_>>()
     });
-    let publisher_pool = crate::broker::pool(&settings.amqp, "bench producer")?;
+    let publisher_pool = burrow::broker::pool(&settings.amqp, "bench producer")?;
     let publisher = BulkPublisher::new(publisher_pool, params.window, params.rate);
     let started_ns = now_ns();
     let started = Instant::now();
@@ -237,12 +238,11 @@ pub async fn run(
     Ok(row)
 }
 
-#[cfg(test)]
-mod tests {
+/// Checks that need no broker, run by `cargo test` (see [`crate::CHECKS`]).
+pub mod checks {
     use super::*;
 
-    #[test]
-    fn padded_orders_are_valid_and_about_512_bytes() {
+    pub fn padded_orders_are_valid_and_about_512_bytes() {
         let mut g = PaddedOrders::new();
         for _ in 0..200 {
             let o = g.next_order();

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::latency::Percentiles;
+use crate::latency::Percentiles;
 
 /// What one mode measured.
 #[derive(Debug, Clone, Default)]
@@ -73,12 +73,11 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
+/// Checks that need no broker, run by `cargo test` (see [`crate::CHECKS`]).
+pub mod checks {
     use super::*;
 
-    #[test]
-    fn missing_values_show_as_dashes() {
+    pub fn missing_values_show_as_dashes() {
         let mut r = Row::new("baseline", 10);
         r.e2e_rate = Some(1234.4);
         let t = table(&[r]);

@@ -81,22 +81,6 @@ impl Latencies {
         self.sorted = false;
     }
 
-    /// Adds every sample of `other`.
-    pub fn extend(&mut self, other: &Latencies) {
-        self.samples.extend_from_slice(&other.samples);
-        self.sorted = false;
-    }
-
-    /// Samples recorded.
-    pub fn len(&self) -> usize {
-        self.samples.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.samples.is_empty()
-    }
-
     /// p50/p99/max (nearest-rank), or `None` without samples.
     pub fn percentiles(&mut self) -> Option<Percentiles> {
         if self.samples.is_empty() {
@@ -120,12 +104,11 @@ impl Latencies {
     }
 }
 
-#[cfg(test)]
-mod tests {
+/// Checks that need no broker, run by `cargo test` (see [`crate::CHECKS`]).
+pub mod checks {
     use super::*;
 
-    #[test]
-    fn percentiles_are_nearest_rank() {
+    pub fn percentiles_are_nearest_rank() {
         let mut l = Latencies::default();
         (1..=100).rev().for_each(|i| l.record_us(i * 1000));
         let p = l.percentiles().unwrap();
@@ -133,8 +116,7 @@ mod tests {
         assert!(Latencies::default().percentiles().is_none());
     }
 
-    #[test]
-    fn stamps_round_trip() {
+    pub fn stamps_round_trip() {
         let h = stamp(None, HEADER_SENT_NS, 42);
         assert_eq!(read_stamp(Some(&h), HEADER_SENT_NS), Some(42));
         assert_eq!(read_stamp(Some(&h), "other"), None);

@@ -42,12 +42,11 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
-#[cfg(test)]
-mod tests {
+/// Checks that need no broker, run by `cargo test` (see [`crate::CHECKS`]).
+pub mod checks {
     use super::*;
 
-    #[test]
-    fn status_lines_are_read_in_mib() {
+    pub fn status_lines_are_read_in_mib() {
         let s = "Name:\tworker\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\n";
         assert_eq!(
             parse_status(s),

@@ -8,11 +8,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use super::raw::{self, AckStyle};
-use super::report::Row;
-use super::vhost::BenchVhost;
-use crate::children::sibling_binary;
-use crate::topology::Topology;
+use crate::raw::{self, AckStyle};
+use crate::report::Row;
+use crate::vhost::BenchVhost;
+use burrow::topology::Topology;
 
 /// Rows: the raw publish-only reference, then the CLI.
 ///
@@ -32,14 +31,14 @@ pub async fn run(vhost: &BenchVhost, messages: u64, window: usize) -> anyhow::Re
 
     let topology = Topology::load(&settings.topology)
         .with_context(|| format!("loading {}", settings.topology.display()))?;
-    let conn = crate::broker::connect(&settings.amqp, "bench setup").await?;
-    crate::topology::apply(&conn, &topology).await?;
+    let conn = burrow::broker::connect(&settings.amqp, "bench setup").await?;
+    burrow::topology::apply(&conn, &topology).await?;
     let _ = conn.close(200, "done".into()).await;
 
     let count = messages.to_string();
     let args = ["orders", "--count", count.as_str(), "--no-events"];
     let started = Instant::now();
-    let out = Command::new(sibling_binary("producer")?)
+    let out = Command::new(env!("CARGO_BIN_EXE_producer"))
         .args(args)
         .env("AMQP_URL", settings.amqp.url.expose())
         .env("BURROW__PRODUCER__CONFIRM_WINDOW", window.to_string())

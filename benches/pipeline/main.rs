@@ -1,7 +1,19 @@
-//! `burrow bench`: burrow against raw lapin, mode after mode in one run, each on fresh quorum
+//! The benchmark: burrow against raw lapin, mode after mode in one run, each on fresh quorum
 //! queues in a vhost of its own (`burrow-bench`, created and deleted through the management
 //! API), with 512-byte persistent messages, publisher confirms and manual acks. Prints one table
 //! and which targets of the benchmark issue are met.
+//!
+//! It is a `cargo bench` target (`harness = false`), not part of the shipped binaries:
+//!
+//! ```sh
+//! cargo bench --bench pipeline                        # every mode, about 1 minute
+//! cargo bench --bench pipeline -- --modes baseline,burrow-runtime --messages 50000
+//! ```
+//!
+//! Cargo builds the `worker` and `producer` binaries with the same profile before it runs a
+//! benchmark, and this target starts them from there (`CARGO_BIN_EXE_*`). `cargo test
+//! --all-targets` also builds and runs this target, without the `--bench` flag that `cargo
+//! bench` passes: it then only checks its command line and exits.
 //!
 //! - [`raw`]: the raw-lapin reference (baseline, baseline-tuned, publish-only).
 //! - [`runtime`]: burrow's producer path and worker runtime in-process (burrow-runtime, half-rate).
@@ -9,29 +21,132 @@
 //! - [`producer_cli`]: the `producer` binary, start-up included.
 //! - [`latency`], [`memory`], [`report`], [`vhost`]: measuring and printing.
 
-pub mod latency;
-pub mod memory;
-pub mod pipeline;
-pub mod producer_cli;
-pub mod raw;
-pub mod report;
-pub mod runtime;
-pub mod vhost;
+mod latency;
+mod memory;
+mod pipeline;
+mod producer_cli;
+mod raw;
+mod report;
+mod runtime;
+mod vhost;
 
 use std::future::Future;
 use std::process::ExitCode;
 use std::time::Duration;
+
+use burrow::settings::Settings;
+use clap::{CommandFactory, Parser};
 
 use self::pipeline::PipelineSpec;
 use self::raw::AckStyle;
 use self::report::Row;
 use self::runtime::RuntimeParams;
 use self::vhost::BenchVhost;
-use crate::settings::Settings;
+
+/// Benchmark burrow against raw lapin, mode after mode, and print one table.
+#[derive(Parser)]
+#[command(name = "cargo bench --bench pipeline --")]
+struct Cli {
+    /// Messages (orders) per mode.
+    #[arg(long, default_value_t = 20_000)]
+    messages: u64,
+    /// Publisher confirm window (unconfirmed publishes at most).
+    #[arg(long, default_value_t = 512)]
+    window: usize,
+    /// Consumer prefetch.
+    #[arg(long, default_value_t = 256)]
+    prefetch: u16,
+    /// Handlers at once of the in-process burrow worker.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Modes to run (comma-separated; default all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    modes: Vec<Mode>,
+    /// Rounds of baseline, baseline-tuned and burrow-runtime, run interleaved; each
+    /// reports its median round.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Passed by `cargo bench` (and absent under `cargo test`).
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// Checks of the benchmark's own arithmetic that need no broker. With `harness = false` there
+/// is no test runner: `main` runs them when `cargo test` runs this target, and a failing one
+/// panics, which fails `cargo test`.
+const CHECKS: [(&str, fn()); 6] = [
+    (
+        "latency::percentiles_are_nearest_rank",
+        latency::checks::percentiles_are_nearest_rank,
+    ),
+    (
+        "latency::stamps_round_trip",
+        latency::checks::stamps_round_trip,
+    ),
+    (
+        "memory::status_lines_are_read_in_mib",
+        memory::checks::status_lines_are_read_in_mib,
+    ),
+    (
+        "report::missing_values_show_as_dashes",
+        report::checks::missing_values_show_as_dashes,
+    ),
+    (
+        "runtime::padded_orders_are_valid_and_about_512_bytes",
+        runtime::checks::padded_orders_are_valid_and_about_512_bytes,
+    ),
+    (
+        "cli::the_bench_flag_is_accepted",
+        checks::the_bench_flag_is_accepted,
+    ),
+];
+
+fn main() -> ExitCode {
+    // `cargo test --all-targets` runs this target too, with the test harness' arguments
+    // (filters, `--nocapture`…) and without `--bench`: check the command line definition and
+    // leave the broker alone.
+    if !std::env::args().any(|a| a == "--bench") {
+        Cli::command().debug_assert();
+        for (name, check) in CHECKS {
+            check();
+            println!("check {name} ... ok");
+        }
+        println!("pipeline benchmark: not run under `cargo test`; run it with `cargo bench --bench pipeline`");
+        return ExitCode::SUCCESS;
+    }
+    let cli = Cli::parse();
+    burrow::telemetry::init(burrow::telemetry::LogFormat::Text);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => return burrow::cli::exit_code(&anyhow::Error::new(e).context("starting tokio")),
+    };
+    let result = runtime.block_on(async {
+        let settings = Settings::load()?;
+        let args: Vec<String> = std::env::args()
+            .skip(1)
+            .filter(|a| a != "--bench")
+            .collect();
+        let options = BenchOptions {
+            messages: cli.messages,
+            window: cli.window,
+            prefetch: cli.prefetch,
+            concurrency: cli.concurrency,
+            modes: if cli.modes.is_empty() {
+                Mode::ALL.to_vec()
+            } else {
+                cli.modes
+            },
+            rounds: cli.rounds,
+            command: format!("cargo bench --bench pipeline -- {}", args.join(" ")),
+        };
+        run(&settings, options).await
+    });
+    result.unwrap_or_else(|e| burrow::cli::exit_code(&e))
+}
 
 /// The modes, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
+enum Mode {
     /// Raw lapin, one `basic.ack` per message.
     Baseline,
     /// Raw lapin, `basic.ack(multiple=true)` every 64 deliveries and when idle.
@@ -53,7 +168,7 @@ pub enum Mode {
 
 impl Mode {
     /// Every mode.
-    pub const ALL: [Mode; 8] = [
+    const ALL: [Mode; 8] = [
         Mode::Baseline,
         Mode::BaselineTuned,
         Mode::BurrowRuntime,
@@ -65,24 +180,24 @@ impl Mode {
     ];
 }
 
-/// What `burrow bench` does.
+/// What one run measures.
 #[derive(Debug, Clone)]
-pub struct BenchOptions {
+struct BenchOptions {
     /// Messages (orders) per mode.
-    pub messages: u64,
+    messages: u64,
     /// Publisher confirm window.
-    pub window: usize,
+    window: usize,
     /// Consumer prefetch.
-    pub prefetch: u16,
+    prefetch: u16,
     /// Handlers at once of the in-process burrow worker.
-    pub concurrency: usize,
+    concurrency: usize,
     /// Modes to run, in [`Mode::ALL`] order.
-    pub modes: Vec<Mode>,
+    modes: Vec<Mode>,
     /// Rounds of the head-to-head modes (baseline, baseline-tuned, burrow-runtime), run
     /// interleaved; each reports its median round.
-    pub rounds: usize,
+    rounds: usize,
     /// The command line, printed with the table.
-    pub command: String,
+    command: String,
 }
 
 /// Orders the producer-cli mode publishes at least.
@@ -126,7 +241,7 @@ where
 /// # Errors
 /// Only when the management API cannot create the vhost; a failing mode is reported in the
 /// table and makes the exit code 1.
-pub async fn run(settings: &Settings, options: BenchOptions) -> anyhow::Result<ExitCode> {
+async fn run(settings: &Settings, options: BenchOptions) -> anyhow::Result<ExitCode> {
     // Every mode needs its vhost: find out once, before anything runs, that it can be made.
     BenchVhost::create(settings).await?.delete().await?;
     let mut m = Measured::default();
@@ -156,7 +271,7 @@ pub async fn run(settings: &Settings, options: BenchOptions) -> anyhow::Result<E
     }
 
     println!();
-    println!("== burrow bench: {n} messages per mode, 512-byte persistent, quorum queues ==");
+    println!("== benchmark: {n} messages per mode, 512-byte persistent, quorum queues ==");
     println!("command: {}", options.command);
     println!(
         "machine: {} cores, load average {}",
@@ -510,4 +625,18 @@ fn targets(m: &Measured) -> Vec<String> {
         ));
     }
     out
+}
+
+/// Checks of the command line.
+mod checks {
+    use super::*;
+
+    /// `cargo bench` appends `--bench` after the user's arguments.
+    pub fn the_bench_flag_is_accepted() {
+        let cli =
+            Cli::try_parse_from(["pipeline", "--modes", "baseline,burrow-runtime", "--bench"])
+                .expect("parses");
+        assert_eq!(cli.modes, [Mode::Baseline, Mode::BurrowRuntime]);
+        assert!(cli.bench);
+    }
 }

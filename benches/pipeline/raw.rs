@@ -13,9 +13,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation};
 
-use super::latency::{now_ns, read_stamp, stamp, Latencies, HEADER_SENT_NS};
-use super::report::Row;
-use crate::settings::Settings;
+use crate::latency::{now_ns, read_stamp, stamp, Latencies, HEADER_SENT_NS};
+use crate::report::Row;
+use burrow::settings::Settings;
 
 /// How the raw consumer acknowledges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,8 +68,8 @@ pub async fn run(
     prefetch: u16,
     style: AckStyle,
 ) -> anyhow::Result<Row> {
-    let publish_conn = crate::broker::connect(&settings.amqp, "bench raw publisher").await?;
-    let consume_conn = crate::broker::connect(&settings.amqp, "bench raw consumer").await?;
+    let publish_conn = burrow::broker::connect(&settings.amqp, "bench raw publisher").await?;
+    let consume_conn = burrow::broker::connect(&settings.amqp, "bench raw consumer").await?;
     let consume_channel = consume_conn.create_channel().await?;
     let queue = fresh_quorum_queue(&consume_channel, mode).await?;
 
@@ -95,7 +95,7 @@ pub async fn run(
         )))
     };
 
-    let channel = crate::publisher::confirm_channel(&publish_conn).await?;
+    let channel = burrow::publisher::confirm_channel(&publish_conn).await?;
     let body = vec![b'x'; BODY_BYTES];
     let started = Instant::now();
     let mut inflight = FuturesUnordered::new();
