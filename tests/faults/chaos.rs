@@ -35,6 +35,12 @@ const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 /// The `application_name` of the soak's own session, which a backend kill spares.
 const PG_SELF: &str = "burrow chaos soak";
 
+/// How long any PostgreSQL call of the soak itself may take.
+const PG_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long one fault may take (a node restart waits up to 3 minutes for quorum and rejoin).
+const FAULT_TIMEOUT: Duration = Duration::from_secs(420);
+
 /// Orders and generated activity events per second.
 const ORDER_RATE: u64 = 40;
 const ACTIVITY_RATE: u64 = 15;
@@ -130,16 +136,22 @@ impl TestDatabase {
         format!("{PG_SERVER}/{}", self.name)
     }
 
-    /// A session of the soak itself (spared by [`TestDatabase::terminate_workers`]).
+    /// A fresh session of the soak itself (spared by [`terminate_workers`]). Every check opens
+    /// its own, with a timeout: one run hung for minutes on a query sent over a session kept
+    /// for the whole soak (it never reached the server; not understood).
     async fn client(&self) -> tokio_postgres::Client {
         let url = format!(
             "{}?application_name={}",
             self.url(),
             PG_SELF.replace(' ', "%20")
         );
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .expect("connect to the soak's database");
+        let (client, conn) = tokio::time::timeout(
+            PG_TIMEOUT,
+            tokio_postgres::connect(&url, tokio_postgres::NoTls),
+        )
+        .await
+        .expect("connecting to the soak's database timed out")
+        .expect("connect to the soak's database");
         tokio::spawn(conn);
         client
     }
@@ -161,31 +173,54 @@ impl Drop for TestDatabase {
 }
 
 /// Terminates every session of the database but the soak's own; returns how many.
-async fn terminate_workers(client: &tokio_postgres::Client, db: &str) -> usize {
-    client
-        .query(
+async fn terminate_workers(db: &TestDatabase) -> usize {
+    let client = db.client().await;
+    tokio::time::timeout(
+        PG_TIMEOUT,
+        client.query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
              WHERE datname = $1 AND pid <> pg_backend_pid() AND application_name <> $2",
-            &[&db, &PG_SELF],
-        )
-        .await
-        .expect("pg_terminate_backend")
-        .iter()
-        .filter(|r| r.get::<_, bool>(0))
-        .count()
+            &[&db.name, &PG_SELF],
+        ),
+    )
+    .await
+    .expect("pg_terminate_backend timed out")
+    .expect("pg_terminate_backend")
+    .iter()
+    .filter(|r| r.get::<_, bool>(0))
+    .count()
 }
 
 /// (orders recorded, duplicates suppressed) in the PostgreSQL store; (0, 0) before the schema.
-async fn pg_counts(client: &tokio_postgres::Client) -> (u64, u64) {
-    client
-        .query_one(
+async fn pg_counts(db: &TestDatabase) -> (u64, u64) {
+    let client = db.client().await;
+    tokio::time::timeout(
+        PG_TIMEOUT,
+        client.query_one(
             "SELECT COUNT(*), COALESCE(SUM(duplicates), 0)::BIGINT FROM fulfillments",
             &[],
-        )
-        .await
-        .map_or((0, 0), |r| {
-            (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64)
-        })
+        ),
+    )
+    .await
+    .expect("counting fulfillments timed out")
+    .map_or((0, 0), |r| {
+        (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64)
+    })
+}
+
+/// Every order id in the PostgreSQL store.
+async fn pg_fulfilled(db: &TestDatabase) -> Vec<String> {
+    let client = db.client().await;
+    tokio::time::timeout(
+        PG_TIMEOUT,
+        client.query("SELECT order_id FROM fulfillments", &[]),
+    )
+    .await
+    .expect("reading fulfilled ids timed out")
+    .expect("fulfilled ids")
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
 }
 
 /// One worker process of the soak and how to start it again.
@@ -318,7 +353,6 @@ async fn chaos_soak_loses_nothing_fulfils_once_and_mails_once() {
     let began = Instant::now();
 
     let db = TestDatabase::new().await;
-    let pg = db.client().await;
     let nodes = harness::cluster(3);
     let shop = Shop::new(nodes.iter().map(Node::url).collect());
     // The shop's own retry ladder (1 s, 10 s, 60 s), not the tests' 0.1/0.2/0.3 s one: a
@@ -360,7 +394,7 @@ async fn chaos_soak_loses_nothing_fulfils_once_and_mails_once() {
         Proc::spawn(cmd, shop.path("activity.log"), None)
     };
     wait_for("the first 100 orders fulfilled", LONG, || async {
-        (pg_counts(&pg).await.0 >= 100).then_some(())
+        (pg_counts(&db).await.0 >= 100).then_some(())
     })
     .await;
     let setup = began.elapsed();
@@ -381,62 +415,67 @@ async fn chaos_soak_loses_nothing_fulfils_once_and_mails_once() {
             fault = Fault::CloseAll;
         }
         let at = origin.elapsed().as_secs_f64();
-        let detail = match fault {
-            Fault::WorkerKill => {
-                let i = pick_worker(&mut rng, &workers, &["fulfillment"]);
-                let w = &mut workers[i];
-                w.proc.signal("KILL");
-                let code = w.proc.wait_exit(Duration::from_secs(30)).await;
-                assert_eq!(code, None, "SIGKILLed worker ended by a signal");
-                soak.gone(w);
-                *w = soak.spawn(w.service, w.first);
-                format!("{} #{i}", w.service)
-            }
-            Fault::WorkerTerm => {
-                let i = pick_worker(&mut rng, &workers, &["fulfillment", "notifications"]);
-                let w = &mut workers[i];
-                let t = Instant::now();
-                w.proc.signal("TERM");
-                let code = w.proc.wait_exit(Duration::from_secs(60)).await;
-                assert_eq!(
-                    code,
-                    Some(0),
-                    "a stopped worker exits 0: {}",
-                    w.proc.stderr()
-                );
-                let stopped = t.elapsed();
-                soak.gone(w);
-                // Scaled down for a moment, then up again.
-                tokio::time::sleep(Duration::from_millis(rng.random_range(0..=3000))).await;
-                *w = soak.spawn(w.service, w.first);
-                format!(
-                    "{} #{i} stopped in {:.1}s",
-                    w.service,
-                    stopped.as_secs_f64()
-                )
-            }
-            Fault::CloseAll => {
-                let n = rng.random_range(0..nodes.len());
-                tokio::task::block_in_place(|| nodes[n].close_all_connections());
-                nodes[n].name.clone()
-            }
-            Fault::NodeRestart => {
-                let n = rng.random_range(0..nodes.len());
-                let witness = &nodes[(n + 1) % nodes.len()];
-                let (took, seen) = roll(&shop, &nodes[n], witness, nodes.len()).await;
-                fatal_handshakes.extend(
-                    seen.errors
-                        .into_keys()
-                        .filter(|(transient, _)| !transient)
-                        .map(|(_, reason)| reason),
-                );
-                format!("{} in {:.1}s", nodes[n].name, took.as_secs_f64())
-            }
-            Fault::PgKill => {
-                let n = terminate_workers(&pg, &db.name).await;
-                format!("{n} sessions")
+        let action = async {
+            match fault {
+                Fault::WorkerKill => {
+                    let i = pick_worker(&mut rng, &workers, &["fulfillment"]);
+                    let w = &mut workers[i];
+                    w.proc.signal("KILL");
+                    let code = w.proc.wait_exit(Duration::from_secs(30)).await;
+                    assert_eq!(code, None, "SIGKILLed worker ended by a signal");
+                    soak.gone(w);
+                    *w = soak.spawn(w.service, w.first);
+                    format!("{} #{i}", w.service)
+                }
+                Fault::WorkerTerm => {
+                    let i = pick_worker(&mut rng, &workers, &["fulfillment", "notifications"]);
+                    let w = &mut workers[i];
+                    let t = Instant::now();
+                    w.proc.signal("TERM");
+                    let code = w.proc.wait_exit(Duration::from_secs(60)).await;
+                    assert_eq!(
+                        code,
+                        Some(0),
+                        "a stopped worker exits 0: {}",
+                        w.proc.stderr()
+                    );
+                    let stopped = t.elapsed();
+                    soak.gone(w);
+                    // Scaled down for a moment, then up again.
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(0..=3000))).await;
+                    *w = soak.spawn(w.service, w.first);
+                    format!(
+                        "{} #{i} stopped in {:.1}s",
+                        w.service,
+                        stopped.as_secs_f64()
+                    )
+                }
+                Fault::CloseAll => {
+                    let n = rng.random_range(0..nodes.len());
+                    tokio::task::block_in_place(|| nodes[n].close_all_connections());
+                    nodes[n].name.clone()
+                }
+                Fault::NodeRestart => {
+                    let n = rng.random_range(0..nodes.len());
+                    let witness = &nodes[(n + 1) % nodes.len()];
+                    let (took, seen) = roll(&shop, &nodes[n], witness, nodes.len()).await;
+                    fatal_handshakes.extend(
+                        seen.errors
+                            .into_keys()
+                            .filter(|(transient, _)| !transient)
+                            .map(|(_, reason)| reason),
+                    );
+                    format!("{} in {:.1}s", nodes[n].name, took.as_secs_f64())
+                }
+                Fault::PgKill => {
+                    let n = terminate_workers(&db).await;
+                    format!("{n} sessions")
+                }
             }
         };
+        let detail = tokio::time::timeout(FAULT_TIMEOUT, action)
+            .await
+            .unwrap_or_else(|_| panic!("{} hung for {FAULT_TIMEOUT:?}", fault.label()));
         println!("  t={at:>6.1}s {:<40} {detail}", fault.label());
         let c = counts.entry(fault).or_default();
         c.times += 1;
@@ -473,7 +512,7 @@ async fn chaos_soak_loses_nothing_fulfils_once_and_mails_once() {
     assert_eq!(code, Some(0), "activity producer: {}", activity.stderr());
     let outbox = shop.path("outbox");
     let settled = wait_until(LONG, || async {
-        let (recorded, _) = pg_counts(&pg).await;
+        let (recorded, _) = pg_counts(&db).await;
         let dead = u64::from(shop.ready("orders.dead").await);
         let idle = shop.ready("activity.notifications").await == 0;
         let shipped = outbox_message_ids(&outbox)
@@ -496,13 +535,9 @@ async fn chaos_soak_loses_nothing_fulfils_once_and_mails_once() {
     let samples = sampler.join().expect("RSS sampler");
 
     // Orders: none lost, none fulfilled twice, none dead-lettered.
-    let rows = pg
-        .query("SELECT order_id FROM fulfillments", &[])
-        .await
-        .expect("fulfilled ids");
-    let recorded: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let recorded = pg_fulfilled(&db).await;
     let fulfilled: HashSet<&String> = recorded.iter().collect();
-    let (_, suppressed) = pg_counts(&pg).await;
+    let (_, suppressed) = pg_counts(&db).await;
     let dead = drain(&shop, "orders.dead").await;
     let dead_orders = ids_of(&dead);
     let dead_reasons: Vec<String> = dead
