@@ -6,6 +6,7 @@
 //! Needs root (nodes run as the `rabbitmq` user via `runuser`) and the RabbitMQ Debian package.
 //! Scenarios run one at a time ([`harness::SERIAL`]); each starts and removes its own nodes.
 
+mod chaos;
 #[path = "../common/mod.rs"]
 mod common;
 mod fake_node;

@@ -48,7 +48,7 @@ fn x_death_reason(headers: Option<&lapin::types::FieldTable>) -> Option<String> 
 }
 
 /// The number in `orders: N confirmed` of the producer's summary.
-fn producer_confirmed(stdout: &str) -> usize {
+pub(crate) fn producer_confirmed(stdout: &str) -> usize {
     stdout
         .split("orders: ")
         .nth(1)
@@ -560,9 +560,9 @@ async fn conflicting_queue_is_reported_as_drift_and_the_worker_keeps_running() {
 /// What a client met connecting to a node while it stopped and started: each error, as burrow
 /// reports it, with how often, and whether burrow retries it.
 #[derive(Default)]
-struct Handshakes {
-    ok: usize,
-    errors: std::collections::BTreeMap<(bool, String), usize>,
+pub(crate) struct Handshakes {
+    pub ok: usize,
+    pub errors: std::collections::BTreeMap<(bool, String), usize>,
 }
 
 /// Connects to `url` (and only there) again and again until `stop`, recording each outcome.
@@ -597,7 +597,12 @@ async fn probe(amqp: AmqpSettings, url: String, stop: CancellationToken) -> Hand
 /// Restarts `node` gracefully (as an operator rolling a cluster would: only once no quorum
 /// queue depends on it) and waits until `witness` sees all `size` nodes running again. A probe
 /// connects to the node all the while.
-async fn roll(shop: &Shop, node: &Node, witness: &Node, size: usize) -> (Duration, Handshakes) {
+pub(crate) async fn roll(
+    shop: &Shop,
+    node: &Node,
+    witness: &Node,
+    size: usize,
+) -> (Duration, Handshakes) {
     wait_for(
         &format!("{} no longer quorum-critical", node.name),
         LONG,

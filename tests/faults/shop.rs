@@ -108,13 +108,26 @@ impl Shop {
     /// Starts `worker fulfillment` with `args` and `env`, primary node `urls[first]`; its log
     /// goes to `worker-<n>.log` in the shop directory.
     pub fn spawn_worker(&self, first: usize, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut all = vec!["--no-events", "--carrier-latency-ms", "1"];
+        all.extend_from_slice(args);
+        self.spawn_service("fulfillment", first, &all, env)
+    }
+
+    /// Starts `worker <service>` with `args` and `env`, primary node `urls[first]`; its log
+    /// goes to `worker-<n>.log` in the shop directory.
+    pub fn spawn_service(
+        &self,
+        service: &str,
+        first: usize,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proc {
         let n = 1 + self
             .workers
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = self.path(&format!("worker-{n}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_worker"));
-        cmd.arg("fulfillment")
-            .args(["--no-events", "--carrier-latency-ms", "1"])
+        cmd.arg(service)
             .args(args)
             .envs(self.env_for(&self.urls_from(first)));
         for (k, v) in env {
@@ -137,8 +150,16 @@ impl Shop {
     /// after another to its stdin until [`Feed::stop`]: orders flow for as long as a scenario
     /// lasts. The pipe's buffer and `--rate` pace the thread.
     pub fn spawn_producer_feed(&self, first: usize, args: &[&str]) -> (Proc, Feed) {
+        let mut all = vec!["--no-events"];
+        all.extend_from_slice(args);
+        self.spawn_orders_feed(first, &all)
+    }
+
+    /// Like [`Shop::spawn_producer_feed`], without `--no-events` unless `args` say so (each
+    /// order then also publishes its `order.placed` activity event).
+    pub fn spawn_orders_feed(&self, first: usize, args: &[&str]) -> (Proc, Feed) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_producer"));
-        cmd.args(["orders", "--file", "-", "--no-events"])
+        cmd.args(["orders", "--file", "-"])
             .args(args)
             .envs(self.env_for(&self.urls_from(first)));
         let log = self.path("producer.log");
@@ -306,7 +327,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(mut cmd: Command, log: PathBuf, stdin: Option<String>) -> Proc {
+    pub fn spawn(mut cmd: Command, log: PathBuf, stdin: Option<String>) -> Proc {
         let err = std::fs::File::create(&log).expect("log file");
         let out = std::fs::File::create(log.with_extension("out")).expect("out file");
         cmd.stdout(out).stderr(err).stdin(if stdin.is_some() {
