@@ -345,6 +345,7 @@ fn soak_seed() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_soak_loses_nothing_fulfils_once_and_mails_once() {
+    crate::requires::skip_unless_fault_env!();
     let _serial = harness::SERIAL.lock().await;
     let secs = soak_secs();
     let seed = soak_seed();
