@@ -349,3 +349,23 @@ async fn the_postgres_store_forgets_records_past_the_window_in_batches_and_keeps
     assert!(!store.contains("old_7").await.expect("contains"));
     assert_eq!(store.counts().await.expect("counts").fulfilled, 1);
 }
+
+#[tokio::test]
+async fn stores_started_together_on_an_empty_database_all_create_the_schema() {
+    let db = TestDatabase::new().await;
+    let settings = burrow::settings::Settings::load().expect("settings");
+    let opened = (0..8).map(|_| {
+        let store_settings = burrow::settings::StoreSettings {
+            url: Some(burrow::settings::SecretUrl::new(db.url().as_str())),
+            ..settings.store.clone()
+        };
+        async move {
+            let store = burrow::fulfillment::FulfillmentStore::open(&store_settings).await?;
+            store.counts().await
+        }
+    });
+    for result in futures::future::join_all(opened).await {
+        let counts = result.expect("every store creates or finds the schema");
+        assert_eq!(counts.fulfilled, 0);
+    }
+}

@@ -28,6 +28,9 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS fulfillments (
 );
 CREATE INDEX IF NOT EXISTS fulfillments_fulfilled_at ON fulfillments (fulfilled_at)";
 
+/// The advisory lock key taken while the schema is created ("burrow" in ASCII).
+const SCHEMA_LOCK: i64 = 0x6275_7272_6f77;
+
 /// Connections per process: enough for the default 16 handlers, whose two short statements
 /// each hold a connection for a round trip only.
 const POOL_SIZE: usize = 8;
@@ -105,9 +108,19 @@ impl PostgresStore {
         self.schema
             .get_or_try_init(|| async {
                 let client = self.client().await?;
-                client
-                    .batch_execute(SCHEMA)
-                    .await
+                // Workers started together on an empty database would race on `CREATE TABLE IF
+                // NOT EXISTS` (PostgreSQL answers one of them with a unique violation on
+                // pg_type): a transaction-scoped advisory lock makes them take turns.
+                let created = client
+                    .batch_execute(&format!(
+                        "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {SCHEMA}; COMMIT;"
+                    ))
+                    .await;
+                if created.is_err() {
+                    // Not back into the pool: it may be inside the failed transaction.
+                    drop(Object::take(client));
+                }
+                created
                     .map_err(|e| StoreError::Query(redact_url(&e.to_string())))
                     .context("creating the fulfillment schema")
             })
