@@ -104,3 +104,16 @@ pub async fn drain_queue(
     }
     out
 }
+
+/// Whether this process runs as root (the effective uid in /proc/self/status), as the tests that
+/// start private servers through `runuser` need.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}

@@ -12,7 +12,7 @@ use std::path::Path;
 /// Why the fault tests cannot run on this machine, or `None` when they can.
 pub fn missing() -> Option<String> {
     let mut why = Vec::new();
-    if !is_root() {
+    if !crate::common::is_root() {
         why.push("root (private nodes run as the rabbitmq user via runuser)".to_owned());
     }
     for program in ["rabbitmq-server", "rabbitmqctl", "runuser"] {
@@ -90,18 +90,6 @@ macro_rules! skip_unless_fault_env {
     };
 }
 pub(crate) use skip_unless_fault_env;
-
-fn is_root() -> bool {
-    // The effective uid is the second field of `Uid:` in /proc/self/status.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
 
 fn on_path(program: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|path| {
