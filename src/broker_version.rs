@@ -2,7 +2,7 @@
 //! (docs/CONTRACT.md, "RabbitMQ versions"), read from the management API's `/api/overview`.
 //!
 //! lapin 4 does not expose `connection.start`'s server properties, so the version comes from
-//! the management API; when that is unreachable the version is logged as unknown and nothing
+//! the management API; when that is unreachable the version is logged as unknown (at debug level) and nothing
 //! else changes: burrow's declarations and settlements are chosen to be right on every version.
 
 use crate::management::Management;
@@ -76,6 +76,8 @@ impl std::fmt::Display for RabbitVersion {
 /// The management API is unreachable or answers with something that is not a version.
 pub async fn read(settings: &Settings) -> anyhow::Result<RabbitVersion> {
     let m = Management::new(&settings.management, &settings.amqp)?;
+    // Never the version of another broker than the one AMQP_URL names.
+    m.ensure_serves(&settings.amqp.url).await?;
     let overview = m.overview().await?;
     RabbitVersion::parse(&overview.rabbitmq_version).ok_or_else(|| {
         anyhow::anyhow!(
@@ -101,7 +103,7 @@ pub async fn log(settings: &Settings, program: &str) -> Option<RabbitVersion> {
             Some(v)
         }
         Err(e) => {
-            tracing::info!(program, error = %format!("{e:#}"), "broker version unknown");
+            tracing::debug!(program, error = %format!("{e:#}"), "broker version unknown");
             None
         }
     }

@@ -108,10 +108,15 @@ pub async fn run(
     let metrics = WorkerMetrics::new();
     let role = format!("worker {}", service.name());
     let pool = crate::broker::pool(&settings.amqp, &role)?;
-    // In the background: a management API that is slow or closed to this user delays nothing.
+    // In the background, once the broker took the login (a refused login stays one line): a
+    // management API that is slow or closed to this user delays nothing.
     tokio::spawn({
-        let (settings, role) = (settings.clone(), role.clone());
-        async move { crate::broker_version::log(&settings, &role).await }
+        let (settings, role, pool) = (settings.clone(), role.clone(), pool.clone());
+        async move {
+            if pool.connection().await.is_ok() {
+                crate::broker_version::log(&settings, &role).await;
+            }
+        }
     });
     let readiness = crate::http::Readiness::default().broker(pool.clone());
     let ctx = Runner {
