@@ -110,6 +110,10 @@ impl<C: Carrier> Fulfillment<C> {
 
 /// The dependency name of the fulfillment store in the circuit breaker.
 pub const STORE: &str = "store";
+/// The dependency an `order.fulfilled` announcement needs: the broker taking events. A broker
+/// that nacks them (e.g. during a node restart) pauses the worker through the circuit breaker
+/// instead of walking fulfilled orders down the retry ladder into the dead-letter queue.
+pub const EVENTS: &str = "events";
 
 fn store_down(e: &anyhow::Error) -> Outcome {
     Outcome::Unavailable {
@@ -153,7 +157,10 @@ impl<C: Carrier> Handler for Fulfillment<C> {
         if let (Some(announcer), false) = (&self.announcer, announced) {
             let event = ActivityEvent::order_fulfilled(&order, &shipment);
             if let Err(e) = announcer.announce(&event, traceparent.as_deref()).await {
-                return Outcome::Transient(format!("announcing order.fulfilled: {e:#}"));
+                return Outcome::Unavailable {
+                    dependency: EVENTS,
+                    reason: format!("announcing order.fulfilled: {e:#}"),
+                };
             }
             if let Err(e) = self.store.mark_announced(&order.order_id).await {
                 return store_down(&e);
