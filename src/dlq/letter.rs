@@ -140,17 +140,21 @@ impl DeadLetter {
         })
     }
 
+    /// Its headers, to edit for a copy.
+    fn headers(&self) -> BTreeMap<ShortString, AMQPValue> {
+        self.properties
+            .headers()
+            .as_ref()
+            .map(|h| h.inner().clone())
+            .unwrap_or_default()
+    }
+
     /// The copy a replay publishes: to the default exchange with the source queue as routing
     /// key, `x-burrow-attempts` reset to 0, the failure headers removed and `x-burrow-replayed`
     /// counted up. `None` when the source queue is unknown.
     pub fn replay_copy(&self) -> Option<Outgoing> {
         let queue = self.source_queue.clone()?;
-        let mut headers: BTreeMap<ShortString, AMQPValue> = self
-            .properties
-            .headers()
-            .as_ref()
-            .map(|h| h.inner().clone())
-            .unwrap_or_default();
+        let mut headers = self.headers();
         for name in FAILURE_HEADERS {
             headers.remove(*name);
         }
@@ -178,12 +182,7 @@ impl DeadLetter {
     /// and routing key it was dead-lettered with kept in headers so `list` and `show` still
     /// show them.
     pub fn keep_copy(&self, queue: &str) -> Outgoing {
-        let mut headers: BTreeMap<ShortString, AMQPValue> = self
-            .properties
-            .headers()
-            .as_ref()
-            .map(|h| h.inner().clone())
-            .unwrap_or_default();
+        let mut headers = self.headers();
         headers
             .entry(HEADER_DEAD_EXCHANGE.into())
             .or_insert_with(|| crate::message::string_value(&self.exchange));

@@ -190,10 +190,10 @@ impl Carrier for SimulatedCarrier {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn settings() -> CarrierSettings {
+    pub(crate) fn settings() -> CarrierSettings {
         CarrierSettings {
             latency_ms: 0,
             failure_rate: 0.0,

@@ -177,7 +177,6 @@ impl<C: Carrier> Handler for Fulfillment<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::CarrierSettings;
 
     fn incoming(order: &Order) -> Incoming {
         Incoming {
@@ -194,14 +193,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fulfillment.db");
         let store = Arc::new(FulfillmentStore::Sqlite(SqliteStore::open(&path).unwrap()));
-        let carrier = SimulatedCarrier::new(CarrierSettings {
-            latency_ms: 0,
-            failure_rate: 0.0,
-            always_fail_skus: Vec::new(),
-            panic_skus: Vec::new(),
-            #[cfg(feature = "test-hooks")]
-            abort_skus: Vec::new(),
-        });
+        // An instant carrier that never fails.
+        let carrier = SimulatedCarrier::new(super::carrier::tests::settings());
         let handler = Fulfillment::new(carrier.clone(), store.clone(), None);
         let msg = incoming(&crate::message::tests_support::order("ord_1"));
 
