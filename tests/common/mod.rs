@@ -117,3 +117,58 @@ pub fn is_root() -> bool {
         })
         .unwrap_or(false)
 }
+
+/// The system PostgreSQL server (trust auth, user `postgres`); tests use databases of their own.
+pub const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// Runs `sql` on the server's `postgres` database (creating and dropping test databases).
+pub async fn pg_admin(sql: &str) {
+    let (client, conn) =
+        tokio_postgres::connect(&format!("{PG_SERVER}/postgres"), tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL at 127.0.0.1:5432 (trust auth, user postgres)");
+    tokio::spawn(conn);
+    client.batch_execute(sql).await.expect(sql);
+}
+
+/// A database that exists for one test and is dropped (with its sessions) afterwards.
+pub struct TestDatabase {
+    pub name: String,
+}
+
+impl TestDatabase {
+    /// Creates `<prefix>_<ulid>`.
+    pub async fn new(prefix: &str) -> Self {
+        let name = format!("{prefix}_{}", ulid::Ulid::new().to_string().to_lowercase());
+        pg_admin(&format!("CREATE DATABASE {name}")).await;
+        Self { name }
+    }
+
+    pub fn url(&self) -> String {
+        format!("{PG_SERVER}/{}", self.name)
+    }
+
+    /// A session of the test's own.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect to test database");
+        tokio::spawn(conn);
+        client
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(pg_admin(&sql));
+            }
+        })
+        .join();
+    }
+}

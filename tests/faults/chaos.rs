@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::common::TestDatabase;
 use crate::harness::{self, Node};
 use crate::scenarios::{producer_confirmed, roll};
 use crate::shop::{ids_of, wait_for, Proc, Shop, LONG};
@@ -28,9 +29,6 @@ use crate::shop::{ids_of, wait_for, Proc, Shop, LONG};
 /// soak with this on dead-lettered the orders with "store: recording a fulfillment: connection
 /// closed").
 const PG_BACKEND_KILLS: bool = true;
-
-/// The system PostgreSQL (trust auth); the soak creates and drops a database of its own there.
-const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 
 /// The `application_name` of the soak's own session, which a backend kill spares.
 const PG_SELF: &str = "burrow chaos soak";
@@ -108,73 +106,29 @@ struct Count {
     detail: Vec<String>,
 }
 
-/// A database of the soak's own on the system server, dropped (with its sessions) at the end.
-struct TestDatabase {
-    name: String,
-}
-
-async fn pg_admin(sql: &str) {
-    let (client, conn) =
-        tokio_postgres::connect(&format!("{PG_SERVER}/postgres"), tokio_postgres::NoTls)
-            .await
-            .expect("PostgreSQL at 127.0.0.1:5432 (trust auth, user postgres)");
+/// A fresh session of the soak itself on `db` (spared by [`terminate_workers`]). Every check
+/// opens its own, with a timeout: one run hung for minutes on a query sent over a session kept
+/// for the whole soak (it never reached the server; not understood).
+async fn soak_client(db: &TestDatabase) -> tokio_postgres::Client {
+    let url = format!(
+        "{}?application_name={}",
+        db.url(),
+        PG_SELF.replace(' ', "%20")
+    );
+    let (client, conn) = tokio::time::timeout(
+        PG_TIMEOUT,
+        tokio_postgres::connect(&url, tokio_postgres::NoTls),
+    )
+    .await
+    .expect("connecting to the soak's database timed out")
+    .expect("connect to the soak's database");
     tokio::spawn(conn);
-    client.batch_execute(sql).await.expect(sql);
-}
-
-impl TestDatabase {
-    async fn new() -> Self {
-        let name = format!(
-            "burrow_chaos_{}",
-            ulid::Ulid::new().to_string().to_lowercase()
-        );
-        pg_admin(&format!("CREATE DATABASE {name}")).await;
-        Self { name }
-    }
-
-    fn url(&self) -> String {
-        format!("{PG_SERVER}/{}", self.name)
-    }
-
-    /// A fresh session of the soak itself (spared by [`terminate_workers`]). Every check opens
-    /// its own, with a timeout: one run hung for minutes on a query sent over a session kept
-    /// for the whole soak (it never reached the server; not understood).
-    async fn client(&self) -> tokio_postgres::Client {
-        let url = format!(
-            "{}?application_name={}",
-            self.url(),
-            PG_SELF.replace(' ', "%20")
-        );
-        let (client, conn) = tokio::time::timeout(
-            PG_TIMEOUT,
-            tokio_postgres::connect(&url, tokio_postgres::NoTls),
-        )
-        .await
-        .expect("connecting to the soak's database timed out")
-        .expect("connect to the soak's database");
-        tokio::spawn(conn);
-        client
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                rt.block_on(pg_admin(&sql));
-            }
-        })
-        .join();
-    }
+    client
 }
 
 /// Terminates every session of the database but the soak's own; returns how many.
 async fn terminate_workers(db: &TestDatabase) -> usize {
-    let client = db.client().await;
+    let client = soak_client(db).await;
     tokio::time::timeout(
         PG_TIMEOUT,
         client.query(
@@ -193,7 +147,7 @@ async fn terminate_workers(db: &TestDatabase) -> usize {
 
 /// (orders recorded, duplicates suppressed) in the PostgreSQL store; (0, 0) before the schema.
 async fn pg_counts(db: &TestDatabase) -> (u64, u64) {
-    let client = db.client().await;
+    let client = soak_client(db).await;
     tokio::time::timeout(
         PG_TIMEOUT,
         client.query_one(
@@ -210,7 +164,7 @@ async fn pg_counts(db: &TestDatabase) -> (u64, u64) {
 
 /// Every order id in the PostgreSQL store.
 async fn pg_fulfilled(db: &TestDatabase) -> Vec<String> {
-    let client = db.client().await;
+    let client = soak_client(db).await;
     tokio::time::timeout(
         PG_TIMEOUT,
         client.query("SELECT order_id FROM fulfillments", &[]),
@@ -353,7 +307,7 @@ async fn chaos_soak_loses_nothing_fulfils_once_and_mails_once() {
     let mut rng = StdRng::seed_from_u64(seed);
     let began = Instant::now();
 
-    let db = TestDatabase::new().await;
+    let db = TestDatabase::new("burrow_chaos").await;
     let nodes = harness::cluster(3);
     let shop = Shop::new(nodes.iter().map(Node::url).collect());
     // The shop's own retry ladder (1 s, 10 s, 60 s), not the tests' 0.1/0.2/0.3 s one: a

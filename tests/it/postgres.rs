@@ -6,68 +6,16 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::common::{pg_admin, TestDatabase};
 use crate::helpers::{order_body, wait_for, TestVhost};
 use crate::services::ServiceProcess;
 
 const LONG: Duration = Duration::from_secs(180);
-const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
-
-/// A database that exists for one test and is dropped afterwards.
-struct TestDatabase {
-    name: String,
-}
-
-impl TestDatabase {
-    async fn new() -> Self {
-        let name = format!(
-            "burrow_test_{}",
-            ulid::Ulid::new().to_string().to_lowercase()
-        );
-        admin(&format!("CREATE DATABASE {name}")).await;
-        Self { name }
-    }
-
-    fn url(&self) -> String {
-        format!("{SERVER}/{}", self.name)
-    }
-
-    async fn client(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
-            .await
-            .expect("connect to test database");
-        tokio::spawn(conn);
-        client
-    }
-}
-
-async fn admin(sql: &str) {
-    let (client, conn) =
-        tokio_postgres::connect(&format!("{SERVER}/postgres"), tokio_postgres::NoTls)
-            .await
-            .expect("PostgreSQL at 127.0.0.1:5432 (trust auth)");
-    tokio::spawn(conn);
-    client.batch_execute(sql).await.expect(sql);
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                rt.block_on(admin(&sql));
-            }
-        })
-        .join();
-    }
-}
 
 #[tokio::test]
 async fn two_workers_on_one_postgres_database_fulfil_each_of_500_orders_once() {
     let t = TestVhost::new("pg").await.with_fast_topology().await;
-    let db = TestDatabase::new().await;
+    let db = TestDatabase::new("burrow_test").await;
     let url = db.url();
     let dir_a = t.settings.store.dir.join("host-a");
     let dir_b = t.settings.store.dir.join("host-b");
@@ -180,7 +128,7 @@ async fn metric(worker: &ServiceProcess, name: &str) -> Option<f64> {
 async fn terminated_postgres_sessions_are_replaced_and_each_order_is_fulfilled_once() {
     const N: usize = 2000;
     let t = TestVhost::new("pgkill").await.with_fast_topology().await;
-    let db = TestDatabase::new().await;
+    let db = TestDatabase::new("burrow_test").await;
     let url = db.url();
     let worker = t
         .spawn_service(
@@ -259,7 +207,7 @@ async fn readyz(worker: &ServiceProcess) -> (u16, serde_json::Value) {
 #[tokio::test]
 async fn readyz_answers_503_while_the_store_or_the_broker_is_unreachable() {
     let t = TestVhost::new("readyz").await;
-    let db = TestDatabase::new().await;
+    let db = TestDatabase::new("burrow_test").await;
     let url = db.url();
     let closed = closed_port();
 
@@ -309,7 +257,7 @@ async fn readyz_answers_503_while_the_store_or_the_broker_is_unreachable() {
     assert_eq!(no_broker.text("/healthz").await, "ok\n");
 
     // The store goes away under a ready worker: it turns unready.
-    admin(&format!("DROP DATABASE {} WITH (FORCE)", db.name)).await;
+    pg_admin(&format!("DROP DATABASE {} WITH (FORCE)", db.name)).await;
     let body = wait_for("/readyz 503 once the database is gone", LONG, || async {
         let (status, body) = readyz(&healthy).await;
         (status == 503).then_some(body)
@@ -321,7 +269,7 @@ async fn readyz_answers_503_while_the_store_or_the_broker_is_unreachable() {
 
 #[tokio::test]
 async fn the_postgres_store_forgets_records_past_the_window_in_batches_and_keeps_fresh_ones() {
-    let db = TestDatabase::new().await;
+    let db = TestDatabase::new("burrow_test").await;
     let settings = burrow::settings::Settings::load().expect("settings");
     let store = burrow::fulfillment::FulfillmentStore::open(&burrow::settings::StoreSettings {
         url: Some(burrow::settings::SecretUrl::new(db.url().as_str())),
@@ -352,7 +300,7 @@ async fn the_postgres_store_forgets_records_past_the_window_in_batches_and_keeps
 
 #[tokio::test]
 async fn stores_started_together_on_an_empty_database_all_create_the_schema() {
-    let db = TestDatabase::new().await;
+    let db = TestDatabase::new("burrow_test").await;
     let settings = burrow::settings::Settings::load().expect("settings");
     let opened = (0..8).map(|_| {
         let store_settings = burrow::settings::StoreSettings {
