@@ -90,6 +90,22 @@ fn delivered(maildir: &Path) -> BTreeMap<String, usize> {
     ids
 }
 
+/// The `/metrics` series of the notifications worker's breaker on `mail` (0 closed, 2 open).
+const MAIL_BREAKER_STATE: &str =
+    r#"burrow_breaker_state{queue="activity.notifications",dependency="mail"}"#;
+
+/// `n` users registering (`cus_0`…), each with an address, so each needs a welcome mail.
+fn registrations(n: usize) -> Vec<ActivityEvent> {
+    (0..n)
+        .map(|i| {
+            let user = format!("cus_{i}");
+            let mut e = ActivityEvent::new(EventKind::UserRegistered, &user);
+            e.data = serde_json::json!({"email": format!("{user}@example.com"), "name": user});
+            e
+        })
+        .collect()
+}
+
 /// The value of the series of `/metrics` whose line starts with `series`.
 async fn metric(service: &ServiceProcess, series: &str) -> Option<f64> {
     let text = service.text("/metrics").await;
@@ -122,17 +138,10 @@ async fn a_mail_server_outage_pauses_notifications_and_dead_letters_nothing() {
         )
         .await;
 
-    let events: Vec<ActivityEvent> = (0..100)
-        .map(|i| {
-            let user = format!("cus_{i}");
-            let mut e = ActivityEvent::new(EventKind::UserRegistered, &user);
-            e.data = serde_json::json!({"email": format!("{user}@example.com"), "name": user});
-            e
-        })
-        .collect();
+    let events = registrations(100);
     t.publish_events(&events).await;
 
-    let open = r#"burrow_breaker_state{queue="activity.notifications",dependency="mail"}"#;
+    let open = MAIL_BREAKER_STATE;
     // Without a breaker the mails would be dead-lettered instead: the assertions below say so.
     wait_for(
         "the breaker to open on mail (or a dead letter)",
@@ -207,16 +216,9 @@ async fn sigterm_while_the_breaker_is_open_exits_promptly_and_keeps_every_event(
             ],
         )
         .await;
-    let events: Vec<ActivityEvent> = (0..40)
-        .map(|i| {
-            let user = format!("cus_{i}");
-            let mut e = ActivityEvent::new(EventKind::UserRegistered, &user);
-            e.data = serde_json::json!({"email": format!("{user}@example.com"), "name": user});
-            e
-        })
-        .collect();
+    let events = registrations(40);
     t.publish_events(&events).await;
-    let open = r#"burrow_breaker_state{queue="activity.notifications",dependency="mail"}"#;
+    let open = MAIL_BREAKER_STATE;
     wait_for("the breaker to open on mail", LONG, || async {
         (metric(&notifications, open).await == Some(2.0)).then_some(())
     })
