@@ -666,7 +666,7 @@ async fn rolling_restart_of_the_3_node_cluster_under_load_loses_nothing() {
     }
     let rolled = started.elapsed();
 
-    let written = feed.stop();
+    let written = feed.stop().await;
     let code = producer.wait_exit(LONG).await;
     assert_eq!(code, Some(0), "producer: {}", producer.stderr());
     assert_eq!(producer_confirmed(&producer.stdout()), written.len());
