@@ -9,6 +9,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use burrow::children::{Process, Signal};
+
+use crate::harness::{self, Node};
 use burrow::publisher::{BulkPublisher, Confirm, Outgoing};
 use burrow::settings::{AmqpSettings, SecretUrl};
 
@@ -16,6 +18,39 @@ pub use crate::common::{fast_topology_text, order_body as order, wait_for};
 
 /// Scenario deadlines: generous for a slow 2-core machine; conditions end waits early.
 pub const LONG: Duration = Duration::from_secs(180);
+
+/// A scenario's stage: the suite's serial lock, held for the scenario, its private nodes and the
+/// shop on them with the topology applied. Keep it in a local for the whole scenario: dropping
+/// it removes the shop, then the nodes, then lets the next scenario run.
+pub struct Stage {
+    pub shop: Shop,
+    pub nodes: Vec<Node>,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl Stage {
+    /// One node, `burrowf1`.
+    pub async fn single() -> Stage {
+        let serial = harness::SERIAL.lock().await;
+        Stage::on(vec![Node::start(1)], serial)
+    }
+
+    /// A 3-node cluster; clients get node 1 first.
+    pub async fn cluster() -> Stage {
+        let serial = harness::SERIAL.lock().await;
+        Stage::on(harness::cluster(3), serial)
+    }
+
+    fn on(nodes: Vec<Node>, serial: tokio::sync::MutexGuard<'static, ()>) -> Stage {
+        let shop = Shop::new(nodes.iter().map(Node::url).collect());
+        shop.apply_topology_ok();
+        Stage {
+            shop,
+            nodes,
+            _serial: serial,
+        }
+    }
+}
 
 /// One scenario's shop: clients get `urls[0]` and the rest as failover URLs.
 pub struct Shop {
