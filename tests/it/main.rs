@@ -7,6 +7,7 @@ mod cli;
 #[path = "../common/mod.rs"]
 mod common;
 mod compose;
+mod console;
 mod dlq;
 mod helpers;
 mod observability;
