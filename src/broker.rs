@@ -224,10 +224,7 @@ fn node_pool(
         pool: Some(deadpool_lapin::PoolConfig::new(4)),
     };
     let pool = config
-        .builder(
-            move || connection_properties(&name),
-            Runtime::Tokio1,
-        )?
+        .builder(move || connection_properties(&name), Runtime::Tokio1)?
         .create_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
         .build()?;
     Ok(pool)

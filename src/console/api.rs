@@ -90,7 +90,10 @@ async fn overview(State(c): State<Arc<Console>>) -> ApiResult<Overview> {
     let status = status.map_err(|e| ApiError::upstream(&e))?;
     let (workers, workers_error) = match workers {
         Ok(endpoints) => (probe_all(&c.http, endpoints).await, None),
-        Err(e) => (Vec::new(), Some(crate::settings::redact_url(&e.to_string()))),
+        Err(e) => (
+            Vec::new(),
+            Some(crate::settings::redact_url(&e.to_string())),
+        ),
     };
     Ok(Json(Overview {
         at: Utc::now(),

@@ -41,7 +41,9 @@ mod tests {
 
     #[test]
     fn the_page_has_a_place_for_the_token_and_loads_only_its_own_assets() {
-        assert!(PAGE.contains(&format!(r#"<meta name="burrow-token" content="{TOKEN_PLACEHOLDER}">"#)));
+        assert!(PAGE.contains(&format!(
+            r#"<meta name="burrow-token" content="{TOKEN_PLACEHOLDER}">"#
+        )));
         assert!(!PAGE.contains("http://") && !PAGE.contains("https://"));
         // The only URL in the script is the SVG namespace.
         assert_eq!(

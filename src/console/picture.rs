@@ -138,7 +138,11 @@ pub fn topology_svg(view: &TopologyView) -> String {
         let (Some(from), Some(to)) = (exchange_row(&b.source), queue_row(&b.destination)) else {
             continue;
         };
-        let class = if b.drift.is_empty() { "binding" } else { "binding drift" };
+        let class = if b.drift.is_empty() {
+            "binding"
+        } else {
+            "binding drift"
+        };
         let (x1, y1) = (LEFT_X + BOX_W, y_of(from) + BOX_H / 2);
         let (x2, y2) = (RIGHT_X, y_of(to) + BOX_H / 2);
         let mid = (x1 + x2) / 2;
@@ -217,10 +221,17 @@ mod tests {
         ];
         let view = TopologyView::new(&topology, &drift, "shop.toml");
         assert_eq!(view.drift.len(), 2);
-        let dead = view.queues.iter().find(|q| q.name == "orders.dead").unwrap();
+        let dead = view
+            .queues
+            .iter()
+            .find(|q| q.name == "orders.dead")
+            .unwrap();
         assert_eq!(dead.drift.len(), 1);
         let svg = topology_svg(&view);
-        assert!(svg.contains(r#"<g class="queue drift" data-name="orders.dead">"#), "{svg}");
+        assert!(
+            svg.contains(r#"<g class="queue drift" data-name="orders.dead">"#),
+            "{svg}"
+        );
         assert!(svg.contains(r#"class="binding drift""#));
         assert!(svg.contains(r#"<g class="queue" data-name="orders.fulfillment">"#));
         assert_eq!(escape("<a&\">"), "&lt;a&amp;&quot;&gt;");

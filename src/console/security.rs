@@ -122,7 +122,8 @@ fn is_loopback_host(host: &str) -> bool {
         Some(v6) => v6.split(']').next().unwrap_or_default(),
         None => host.rsplit_once(':').map_or(host, |(name, _)| name),
     };
-    name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Checks every request (see the module documentation) and adds the headers that forbid
@@ -206,10 +207,16 @@ mod tests {
     fn without_a_password_only_loopback_hosts_are_served() {
         let s = security(None);
         for ok in ["localhost:1", "127.0.0.1:15680", "[::1]:80", "LOCALHOST"] {
-            assert!(s.refuse(&Method::GET, &headers(&[("host", ok)])).is_none(), "{ok}");
+            assert!(
+                s.refuse(&Method::GET, &headers(&[("host", ok)])).is_none(),
+                "{ok}"
+            );
         }
         for bad in ["evil.example:15680", "10.0.0.1", "evil.localhost.example"] {
-            assert!(s.refuse(&Method::GET, &headers(&[("host", bad)])).is_some(), "{bad}");
+            assert!(
+                s.refuse(&Method::GET, &headers(&[("host", bad)])).is_some(),
+                "{bad}"
+            );
         }
         assert!(s.refuse(&Method::GET, &HeaderMap::new()).is_some());
     }

@@ -125,7 +125,10 @@ fn reachable(announced: &str, peer_host: &str) -> String {
 }
 
 /// Probes every endpoint at once.
-pub async fn probe_all(client: &reqwest::Client, endpoints: Vec<WorkerEndpoint>) -> Vec<WorkerStatus> {
+pub async fn probe_all(
+    client: &reqwest::Client,
+    endpoints: Vec<WorkerEndpoint>,
+) -> Vec<WorkerStatus> {
     futures::future::join_all(endpoints.into_iter().map(|e| probe(client, e))).await
 }
 
@@ -200,9 +203,21 @@ mod tests {
     fn workers_are_found_by_their_announced_address_once_each() {
         let found = endpoints(
             &[
-                connection("burrow worker fulfillment@h#1", Some("127.0.0.1:9101"), "127.0.0.1"),
-                connection("burrow worker fulfillment@h#1", Some("127.0.0.1:9101"), "127.0.0.1"),
-                connection("burrow worker analytics@h#2", Some("0.0.0.0:9102"), "10.0.0.5"),
+                connection(
+                    "burrow worker fulfillment@h#1",
+                    Some("127.0.0.1:9101"),
+                    "127.0.0.1",
+                ),
+                connection(
+                    "burrow worker fulfillment@h#1",
+                    Some("127.0.0.1:9101"),
+                    "127.0.0.1",
+                ),
+                connection(
+                    "burrow worker analytics@h#2",
+                    Some("0.0.0.0:9102"),
+                    "10.0.0.5",
+                ),
                 connection("burrow producer@h#3", None, "127.0.0.1"),
             ],
             &["10.0.0.9:9103".to_owned(), "127.0.0.1:9101".to_owned()],

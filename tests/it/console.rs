@@ -113,14 +113,23 @@ async fn overview_lists_the_shops_queues_and_the_workers_with_their_health() {
         .iter()
         .filter_map(|q| q["name"].as_str())
         .collect();
-    for q in ["orders.fulfillment", "activity.notifications", "orders.dead", "activity.dead"] {
+    for q in [
+        "orders.fulfillment",
+        "activity.notifications",
+        "orders.dead",
+        "activity.dead",
+    ] {
         assert!(queues.contains(&q), "{q} in {queues:?}");
     }
     assert_eq!(
         overview["dead_letter_queues"],
         json!(["activity.dead", "orders.dead"])
     );
-    assert_eq!(overview["outbox"], Value::Null, "the outbox is not built yet");
+    assert_eq!(
+        overview["outbox"],
+        Value::Null,
+        "the outbox is not built yet"
+    );
     let fulfillment = overview["status"]["queues"]
         .as_array()
         .unwrap()
@@ -131,14 +140,18 @@ async fn overview_lists_the_shops_queues_and_the_workers_with_their_health() {
     assert!(fulfillment["consumers"].as_u64().is_some(), "{fulfillment}");
 
     worker.stop(Duration::from_secs(10)).await;
-    wait_for("the stopped worker to show unhealthy or gone", LONG, || async {
-        let (_, overview) = console.get("/api/overview").await;
-        let still_healthy = overview["workers"]
-            .as_array()?
-            .iter()
-            .any(|w| w["http"] == http.to_string() && w["healthy"] == true);
-        (!still_healthy).then_some(())
-    })
+    wait_for(
+        "the stopped worker to show unhealthy or gone",
+        LONG,
+        || async {
+            let (_, overview) = console.get("/api/overview").await;
+            let still_healthy = overview["workers"]
+                .as_array()?
+                .iter()
+                .any(|w| w["http"] == http.to_string() && w["healthy"] == true);
+            (!still_healthy).then_some(())
+        },
+    )
     .await;
 }
 
@@ -171,9 +184,8 @@ async fn dead_letters_are_listed_with_their_reason_and_shown_in_full() {
     assert_eq!(status, StatusCode::OK, "{full}");
     let headers = full["headers"].as_array().expect("headers");
     assert!(
-        headers
-            .iter()
-            .any(|h| h[0] == "x-burrow-error" && h[1] == "still failing after 4 attempts: carrier on fire"),
+        headers.iter().any(|h| h[0] == "x-burrow-error"
+            && h[1] == "still failing after 4 attempts: carrier on fire"),
         "{full}"
     );
     assert!(
@@ -182,7 +194,11 @@ async fn dead_letters_are_listed_with_their_reason_and_shown_in_full() {
             .is_some_and(|b| b.contains(&format!("\"order_id\": \"{id}\""))),
         "{full}"
     );
-    assert_eq!(t.ready("orders.dead").await, 1, "reading leaves it in place");
+    assert_eq!(
+        t.ready("orders.dead").await,
+        1,
+        "reading leaves it in place"
+    );
 
     let (status, _) = console
         .get("/api/dead-letters/orders.dead/messages/ord_nope")
@@ -232,11 +248,19 @@ async fn replay_needs_the_consoles_token_and_moves_the_message_back_to_its_sourc
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "another site");
-    assert_eq!(t.ready("orders.dead").await, 1, "nothing refused was replayed");
+    assert_eq!(
+        t.ready("orders.dead").await,
+        1,
+        "nothing refused was replayed"
+    );
     assert_eq!(t.ready("orders.fulfillment").await, 0);
 
     let (status, text) = console
-        .post(path, &json!({ "ids": [id], "dry_run": true }), &[(TOKEN_HEADER, &token)])
+        .post(
+            path,
+            &json!({ "ids": [id], "dry_run": true }),
+            &[(TOKEN_HEADER, &token)],
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{text}");
     let dry: Value = serde_json::from_str(&text).expect("json");
@@ -279,7 +303,11 @@ async fn purge_removes_the_selected_dead_letters_only() {
             &[(TOKEN_HEADER, &token)],
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "an empty selection: {text}");
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "an empty selection: {text}"
+    );
     let (status, text) = console
         .post(
             "/api/dead-letters/orders.dead/purge",
@@ -303,7 +331,11 @@ async fn purge_removes_the_selected_dead_letters_only() {
     let mut expected = vec![ids[0].clone(), ids[2].clone()];
     expected.sort();
     assert_eq!(left, expected);
-    assert_eq!(t.ready("orders.fulfillment").await, 0, "purge replays nothing");
+    assert_eq!(
+        t.ready("orders.fulfillment").await,
+        0,
+        "purge replays nothing"
+    );
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 
 mod activity;
 mod breaker;
+mod browser;
 mod cli;
 #[path = "../common/mod.rs"]
 mod common;

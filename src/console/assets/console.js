@@ -70,7 +70,11 @@ function showTab() {
   const tab = currentTab();
   for (const section of document.querySelectorAll("section.tab")) section.hidden = section.id !== tab;
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.tab === tab);
-  if (tab === "dead-letters") loadLetters();
+  if (tab === "dead-letters") {
+    const select = $("#dlq-queue");
+    if (select.options.length) select.value = wantedQueue();
+    loadLetters();
+  }
   if (tab === "topology") loadTopology();
 }
 
@@ -173,16 +177,23 @@ async function pollOverview() {
 
 // ---- dead letters --------------------------------------------------------------------------
 
+// The queue in the address (`#dead-letters/orders.dead`), else orders.dead, else the first.
+function wantedQueue() {
+  const wanted = decodeURIComponent(location.hash.split("/")[1] || "");
+  if (state.deadQueues.includes(wanted)) return wanted;
+  return state.deadQueues.includes("orders.dead") ? "orders.dead" : state.deadQueues[0];
+}
+
 function fillQueueSelect() {
   const select = $("#dlq-queue");
   if (select.options.length === state.deadQueues.length) return;
-  const wanted = location.hash.split("/")[1];
   select.replaceChildren(...state.deadQueues.map((q) => el("option", { value: q }, q)));
-  if (wanted && state.deadQueues.includes(wanted)) select.value = wanted;
+  select.value = wantedQueue();
+  if (currentTab() === "dead-letters") loadLetters();
 }
 
 function selectedQueue() {
-  return $("#dlq-queue").value || location.hash.split("/")[1] || "orders.dead";
+  return $("#dlq-queue").value || decodeURIComponent(location.hash.split("/")[1] || "") || "orders.dead";
 }
 
 function matchesFilter(letter) {
