@@ -151,6 +151,7 @@ async fn list(
 ) -> ApiResult<Listing> {
     dead_queue(&c, &queue)?;
     let limit = q.limit.unwrap_or(DEFAULT_LIST).clamp(1, MAX_LIST);
+    let _one_at_a_time = c.passes.lock().await;
     let listing = dlq::listing(&c.settings, &queue, limit)
         .await
         .map_err(|e| ApiError::upstream(&e))?;
@@ -186,6 +187,7 @@ async fn show(
     Path((queue, id)): Path<(String, String)>,
 ) -> ApiResult<Letter> {
     dead_queue(&c, &queue)?;
+    let _one_at_a_time = c.passes.lock().await;
     let letter = dlq::letter(&c.settings, &queue, &id)
         .await
         .map_err(|e| ApiError::upstream(&e))?

@@ -64,8 +64,9 @@ pub(crate) struct Console {
     pub source: String,
     /// Probes the workers' HTTP endpoints.
     pub http: reqwest::Client,
-    /// One replay or purge at a time: two passes over one queue would keep each other's
-    /// messages and read them again.
+    /// One replay, purge or read of the dead-letter queues at a time: a message another pass
+    /// or listing holds unacknowledged is invisible to a pass, which would then leave a ticked
+    /// message where it is.
     pub passes: tokio::sync::Mutex<()>,
 }
 

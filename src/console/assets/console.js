@@ -146,7 +146,7 @@ function drawChart(svg, series, unit) {
   svg.replaceChildren();
   for (const s of series) {
     const points = state.history
-      .map((h, i) => (h[s.key] === null ? null : `${(i / (HISTORY - 1)) * 400},${120 - (h[s.key] / max) * 115}`))
+      .map((h, i) => (h[s.key] === null ? null : `${(i / Math.max(state.history.length - 1, 1)) * 400},${120 - (h[s.key] / max) * 115}`))
       .filter((p) => p !== null)
       .join(" ");
     const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
@@ -262,6 +262,7 @@ async function showLetter(id) {
     $("#letter-headers tbody").replaceChildren(...l.headers.map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, v))));
     $("#letter-body").textContent = l.body;
     $("#letter").hidden = false;
+    $("#letter").scrollIntoView({ block: "nearest" });
   } catch (e) {
     showError(`dead letter ${id}: ${e.message}`);
   }
