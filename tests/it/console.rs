@@ -388,3 +388,46 @@ async fn a_non_loopback_address_needs_a_password() {
     assert_eq!(r.status(), StatusCode::OK);
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn the_topology_picture_highlights_drift_against_the_file() {
+    let t = TestVhost::new("console-topology")
+        .await
+        .with_fast_topology()
+        .await;
+    let console = TestConsole::start(&t).await;
+    let (status, view) = console.get("/api/topology").await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["drift"], json!([]), "a fresh vhost matches the file");
+
+    t.delete_queue("activity.dead").await;
+    let (status, view) = console.get("/api/topology").await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    let dead = view["queues"]
+        .as_array()
+        .expect("queues")
+        .iter()
+        .find(|q| q["name"] == "activity.dead")
+        .expect("activity.dead drawn")
+        .clone();
+    assert!(
+        dead["drift"][0]
+            .as_str()
+            .is_some_and(|d| d.contains("missing on the broker")),
+        "{dead}"
+    );
+    let svg = console
+        .client
+        .get(format!("{}/api/topology.svg", console.base))
+        .send()
+        .await
+        .expect("GET svg")
+        .text()
+        .await
+        .expect("svg");
+    assert!(
+        svg.contains(r#"<g class="queue drift" data-name="activity.dead">"#),
+        "{svg}"
+    );
+    assert!(svg.contains(r#"<g class="queue" data-name="orders.dead">"#));
+}
