@@ -124,7 +124,8 @@ fn reachable(announced: &str, peer_host: &str) -> String {
     }
 }
 
-/// Probes every endpoint at once.
+/// Probes every endpoint at once: `/healthz`, `/readyz` and `/metrics`, each within
+/// [`PROBE_TIMEOUT`].
 pub async fn probe_all(
     client: &reqwest::Client,
     endpoints: Vec<WorkerEndpoint>,

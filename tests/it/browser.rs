@@ -51,7 +51,8 @@ fn browser_available() -> bool {
 /// A chromedriver on a free port and a headless Chromium session; both end when dropped.
 struct Browser {
     client: Option<Client>,
-    _driver: burrow::children::Process,
+    /// chromedriver, leader of a process group of its own that the browser it starts joins.
+    driver: burrow::children::Process,
     _profile: tempfile::TempDir,
 }
 
@@ -62,7 +63,10 @@ impl Browser {
         command
             .arg(format!("--port={port}"))
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
+            .stderr(std::process::Stdio::null())
+            // Its own process group, so that dropping the Browser ends the browser processes
+            // too, also when a failed assertion leaves the session open.
+            .process_group(0);
         let driver =
             burrow::children::Process::spawn("chromedriver", command).expect("chromedriver");
         let status = format!("http://127.0.0.1:{port}/status");
@@ -85,6 +89,7 @@ impl Browser {
                     "--no-sandbox",
                     "--disable-gpu",
                     "--disable-dev-shm-usage",
+                    "--disable-breakpad",
                     format!("--user-data-dir={}", profile.path().display()),
                     "--window-size=1400,1000",
                 ]
@@ -99,7 +104,7 @@ impl Browser {
             .expect("a Chromium session");
         Self {
             client: Some(client),
-            _driver: driver,
+            driver,
             _profile: profile,
         }
     }
@@ -138,10 +143,19 @@ impl Browser {
             .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
     }
 
+    /// Ends the session (the browser quits); dropping the Browser then ends chromedriver.
     async fn close(mut self) {
         if let Some(client) = self.client.take() {
             let _ = client.close().await;
         }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // chromedriver and every browser process it started (the group it leads).
+        let group = nix::unistd::Pid::from_raw(self.driver.pid() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
     }
 }
 
