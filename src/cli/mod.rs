@@ -14,6 +14,7 @@
 //! - [`topology`]: `burrow topology apply|verify|export`.
 //! - [`producer`]: `producer order|orders|activity|inventory`.
 //! - [`demo`]: `burrow demo`.
+//! - [`console`]: `burrow console`.
 
 use std::process::ExitCode;
 
@@ -21,6 +22,7 @@ use crate::broker::BrokerError;
 use crate::management::ManagementError;
 use crate::producer::PublishError;
 
+pub mod console;
 pub mod demo;
 pub mod dlq;
 pub mod producer;
