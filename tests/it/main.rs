@@ -9,6 +9,7 @@ mod common;
 mod compose;
 mod dlq;
 mod helpers;
+mod inventory;
 mod observability;
 mod operations;
 mod pg_outage;
