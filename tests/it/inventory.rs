@@ -236,3 +236,65 @@ async fn the_services_own_echo_never_resets_a_level_that_reservations_lowered() 
     );
     assert_eq!(sku_stock(&inventory, "SKU-6").await["stock"], 5);
 }
+
+#[tokio::test]
+async fn two_processes_on_one_store_reserve_every_order_once_and_announce_the_final_level_last() {
+    let t = TestVhost::new("inventory-two")
+        .await
+        .with_fast_topology()
+        .await;
+    let a = t.spawn_service("inventory", &[], &[]).await;
+    let b = t.spawn_service("inventory", &[], &[]).await;
+    restock(&t, "SKU-7", 100);
+    wait_level(&a, "SKU-7", 100).await;
+    wait_for("both processes consuming", LONG, || async {
+        (t.queue_info("orders.inventory").await.consumers >= Some(2)).then_some(())
+    })
+    .await;
+
+    let orders: Vec<Order> = (0..60).map(|i| order("SKU-7", 1 + i % 2)).collect();
+    let units: i64 = orders.iter().map(|o| i64::from(o.items[0].quantity)).sum();
+    t.publish_messages(placing(&orders)).await;
+
+    // Idle: every order, its order.placed event and the restock handled, and every
+    // announcement back as an echo and handled too (so none is still being published).
+    const HANDLED: &str = "burrow_messages_total{queue=\"orders.inventory\",outcome=\"success\"}";
+    wait_for("both processes idle", LONG, || async {
+        let mut handled = 0;
+        let mut announced = 0;
+        let mut echoes = 0;
+        for svc in [&a, &b] {
+            handled += counter(svc, HANDLED).await;
+            announced += counter(svc, "burrow_inventory_announcements_total").await;
+            echoes += counter(svc, "burrow_inventory_echoes_total").await;
+        }
+        (echoes == announced && handled == 2 * orders.len() as u64 + 1 + echoes).then_some(())
+    })
+    .await;
+    for svc in [&a, &b] {
+        assert!(
+            counter(svc, "burrow_inventory_reserved_units_total").await > 0,
+            "both processes took orders"
+        );
+    }
+    let s = sku_stock(&a, "SKU-7").await;
+    assert_eq!(s["stock"], 100 - units, "{s}");
+    assert_eq!(s["reserved_units"], units, "{s}");
+    assert_eq!(s["version"], s["announced_version"], "{s}");
+
+    let last = t
+        .drain("activity.recommendations")
+        .await
+        .into_iter()
+        .filter(|m| {
+            burrow::message::header_str(m.properties.headers().as_ref(), HEADER_ORIGIN).is_some()
+        })
+        .map(|m| ActivityEvent::decode(&m.delivery.data).expect("a valid event"))
+        .next_back()
+        .expect("announcements");
+    assert_eq!(
+        last.data["stock"],
+        100 - units,
+        "the last announcement is the final level: {last:?}"
+    );
+}
