@@ -15,7 +15,10 @@
 //!   `event_id`: the id is recorded in the transaction that changes the level.
 //! - A restock sets the level as of the moment the service applies it: reservations applied
 //!   before it are overwritten, those applied after it count down from it. An order placed just
-//!   before a restock but handled after it is taken from the new level.
+//!   before a restock but handled after it is taken from the new level. The queue holds orders
+//!   and restocks in routing order, but handlers run concurrently (`--concurrency`) and
+//!   processes compete, so two deliveries close together may be applied in either order; each
+//!   is applied atomically (SQLite `BEGIN IMMEDIATE` serializes them, also across processes).
 //! - The service's own `inventory.changed` events come back through the fanout marked
 //!   `x-burrow-origin: inventory` and are ignored: their level is already in the store, and
 //!   applying a stale one (published before later reservations) would raise the level again.
