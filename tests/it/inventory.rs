@@ -271,12 +271,13 @@ async fn two_processes_on_one_store_reserve_every_order_once_and_announce_the_fi
         (echoes == announced && handled == 2 * orders.len() as u64 + 1 + echoes).then_some(())
     })
     .await;
+    // The broker decides how the orders are shared (often both take some, not always): the
+    // processes' counts add up to what the store holds.
+    let mut reserved = 0;
     for svc in [&a, &b] {
-        assert!(
-            counter(svc, "burrow_inventory_reserved_units_total").await > 0,
-            "both processes took orders"
-        );
+        reserved += counter(svc, "burrow_inventory_reserved_units_total").await;
     }
+    assert_eq!(reserved, units as u64);
     let s = sku_stock(&a, "SKU-7").await;
     assert_eq!(s["stock"], 100 - units, "{s}");
     assert_eq!(s["reserved_units"], units, "{s}");
