@@ -95,7 +95,8 @@ enum Command {
         #[arg(long, requires = "count")]
         rate: Option<f64>,
     },
-    /// The inventory service: publish inventory.changed for one SKU.
+    /// Restock: set one SKU's level, published as inventory.changed (`worker inventory` takes it
+    /// as its new level; recommendations never recommend a SKU at 0).
     Inventory {
         /// The SKU, e.g. SKU-1.
         #[arg(long)]

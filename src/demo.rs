@@ -39,7 +39,7 @@ impl Default for DemoOptions {
     }
 }
 
-const SERVICES: [&str; 3] = ["notifications", "analytics", "recommendations"];
+const SERVICES: [&str; 4] = ["notifications", "analytics", "recommendations", "inventory"];
 
 /// Where the settling of the published orders is: fulfilled plus dead-lettered, of those
 /// confirmed.

@@ -14,6 +14,7 @@
 //! - [`notifications`], [`analytics`], [`recommendations`]: the activity services (mail,
 //!   counts, a model built from the stream); [`sqlite`] is their store plumbing (a group-commit
 //!   thread per file).
+//! - [`inventory`]: the stock per SKU, reserved for orders, announced as `inventory.changed`.
 //! - [`producer`]: the library of the `producer` binary: the order service and the activity and
 //!   inventory publishers of the shop, all sending through [`publisher`].
 //! - [`service`]: runs one service as a worker process; [`http`] and [`metrics`] serve it.
@@ -35,6 +36,7 @@ pub mod demo;
 pub mod dlq;
 pub mod fulfillment;
 pub mod http;
+pub mod inventory;
 pub mod management;
 pub mod message;
 pub mod metrics;

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::analytics::{self, Analytics, AnalyticsStore};
 use crate::fulfillment::{self, Announcer, Fulfillment, FulfillmentStore, SimulatedCarrier};
+use crate::inventory::{self, Inventory, InventoryStore};
 use crate::metrics::WorkerMetrics;
 use crate::notifications::{self, Mailer, NotificationStore, Notifications};
 use crate::recommendations::{self, Model, Recommendations, StartAt};
@@ -28,6 +29,9 @@ pub enum Service {
     Analytics,
     /// Builds a recommendation model from the stream `activity.log` and serves it.
     Recommendations,
+    /// Keeps the stock per SKU, reserves it for orders, announces `inventory.changed`
+    /// (`orders.inventory`).
+    Inventory,
 }
 
 impl Service {
@@ -38,6 +42,7 @@ impl Service {
             Service::Notifications => notifications::QUEUE,
             Service::Analytics => analytics::QUEUE,
             Service::Recommendations => recommendations::STREAM,
+            Service::Inventory => inventory::QUEUE,
         }
     }
 
@@ -48,6 +53,7 @@ impl Service {
             Service::Notifications => "notifications",
             Service::Analytics => "analytics",
             Service::Recommendations => "recommendations",
+            Service::Inventory => "inventory",
         }
     }
 }
@@ -57,7 +63,7 @@ impl Service {
 pub struct WorkerOptions {
     /// Where to serve `/healthz` and `/metrics` (and the service's own routes).
     pub http: Option<SocketAddr>,
-    /// Whether to publish events (`order.fulfilled`).
+    /// Whether to publish events (`order.fulfilled`, `inventory.changed`).
     pub events: bool,
     /// Recommendations: build a fresh model from the stream messages stored at or after this
     /// time (implies `rebuild`).
@@ -190,6 +196,25 @@ pub async fn run(
             let store = Arc::new(AnalyticsStore::open(&settings.store.dir)?);
             purge!("analytics", store);
             let handler = Analytics::new(store, &ctx.metrics);
+            let config = ctx.queue_config(service.queue())?;
+            let router = ctx.router(|r| r);
+            ctx.serve_and_run(router.merge(handler.router()), handler, config)
+                .await
+        }
+        Service::Inventory => {
+            // SQLite only: `store.url` (PostgreSQL) is used by fulfillment alone so far.
+            let store = Arc::new(InventoryStore::open(&settings.store.dir)?);
+            purge!("inventory", store);
+            let announcer = options.events.then(|| {
+                Arc::new(
+                    Announcer::new(
+                        ctx.pool.clone(),
+                        Duration::from_millis(settings.producer.confirm_timeout_ms),
+                    )
+                    .with_origin(inventory::ORIGIN),
+                )
+            });
+            let handler = Inventory::new(store, announcer, &ctx.metrics);
             let config = ctx.queue_config(service.queue())?;
             let router = ctx.router(|r| r);
             ctx.serve_and_run(router.merge(handler.router()), handler, config)

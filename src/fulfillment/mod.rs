@@ -16,18 +16,20 @@ pub use store::{
     FulfillmentRecord, FulfillmentStore, PostgresStore, Recorded, SqliteStore, StoreCounts,
 };
 
-use crate::message::{properties, ActivityEvent, Order, HEADER_TRACEPARENT};
+use crate::message::{properties, ActivityEvent, Order, HEADER_ORIGIN, HEADER_TRACEPARENT};
 use crate::publisher::{self, Confirm, Outgoing};
 use crate::worker::{Handler, Incoming, Outcome};
 
 /// The queue the service consumes.
 pub const QUEUE: &str = "orders.fulfillment";
 
-/// Where the fulfillment handler announces `order.fulfilled`.
+/// Where the fulfillment handler announces `order.fulfilled` (and the inventory service
+/// `inventory.changed`): confirmed publishes to the `activity` exchange on one channel.
 pub struct Announcer {
     pool: crate::broker::Pool,
     channel: Mutex<Option<Channel>>,
     timeout: Duration,
+    origin: Option<&'static str>,
 }
 
 impl Announcer {
@@ -37,7 +39,16 @@ impl Announcer {
             pool,
             channel: Mutex::new(None),
             timeout,
+            origin: None,
         }
+    }
+
+    /// Marks every announcement with the header `x-burrow-origin: origin`, so that the
+    /// publishing service knows its own events when they come back.
+    #[must_use]
+    pub fn with_origin(mut self, origin: &'static str) -> Self {
+        self.origin = Some(origin);
+        self
     }
 
     async fn channel(&self) -> anyhow::Result<Channel> {
@@ -61,9 +72,14 @@ impl Announcer {
         traceparent: Option<&str>,
     ) -> anyhow::Result<()> {
         let mut props = properties(event.kind.as_str(), &event.event_id);
+        let mut headers = lapin::types::FieldTable::default();
         if let Some(tp) = traceparent {
-            let mut headers = lapin::types::FieldTable::default();
             headers.insert(HEADER_TRACEPARENT.into(), crate::message::string_value(tp));
+        }
+        if let Some(origin) = self.origin {
+            headers.insert(HEADER_ORIGIN.into(), crate::message::string_value(origin));
+        }
+        if !headers.inner().is_empty() {
             props = props.with_headers(headers);
         }
         let msg = Outgoing {

@@ -25,6 +25,10 @@ pub const HEADER_DEAD_ROUTING_KEY: &str = "x-burrow-dead-routing-key";
 pub const HEADER_LAST_ERROR: &str = "x-burrow-last-error";
 /// Header counting how often a message was replayed from a dead-letter queue.
 pub const HEADER_REPLAYED: &str = "x-burrow-replayed";
+/// Header naming the burrow service that published a message, where its own consumers must
+/// recognise it: the inventory service marks its `inventory.changed` events so that it ignores
+/// them when the `activity` fanout brings them back.
+pub const HEADER_ORIGIN: &str = "x-burrow-origin";
 /// W3C trace context header.
 pub const HEADER_TRACEPARENT: &str = "traceparent";
 

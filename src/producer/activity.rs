@@ -232,8 +232,9 @@ pub async fn publish_activity(
 
 /// The `inventory.changed` event of `sku` now at `stock`, `delta` units up or down from before.
 ///
-/// The inventory service is stateless, so `delta` is what the caller says (`--delta`) and 0
-/// ("not known") otherwise; consumers rely on `stock` only.
+/// For a restock (`producer inventory`), `delta` is what the caller says (`--delta`) and 0
+/// ("not known") otherwise; `worker inventory` announces its levels with the change since its
+/// previous announcement. Consumers rely on `stock` only.
 pub fn inventory_event(sku: &str, stock: i64, delta: i64) -> ActivityEvent {
     let mut e = ActivityEvent::new(EventKind::InventoryChanged, "inventory");
     e.product_id = Some(sku.to_owned());

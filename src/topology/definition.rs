@@ -785,7 +785,10 @@ mod tests {
         let t = Topology::parse(SHOP).expect("valid");
         assert_eq!(
             t.dead_letter_sources("orders.dead"),
-            BTreeSet::from(["orders.fulfillment".to_owned()])
+            BTreeSet::from([
+                "orders.fulfillment".to_owned(),
+                "orders.inventory".to_owned()
+            ])
         );
         assert_eq!(
             t.dead_letter_sources("activity.dead"),

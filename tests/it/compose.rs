@@ -37,6 +37,7 @@ fn compose_file_is_valid_and_loads_the_topology_into_rabbitmq_with_a_healthcheck
         "notifications",
         "analytics",
         "recommendations",
+        "inventory",
     ] {
         assert!(services.lines().any(|l| l == s), "service {s} missing");
     }

@@ -11,6 +11,7 @@ mod compose;
 mod console;
 mod dlq;
 mod helpers;
+mod inventory;
 mod observability;
 mod operations;
 mod pg_outage;

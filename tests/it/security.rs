@@ -186,6 +186,51 @@ async fn activity_workers_may_publish_retries_and_dead_letters_but_not_events() 
 }
 
 #[tokio::test]
+async fn inventory_worker_may_announce_stock_but_not_place_orders_nor_read_other_queues() {
+    let t = TestVhost::new("sec-inventory")
+        .await
+        .with_fast_topology()
+        .await;
+    let users = TestUsers::create(&t).await;
+    let conn = connect_as(&t, users.url(&t, "burrow-inventory")).await;
+
+    let refused = publish(&conn, "orders", "order.placed").await;
+    assert!(
+        refused.contains("ACCESS_REFUSED"),
+        "publish to orders: {refused}"
+    );
+    let ch = conn.create_channel().await.expect("channel");
+    let e = ch
+        .basic_consume(
+            "orders.fulfillment".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            Default::default(),
+        )
+        .await
+        .expect_err("consuming the fulfillment queue is refused");
+    assert!(format!("{e}").contains("ACCESS_REFUSED"), "{e}");
+
+    // What the worker needs: its queue, retries, dead letters and inventory.changed.
+    let ch = conn.create_channel().await.expect("channel");
+    ch.basic_get("orders.inventory".into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("reading its own queue");
+    for (exchange, key) in [
+        ("", "orders.inventory.retry.1s"),
+        ("orders.dlx", "order.placed"),
+        ("activity", "inventory.changed"),
+    ] {
+        assert_eq!(
+            publish(&conn, exchange, key).await,
+            format!("{:?}", Confirm::Confirmed),
+            "publish to '{exchange}'"
+        );
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
+
+#[tokio::test]
 async fn least_privilege_worker_and_producer_fulfil_an_order_end_to_end() {
     let t = TestVhost::new("sec-e2e").await.with_fast_topology().await;
     let users = TestUsers::create(&t).await;
