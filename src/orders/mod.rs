@@ -52,6 +52,29 @@ pub async fn run(
     options: ServeOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let running = start(settings, options, shutdown).await?;
+    let _ = running.relay.await;
+    Ok(())
+}
+
+/// A started order service.
+#[derive(Debug)]
+pub struct Running {
+    /// Where the API listens.
+    pub addr: SocketAddr,
+    /// The relay; it ends after `shutdown`, once its round is recorded.
+    pub relay: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the order service (see [`run`]) and returns where it listens.
+///
+/// # Errors
+/// As [`run`].
+pub async fn start(
+    settings: Settings,
+    options: ServeOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
     crate::sqlite::set_synchronous(settings.store.synchronous);
     let store = Arc::new(OrderStore::open(&settings.store).await?);
     let pool = crate::broker::pool(&settings.amqp, "producer")?;
@@ -75,7 +98,7 @@ pub async fn run(
         });
     let router = crate::http::base_router(worker_metrics, readiness)
         .merge(Api::new(store.clone(), metrics.clone(), wake.clone(), options.events).router());
-    crate::http::serve(options.http, router, shutdown.clone()).await?;
+    let addr = crate::http::serve(options.http, router, shutdown.clone()).await?;
     let window = settings.store.retention();
     tokio::spawn(crate::sqlite::run_purges(
         "orders",
@@ -95,15 +118,18 @@ pub async fn run(
         shutdown.clone(),
     ));
     let config = relay::RelayConfig {
-        owner: crate::broker::connection_name("producer serve"),
+        // Unique per start, also for two services in one process (the tests').
+        owner: format!(
+            "{}/{}",
+            crate::broker::connection_name("producer serve"),
+            ulid::Ulid::new()
+        ),
         batch: settings.orders.relay_batch.max(1),
         window: settings.producer.confirm_window,
         confirm_timeout: Duration::from_millis(settings.producer.confirm_timeout_ms),
         lease: Duration::from_millis(settings.orders.relay_lease_ms),
         poll: Duration::from_millis(settings.orders.relay_poll_ms.max(1)),
     };
-    relay::Relay::new(store, pool, config, metrics, wake)
-        .run(shutdown)
-        .await;
-    Ok(())
+    let relay = tokio::spawn(relay::Relay::new(store, pool, config, metrics, wake).run(shutdown));
+    Ok(Running { addr, relay })
 }

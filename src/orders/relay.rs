@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::metrics::OrderMetrics;
+use super::outbox::OutboxMessage;
 use super::store::OrderStore;
 use crate::backoff::Backoff;
 use crate::publisher::{BulkPublisher, Confirm};
@@ -132,8 +133,9 @@ impl Relay {
         let publisher = BulkPublisher::new(self.pool.clone(), self.config.window, None)
             .confirm_timeout(self.config.confirm_timeout);
         let taken = rows.len();
+        let outgoing: Vec<_> = rows.iter().map(OutboxMessage::to_outgoing).collect();
         let report = publisher
-            .run(rows.iter().map(|r| r.to_outgoing()), |msg, fate| {
+            .run(outgoing, |msg, fate| {
                 let id = msg.properties.message_id().as_ref().map(|m| m.to_string());
                 let Some((row, order_id, is_order)) = id.and_then(|m| by_message.get(&m)) else {
                     return;

@@ -11,6 +11,7 @@ mod dlq;
 mod helpers;
 mod observability;
 mod operations;
+mod orders;
 mod pg_outage;
 mod pipeline;
 mod postgres;
