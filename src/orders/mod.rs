@@ -6,10 +6,12 @@
 //! - [`store`]: orders, idempotency keys and the outbox, in SQLite or PostgreSQL;
 //! - [`outbox`]: one outbox row, the producer's message as stored;
 //! - [`relay`]: publishes the outbox in order, marks rows published on their confirm;
+//! - [`feed`]: the status feeds (`orders.status`, `orders.status.dead-letters`);
 //! - [`status`]: `accepted` → `published` → `fulfilled` or `dead_lettered`;
 //! - [`metrics`]: outbox depth, oldest unpublished age, relay rate.
 
 pub mod api;
+pub mod feed;
 pub mod metrics;
 pub mod outbox;
 pub mod relay;
@@ -20,6 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -96,7 +99,7 @@ pub async fn start(
                 async move { pool.connection().await.map(|_| ()).map_err(Into::into) }
             }
         });
-    let router = crate::http::base_router(worker_metrics, readiness)
+    let router = crate::http::base_router(worker_metrics.clone(), readiness)
         .merge(Api::new(store.clone(), metrics.clone(), wake.clone(), options.events).router());
     let addr = crate::http::serve(options.http, router, shutdown.clone()).await?;
     let window = settings.store.retention();
@@ -130,6 +133,44 @@ pub async fn start(
         lease: Duration::from_millis(settings.orders.relay_lease_ms),
         poll: Duration::from_millis(settings.orders.relay_poll_ms.max(1)),
     };
+    let topology = Arc::new(
+        crate::topology::Topology::load(&settings.topology)
+            .with_context(|| format!("loading {}", settings.topology.display()))?,
+    );
+    for (queue, feed) in [
+        (
+            feed::STATUS_QUEUE,
+            feed::StatusFeed::fulfilled(store.clone()),
+        ),
+        (
+            feed::DEAD_LETTERS_QUEUE,
+            feed::StatusFeed::dead_lettered(store.clone()),
+        ),
+    ] {
+        let config = crate::worker::WorkerConfig {
+            policy: crate::service::settle_policy(&topology, queue)?,
+            concurrency: settings.worker.concurrency,
+            prefetch: settings.worker.prefetch,
+            grace: settings.worker.grace(),
+            confirm_timeout: Duration::from_millis(settings.producer.confirm_timeout_ms),
+            consume_arguments: lapin::types::FieldTable::default(),
+            stream: false,
+            breaker: settings.worker.breaker(),
+        };
+        let worker = crate::worker::Worker::new(
+            config,
+            Arc::new(feed),
+            pool.clone(),
+            worker_metrics.clone(),
+        )
+        .declare(topology.clone());
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = worker.run(shutdown).await {
+                tracing::error!(queue, error = %format!("{e:#}"), "the status feed stopped");
+            }
+        });
+    }
     let relay = tokio::spawn(relay::Relay::new(store, pool, config, metrics, wake).run(shutdown));
     Ok(Running { addr, relay })
 }

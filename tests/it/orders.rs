@@ -393,3 +393,28 @@ fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free port")
 }
+
+#[tokio::test]
+async fn an_order_becomes_fulfilled_on_its_event_and_dead_lettered_when_it_fails_for_good() {
+    let t = TestVhost::new("orders-status")
+        .await
+        .with_fast_topology()
+        .await;
+    let svc = Service::start(t.settings.clone()).await;
+    let _worker = t.spawn_worker(
+        "fulfillment",
+        &["--carrier-latency-ms", "1"],
+        &[("BURROW__CARRIER__ALWAYS_FAIL_SKUS", "SKU-FAIL")],
+    );
+    let good = svc.place("good", &order_json("cus_1")).await;
+    let mut failing = order_json("cus_2");
+    failing["items"][0]["sku"] = json!("SKU-FAIL");
+    let bad = svc.place("bad", &failing).await;
+    svc.wait_status(&good, OrderStatus::Fulfilled).await;
+    svc.wait_status(&bad, OrderStatus::DeadLettered).await;
+    // The operators' copy of the dead letter stays in orders.dead.
+    let dead = deliveries_by_id(&t, "orders.dead").await;
+    assert_eq!(dead.get(&bad), Some(&1), "{dead:?}");
+    // A final status stays final: the relay's `published` does not overwrite it.
+    assert_eq!(svc.status(&good).await.as_deref(), Some("fulfilled"));
+}
