@@ -1,7 +1,6 @@
 //! The PostgreSQL connection pool of the stores that live in PostgreSQL when `store.url` is
-//! set (the order service's; the fulfillment store builds its own alike): deadpool-postgres,
-//! a connect timeout, the application name shown in `pg_stat_activity`, and errors without
-//! the password.
+//! set (fulfillment's and the order service's): deadpool-postgres, a connect timeout, the
+//! application name shown in `pg_stat_activity`, and errors without the password.
 
 use std::time::Duration;
 
@@ -37,6 +36,8 @@ pub fn pool(url: &SecretUrl, application: &str, size: usize) -> anyhow::Result<P
         config,
         NoTls,
         ManagerConfig {
+            // A closed connection is dropped when handed out; a dead one that looks open is
+            // found by the statement that fails on it (the stores then use a fresh one).
             recycling_method: RecyclingMethod::Fast,
         },
     );
