@@ -132,6 +132,7 @@ pub async fn start(
         confirm_timeout: Duration::from_millis(settings.producer.confirm_timeout_ms),
         lease: Duration::from_millis(settings.orders.relay_lease_ms),
         poll: Duration::from_millis(settings.orders.relay_poll_ms.max(1)),
+        grace: settings.worker.grace(),
     };
     let topology = Arc::new(
         crate::topology::Topology::load(&settings.topology)

@@ -32,6 +32,8 @@ pub struct RelayConfig {
     pub lease: Duration,
     /// How often an idle relay looks for rows another process stored (its own are signalled).
     pub poll: Duration,
+    /// How long a round may go on after shutdown began (the broker may be down meanwhile).
+    pub grace: Duration,
 }
 
 /// The relay of one order-service process.
@@ -69,15 +71,27 @@ impl Relay {
         }
     }
 
-    /// Relays until `shutdown`; a round in progress finishes first (its confirms are awaited
-    /// and recorded).
+    /// Relays until `shutdown`; a round in progress gets `grace` to finish (its confirms are
+    /// awaited and recorded). A round cut short leaves its rows unpublished: the next relay
+    /// sends them again, with the same message ids.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             if shutdown.is_cancelled() {
                 return;
             }
-            match self.round().await {
+            let round = self.round();
+            tokio::pin!(round);
+            let outcome = tokio::select! {
+                outcome = &mut round => outcome,
+                () = shutdown.cancelled() => {
+                    if tokio::time::timeout(self.config.grace, &mut round).await.is_err() {
+                        warn!(grace = ?self.config.grace, "relay round cut short at shutdown; its rows are sent again by the next relay");
+                    }
+                    return;
+                }
+            };
+            match outcome {
                 Ok(round) if round.taken > 0 && round.confirmed == round.taken => {
                     backoff.reset();
                     continue;
