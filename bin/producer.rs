@@ -95,6 +95,17 @@ enum Command {
         #[arg(long, requires = "count")]
         rate: Option<f64>,
     },
+    /// Run the order service: POST /orders (with an Idempotency-Key), GET /orders/{order_id},
+    /// /healthz, /readyz, /metrics; orders are stored with their messages in one transaction
+    /// and relayed to the broker, which may be down meanwhile.
+    Serve {
+        /// Where the HTTP API listens.
+        #[arg(long, default_value = burrow::orders::DEFAULT_HTTP)]
+        http: std::net::SocketAddr,
+        /// Do not publish order.placed activity events.
+        #[arg(long)]
+        no_events: bool,
+    },
     /// Restock: set one SKU's level, published as inventory.changed (`worker inventory` takes it
     /// as its new level; recommendations never recommend a SKU at 0).
     Inventory {
@@ -184,6 +195,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             let event = spec.event().map_err(PublishError::Invalid)?;
             burrow::cli::producer::event(&settings, &event).await
+        }
+        Command::Serve { http, no_events } => {
+            let options = burrow::orders::ServeOptions {
+                http,
+                events: !no_events,
+            };
+            burrow::cli::producer::serve(settings, options).await
         }
         Command::Inventory { sku, stock, delta } => {
             burrow::cli::producer::event(&settings, &activity::inventory_event(&sku, stock, delta))

@@ -24,10 +24,11 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 type Check = Arc<dyn Fn() -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
 
-/// What `/readyz` checks: named dependencies (`broker`, `store`) that must answer.
+/// What `/readyz` checks: named dependencies (`broker`, `store`) that must answer, and ones
+/// that are only reported (the order service stays ready while its broker is down).
 #[derive(Clone, Default)]
 pub struct Readiness {
-    checks: Vec<(&'static str, Check)>,
+    checks: Vec<(&'static str, Check, bool)>,
 }
 
 /// The answer of `/readyz`.
@@ -47,8 +48,26 @@ impl Readiness {
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
-        self.checks
-            .push((name, Arc::new(move || Box::pin(check()) as BoxFuture<_>)));
+        self.checks.push((
+            name,
+            Arc::new(move || Box::pin(check()) as BoxFuture<_>),
+            true,
+        ));
+        self
+    }
+
+    /// Adds a check whose result `/readyz` shows without depending on it.
+    #[must_use]
+    pub fn report_only<F, Fut>(mut self, name: &'static str, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.checks.push((
+            name,
+            Arc::new(move || Box::pin(check()) as BoxFuture<_>),
+            false,
+        ));
         self
     }
 
@@ -63,23 +82,27 @@ impl Readiness {
 
     /// Runs every check at once.
     pub async fn report(&self) -> ReadinessReport {
-        let results = futures::future::join_all(self.checks.iter().map(|(name, check)| {
-            let check = check();
-            async move {
-                let result = match tokio::time::timeout(CHECK_TIMEOUT, check).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(crate::settings::redact_url(&format!("{e:#}"))),
-                    Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
-                };
-                (*name, result)
-            }
-        }))
-        .await;
+        let results =
+            futures::future::join_all(self.checks.iter().map(|(name, check, required)| {
+                let check = check();
+                let required = *required;
+                async move {
+                    let result = match tokio::time::timeout(CHECK_TIMEOUT, check).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(crate::settings::redact_url(&format!("{e:#}"))),
+                        Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+                    };
+                    (*name, required, result)
+                }
+            }))
+            .await;
         ReadinessReport {
-            ready: results.iter().all(|(_, r)| r.is_ok()),
+            ready: results
+                .iter()
+                .all(|(_, required, r)| !required || r.is_ok()),
             checks: results
                 .into_iter()
-                .map(|(name, r)| (name, r.err().unwrap_or_else(|| "ok".to_owned())))
+                .map(|(name, _, r)| (name, r.err().unwrap_or_else(|| "ok".to_owned())))
                 .collect(),
         }
     }

@@ -17,6 +17,8 @@
 //! - [`inventory`]: the stock per SKU, reserved for orders, announced as `inventory.changed`.
 //! - [`producer`]: the library of the `producer` binary: the order service and the activity and
 //!   inventory publishers of the shop, all sending through [`publisher`].
+//! - [`orders`]: the order service (`producer serve`): HTTP API, idempotency keys, the
+//!   transactional outbox and its relay, order status; [`postgres`] is the PostgreSQL pool.
 //! - [`service`]: runs one service as a worker process; [`http`] and [`metrics`] serve it.
 //! - [`status`]: the status of a vhost; [`dlq`]: dead letters (list, show, replay, purge);
 //!   [`demo`]: the whole shop on one machine; [`console`]: the web console over them.
@@ -41,6 +43,8 @@ pub mod management;
 pub mod message;
 pub mod metrics;
 pub mod notifications;
+pub mod orders;
+pub mod postgres;
 pub mod producer;
 pub mod publisher;
 pub mod recommendations;

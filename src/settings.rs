@@ -167,6 +167,8 @@ pub struct Settings {
     pub mail: MailSettings,
     /// The producer.
     pub producer: ProducerSettings,
+    /// The order service (`producer serve`).
+    pub orders: OrdersSettings,
     /// Path of the topology file.
     pub topology: PathBuf,
     /// The web console (`burrow console`).
@@ -331,6 +333,20 @@ pub struct ProducerSettings {
     pub confirm_timeout_ms: u64,
 }
 
+/// The order service (`producer serve`): its outbox relay.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OrdersSettings {
+    /// Outbox rows the relay takes per round.
+    pub relay_batch: usize,
+    /// How long the relay's lease (SQLite: one relay per file) or claim on rows (PostgreSQL)
+    /// lasts without renewal: the time another process waits before it takes over from a
+    /// relay that died.
+    pub relay_lease_ms: u64,
+    /// How often an idle relay looks for rows stored by another process (its own process
+    /// wakes it at once).
+    pub relay_poll_ms: u64,
+}
+
 /// The management API of the broker at `amqp` when none is configured: the same host, port
 /// 15672 (`https` for `amqps`), so `burrow status` and `topology verify` never report on another
 /// broker than the one `AMQP_URL` names.
@@ -407,6 +423,11 @@ outbox_keep = 5
 [producer]
 confirm_window = 512
 confirm_timeout_ms = 30000
+
+[orders]
+relay_batch = 512
+relay_lease_ms = 10000
+relay_poll_ms = 200
 "#;
 
 impl Settings {

@@ -106,7 +106,13 @@ pub fn dead_letter_queues(topology: &Topology) -> HashSet<String> {
     topology
         .bindings
         .iter()
-        .filter(|b| dlx.contains(b.source.as_str()))
+        // A queue with a dead-letter exchange of its own is a consumer's queue fed by a
+        // dead-letter exchange (the order service's `orders.status.dead-letters`), not a
+        // dead-letter queue.
+        .filter(|b| {
+            dlx.contains(b.source.as_str())
+                && topology.dead_letter_exchange(&b.destination).is_none()
+        })
         .map(|b| b.destination.clone())
         .collect()
 }

@@ -23,6 +23,7 @@
 
 mod latency;
 mod memory;
+mod orders_api;
 mod pipeline;
 mod producer_cli;
 mod raw;
@@ -74,7 +75,7 @@ struct Cli {
 /// Checks of the benchmark's own arithmetic that need no broker. With `harness = false` there
 /// is no test runner: `main` runs them when `cargo test` runs this target, and a failing one
 /// panics, which fails `cargo test`.
-const CHECKS: [(&str, fn()); 6] = [
+const CHECKS: [(&str, fn()); 7] = [
     (
         "latency::percentiles_are_nearest_rank",
         latency::checks::percentiles_are_nearest_rank,
@@ -86,6 +87,10 @@ const CHECKS: [(&str, fn()); 6] = [
     (
         "memory::status_lines_are_read_in_mib",
         memory::checks::status_lines_are_read_in_mib,
+    ),
+    (
+        "orders_api::wrk_output_is_read",
+        orders_api::checks::wrk_output_is_read,
     ),
     (
         "report::missing_values_show_as_dashes",
@@ -164,11 +169,14 @@ enum Mode {
     ProducerCli,
     /// Idle RSS of a fresh worker (its peak under load comes from burrow-full).
     Memory,
+    /// `producer serve` under `wrk` load, beside `producer orders --no-events`: accepted and
+    /// published orders/s, p99 of POST /orders and relay lag at half the CLI's rate.
+    OrdersApi,
 }
 
 impl Mode {
     /// Every mode.
-    const ALL: [Mode; 8] = [
+    const ALL: [Mode; 9] = [
         Mode::Baseline,
         Mode::BaselineTuned,
         Mode::BurrowRuntime,
@@ -177,6 +185,7 @@ impl Mode {
         Mode::IoCurve,
         Mode::ProducerCli,
         Mode::Memory,
+        Mode::OrdersApi,
     ];
 }
 
@@ -202,6 +211,8 @@ struct BenchOptions {
 
 /// Orders the producer-cli mode publishes at least.
 const PRODUCER_CLI_COUNT: u64 = 100_000;
+/// Seconds of each `wrk` run of orders-api.
+const ORDERS_API_SECS: u64 = 15;
 /// Deliveries between two `multiple=true` acks in baseline-tuned.
 const TUNED_ACK_EVERY: usize = 64;
 /// I/O curve: carrier latency and handlers per process.
@@ -220,6 +231,7 @@ struct Measured {
     io: Vec<(usize, f64, f64)>,
     cli_ratio: Option<f64>,
     idle_mib: Option<f64>,
+    orders_api: Option<orders_api::OrdersApiResult>,
 }
 
 /// Runs in a fresh `burrow-bench` vhost and deletes it afterwards, whatever happened.
@@ -496,6 +508,16 @@ async fn run_mode(
             }
             m.rows.extend(rows);
         }
+        Mode::OrdersApi => {
+            let count = n.max(PRODUCER_CLI_COUNT);
+            let result = in_vhost(settings, |v| async move {
+                let r = orders_api::run(&v, count, w, ORDERS_API_SECS).await;
+                (v, r)
+            })
+            .await?;
+            m.rows.extend(result.rows.clone());
+            m.orders_api = Some(result);
+        }
         Mode::Memory => {
             let rss = in_vhost(settings, |v| async move {
                 let r = pipeline::idle_worker_rss(&v, Duration::from_secs(3)).await;
@@ -617,6 +639,27 @@ fn targets(m: &Measured) -> Vec<String> {
             "(report) io-curve x4: {rate:.0}/s = {:.0}% of ideal {ideal:.0}",
             100.0 * rate / ideal
         ));
+    }
+    if let Some(api) = &m.orders_api {
+        if let (Some(rate), Some(cli)) = (api.api_rate, api.cli_rate) {
+            out.push(format!(
+                "{} orders-api accepted and published >= 50% of the CLI's confirmed rate: {rate:.0}/s vs {cli:.0}/s = {:.0}%",
+                verdict(rate >= 0.5 * cli),
+                100.0 * rate / cli.max(1e-9)
+            ));
+        }
+        if let Some(p99) = api.half_p99_ms {
+            out.push(format!(
+                "{} orders-api p99 of POST /orders at half the CLI's rate < 25 ms: {p99:.1} ms",
+                verdict(p99 < 25.0)
+            ));
+        }
+        if let Some(lag) = api.half_lag_secs {
+            out.push(format!(
+                "{} orders-api relay lag at half the CLI's rate < 1 s: {lag:.2} s",
+                verdict(lag < 1.0)
+            ));
+        }
     }
     if let Some(p99) = m.half.as_ref().and_then(|r| r.latency).map(|l| l.p99) {
         out.push(format!(

@@ -1,4 +1,4 @@
-//! `producer order|orders|activity|inventory`: prints the id of what was published, or the
+//! `producer order|orders|serve|activity|inventory`: prints the id of what was published, or the
 //! tally of a bulk publish behind a progress bar, and picks the exit code (1 when something
 //! was not confirmed or an input line was skipped; a [`PublishError`] goes to
 //! [`super::exit_code`]).
@@ -28,6 +28,18 @@ pub async fn order(settings: &Settings, order: Order, events: bool) -> anyhow::R
         Some(e) => Err(e.into()),
         None => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// `producer serve`: runs the order service until SIGINT or SIGTERM.
+///
+/// # Errors
+/// As [`crate::orders::run`].
+pub async fn serve(
+    settings: Settings,
+    options: crate::orders::ServeOptions,
+) -> anyhow::Result<ExitCode> {
+    crate::orders::run(settings, options, crate::shutdown::on_signal()).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `producer activity --kind …` and `producer inventory`: prints the event id once confirmed.

@@ -63,7 +63,8 @@ pub fn new_traceparent() -> String {
     )
 }
 
-fn headers_with_trace(traceparent: &str) -> FieldTable {
+/// A `traceparent` header table.
+pub(crate) fn headers_with_trace(traceparent: &str) -> FieldTable {
     let mut h = FieldTable::default();
     h.insert(HEADER_TRACEPARENT.into(), string_value(traceparent));
     h

@@ -611,7 +611,9 @@ impl Topology {
 }
 
 /// Every quorum queue bound to an exchange that some queue dead-letters to must carry a
-/// delivery limit of at least [`MIN_DEAD_LETTER_DELIVERY_LIMIT`].
+/// delivery limit of at least [`MIN_DEAD_LETTER_DELIVERY_LIMIT`], unless it dead-letters
+/// itself: then it is a consumer's queue fed by a dead-letter exchange (the order service's
+/// `orders.status.dead-letters`), not a dead-letter queue that `burrow dlq` inspects.
 fn check_dead_letter_queues(
     queues: &[QueueDefinition],
     bindings: &[RawBinding],
@@ -628,7 +630,12 @@ fn check_dead_letter_queues(
         let Some(q) = queues.iter().find(|q| q.name == b.destination) else {
             continue;
         };
-        if q.kind != QueueType::Quorum {
+        let dead_letters_itself = q
+            .arguments
+            .get("x-dead-letter-exchange")
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|x| !x.is_empty());
+        if q.kind != QueueType::Quorum || dead_letters_itself {
             continue;
         }
         let limit = q.arguments.get("x-delivery-limit");
@@ -794,7 +801,9 @@ mod tests {
             t.dead_letter_sources("activity.dead"),
             BTreeSet::from([
                 "activity.analytics".to_owned(),
-                "activity.notifications".to_owned()
+                "activity.notifications".to_owned(),
+                "orders.status".to_owned(),
+                "orders.status.dead-letters".to_owned()
             ])
         );
         assert!(t.dead_letter_sources("some.other").is_empty());
@@ -1051,7 +1060,14 @@ mod tests {
             .iter()
             .find(|u| u.name == "burrow-producer")
             .expect("producer user");
-        assert_eq!(producer.permissions.write, "^(orders|activity)$");
+        assert_eq!(
+            producer.permissions.write,
+            r"^(orders|activity|activity\.dlx)$"
+        );
+        assert_eq!(
+            producer.permissions.read,
+            r"^orders\.status(\.dead-letters)?$"
+        );
         assert_eq!(producer.permissions.configure, "^$");
         assert!(!format!("{producer:?}").contains("producer-demo"));
         assert!(t.users.iter().any(|u| u.name == "guest" && u.export_only));

@@ -11,6 +11,7 @@ mod chaos;
 mod common;
 mod fake_node;
 mod harness;
+mod orders;
 mod requires;
 mod scenarios;
 mod shop;

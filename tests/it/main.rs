@@ -14,6 +14,7 @@ mod helpers;
 mod inventory;
 mod observability;
 mod operations;
+mod orders;
 mod pg_outage;
 mod pipeline;
 mod postgres;

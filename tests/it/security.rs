@@ -258,7 +258,7 @@ async fn least_privilege_worker_and_producer_fulfil_an_order_end_to_end() {
     })
     .await;
 
-    // The producer may not read anything.
+    // The producer reads only its status queues, never the orders queue.
     let conn = connect_as(&t, producer_url).await;
     let ch = conn.create_channel().await.expect("channel");
     let e = ch

@@ -26,7 +26,7 @@ async fn status_json_counts_dead_letters_and_reports_no_drift() {
     assert_eq!(report["vhost"], t.name.as_str());
     assert_eq!(report["drift"], serde_json::json!([]));
     let queues = report["queues"].as_array().expect("queues");
-    assert_eq!(queues.len(), 20, "every queue of the topology");
+    assert_eq!(queues.len(), 22, "every queue of the topology");
     let dead = queues
         .iter()
         .find(|q| q["name"] == "orders.dead")

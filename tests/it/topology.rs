@@ -89,8 +89,8 @@ async fn apply_declares_every_design_queue_with_its_arguments() {
     let conn = connect(&vhost).await;
     let report = topology::apply(&conn, &shop()).await.expect("apply");
     assert!(report.drift.is_empty(), "{:?}", report.drift);
-    assert_eq!(report.created.len(), 4 + 20, "{:?}", report.created);
-    assert_eq!(report.bindings, 9);
+    assert_eq!(report.created.len(), 4 + 22, "{:?}", report.created);
+    assert_eq!(report.bindings, 11);
 
     let m = management(&vhost);
     let fulfillment = m
@@ -168,7 +168,7 @@ async fn second_apply_creates_nothing() {
     let again = topology::apply(&conn, &shop()).await.expect("second apply");
     assert!(again.created.is_empty(), "{:?}", again.created);
     assert!(again.drift.is_empty(), "{:?}", again.drift);
-    assert_eq!(again.unchanged.len(), 24);
+    assert_eq!(again.unchanged.len(), 26);
     let _ = conn.close(200, "bye".into()).await;
 }
 
@@ -213,11 +213,11 @@ async fn conflicting_queue_is_reported_as_drift_while_the_rest_is_declared() {
     );
     assert_eq!(
         report.created.len(),
-        23,
+        25,
         "every other entity is declared: {:?}",
         report.created
     );
-    assert_eq!(report.bindings, 9);
+    assert_eq!(report.bindings, 11);
 
     let m = management(&vhost);
     let still = m
@@ -258,7 +258,7 @@ async fn verify_reports_missing_entities_of_an_empty_vhost() {
         .expect("verify");
     assert!(drift.contains(&Drift::missing(Entity::Queue("orders.fulfillment".into()))));
     assert!(drift.contains(&Drift::missing(Entity::Exchange("activity".into()))));
-    assert_eq!(drift.len(), 4 + 20 + 9, "{drift:?}");
+    assert_eq!(drift.len(), 4 + 22 + 11, "{drift:?}");
 }
 
 #[tokio::test]

@@ -7,13 +7,12 @@
 //! failure and the order goes to the retry ladder.
 
 use std::error::Error as _;
-use std::time::Duration;
 
 use anyhow::Context;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
+use deadpool_postgres::{Object, Pool, PoolError};
 use tokio::sync::OnceCell;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 use tracing::warn;
 
 use super::{FulfillmentRecord, Recorded, StoreCounts};
@@ -36,10 +35,6 @@ const SCHEMA_LOCK: i64 = 0x6275_7272_6f77;
 const POOL_SIZE: usize = 8;
 /// Old records deleted per statement when purging.
 const PURGE_BATCH: usize = 500;
-/// How long making one connection may take (unless the URL sets `connect_timeout`).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a handler waits for a free connection.
-const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Tries of one statement: the first, then one on a fresh connection per dead one found.
 /// After a server restart every idle connection of the pool is dead, and the pool only notices
 /// when one is handed out, so a few tries are needed before a new connection is made.
@@ -60,33 +55,7 @@ impl PostgresStore {
     /// # Errors
     /// A malformed URL, or a server that refuses the login (the password is not shown).
     pub async fn connect(url: &SecretUrl) -> anyhow::Result<Self> {
-        let mut config: tokio_postgres::Config = url
-            .expose()
-            .parse()
-            .map_err(|e: tokio_postgres::Error| anyhow::anyhow!(redact_url(&e.to_string())))
-            .with_context(|| format!("parsing the PostgreSQL URL {url}"))?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        if config.get_application_name().is_none() {
-            // Shows in pg_stat_activity, so an operator can tell burrow's sessions apart.
-            config.application_name("burrow fulfillment");
-        }
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                // A closed connection is dropped when handed out; a dead one that looks open is
-                // found by the statement that fails on it, which then runs on a fresh one.
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(WAIT_TIMEOUT))
-            .build()
-            .context("building the PostgreSQL pool")?;
+        let pool = crate::postgres::pool(url, "burrow fulfillment", POOL_SIZE)?;
         let store = Self {
             pool,
             url: url.redacted(),
