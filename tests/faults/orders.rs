@@ -2,8 +2,8 @@
 //! the API keeps accepting, the outbox grows, and once the node is back every accepted order is
 //! published and fulfilled, each once.
 
+use crate::shop::Command;
 use std::collections::HashSet;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
