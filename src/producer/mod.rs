@@ -122,9 +122,8 @@ pub fn check_size(what: &str, id: &str, body: &[u8]) -> Result<(), String> {
 
 /// Why an order or event was not published.
 ///
-/// The command layer branches on it: [`PublishError::Invalid`] is the caller's input (exit 2,
-/// nothing was sent), the others are the broker's answer (exit 1); see
-/// [`crate::cli::exit_code`].
+/// The command layer branches on it: [`PublishError::Invalid`] is the caller's input (exit 65,
+/// nothing was sent), the others are the broker's answer (exit 1); see [`crate::cli::Exit`].
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     /// The input breaks a rule or is too large; nothing was sent.

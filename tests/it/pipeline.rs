@@ -259,7 +259,7 @@ async fn file_with_a_bad_line_still_publishes_the_rest() {
     let input = format!("{}\n{}\n{{not json\n{}\n", good(1), good(2), good(3));
     let (code, stdout, stderr) =
         t.producer(&["orders", "--file", "-", "--no-events"], Some(&input));
-    assert_eq!(code, 1, "a skipped line makes the exit code non-zero");
+    assert_eq!(code, 65, "a skipped line is bad data: exit 65");
     assert!(stderr.contains("line 3"), "the bad line is named: {stderr}");
     assert!(stdout.contains("3 confirmed"), "{stdout}");
     assert_eq!(t.ready("orders.fulfillment").await, 3);
