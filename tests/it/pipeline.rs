@@ -256,7 +256,9 @@ async fn file_with_a_bad_line_still_publishes_the_rest() {
             "placed_at": "2026-11-28T05:00:00Z"})
         .to_string()
     };
-    let input = format!("{}\n{}\n{{not json\n{}\n", good(1), good(2), good(3));
+    // What the service can generate (order_id, placed_at) may be left out.
+    let minimal = r#"{"customer_id":"cus_1","email":"a@example.com","items":[{"sku":"SKU-1","quantity":1,"unit_price_cents":100}],"currency":"EUR"}"#;
+    let input = format!("{}\n{}\n{{not json\n{minimal}\n", good(1), good(2));
     let (code, stdout, stderr) =
         t.producer(&["orders", "--file", "-", "--no-events"], Some(&input));
     assert_eq!(code, 65, "a skipped line is bad data: exit 65");
