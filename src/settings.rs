@@ -187,6 +187,10 @@ pub struct AmqpSettings {
     /// so clients return to the primary node once it is back.
     #[serde(default)]
     pub failover_urls: Vec<SecretUrl>,
+    /// A PEM file of CA certificates to trust for `amqps://`, besides the system's
+    /// (`BURROW__AMQP__TLS_CA_FILE`): for a broker whose certificate a private CA signed.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl AmqpSettings {

@@ -34,7 +34,8 @@ pub enum Exit {
     /// `EX_NOPERM`: the broker or the management API refused the credentials or the vhost, or
     /// the user may not do what was asked (403 ACCESS_REFUSED).
     NoPerm = 77,
-    /// `EX_CONFIG`: a setting (`burrow.toml`, `BURROW__…`) is malformed.
+    /// `EX_CONFIG`: a setting (`burrow.toml`, `BURROW__…`) is malformed, or the broker's TLS
+    /// certificate is not trusted (`amqp.tls_ca_file`).
     Config = 78,
 }
 
@@ -51,6 +52,7 @@ impl Exit {
                         BrokerError::Unreachable { .. } | BrokerError::Unavailable { .. } => {
                             Self::Unavailable
                         }
+                        BrokerError::Untrusted { .. } | BrokerError::CaFile { .. } => Self::Config,
                     });
                 }
                 if let Some(e) = cause.downcast_ref::<ManagementError>() {

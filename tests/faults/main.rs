@@ -14,3 +14,4 @@ mod harness;
 mod requires;
 mod scenarios;
 mod shop;
+mod tls;
