@@ -52,6 +52,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the web console: queues, workers, live charts, dead letters, topology.
+    Console {
+        /// Where to listen; a non-loopback address needs BURROW__CONSOLE__PASSWORD.
+        #[arg(long, default_value = burrow::console::DEFAULT_ADDR)]
+        http: std::net::SocketAddr,
+    },
     /// Inspect, replay or purge a dead-letter queue.
     Dlq {
         /// The dead-letter queue.
@@ -99,6 +105,9 @@ struct SelectionArgs {
     /// Only messages whose reason contains this (case-insensitive).
     #[arg(long)]
     filter: Option<String>,
+    /// Only the message with this message_id (repeat for several).
+    #[arg(long = "id", value_name = "ID")]
+    ids: Vec<String>,
     /// At most this many messages.
     #[arg(long)]
     limit: Option<usize>,
@@ -111,6 +120,7 @@ impl SelectionArgs {
     fn selection(self, rate: Option<f64>) -> burrow::dlq::Selection {
         burrow::dlq::Selection {
             filter: self.filter,
+            ids: (!self.ids.is_empty()).then(|| self.ids.into_iter().collect()),
             limit: self.limit,
             dry_run: self.dry_run,
             rate,
@@ -205,6 +215,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let file = file.unwrap_or(settings.topology.clone());
             burrow::cli::status::run(&settings, &file, &options, burrow::shutdown::on_signal())
                 .await
+        }
+        Command::Console { http } => {
+            burrow::cli::console::run(settings, http, burrow::shutdown::on_signal()).await
         }
         Command::Dlq { queue, command } => {
             use burrow::cli::dlq;

@@ -191,6 +191,30 @@ fn io_reason(io: &std::io::Error) -> String {
     }
 }
 
+/// The client property of every connection of a process that serves HTTP (a worker's
+/// `--http`): its address, e.g. `127.0.0.1:9101`, so `burrow console` finds the workers'
+/// `/healthz` and `/metrics` through the management API's connection list.
+pub const CLIENT_PROPERTY_HTTP: &str = "burrow_http";
+
+static HTTP_ADDRESS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Announces `addr` as this process's HTTP endpoint in the client properties of every
+/// connection opened afterwards ([`CLIENT_PROPERTY_HTTP`]). Once per process; later calls are
+/// ignored.
+pub fn announce_http(addr: std::net::SocketAddr) {
+    let _ = HTTP_ADDRESS.set(addr.to_string());
+}
+
+/// The connection properties of `name`: its connection name and, once announced, the
+/// process's HTTP address.
+fn connection_properties(name: &str) -> ConnectionProperties {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    match HTTP_ADDRESS.get() {
+        Some(addr) => props.with_client_property(CLIENT_PROPERTY_HTTP.into(), addr.as_str().into()),
+        None => props,
+    }
+}
+
 /// The name this process shows in the management UI's Connections tab, e.g.
 /// `burrow worker fulfillment@host#4242`.
 pub fn connection_name(role: &str) -> String {
@@ -369,7 +393,7 @@ async fn connect_to(
     url: &SecretUrl,
     role: &str,
 ) -> Result<lapin::Connection, BrokerError> {
-    let props = ConnectionProperties::default().with_connection_name(connection_name(role).into());
+    let props = connection_properties(&connection_name(role));
     let target = connect_url_for(settings, url);
     let runtime =
         lapin::runtime::default_runtime().map_err(|e| BrokerError::from_lapin(url, &e))?;

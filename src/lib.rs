@@ -18,7 +18,7 @@
 //!   inventory publishers of the shop, all sending through [`publisher`].
 //! - [`service`]: runs one service as a worker process; [`http`] and [`metrics`] serve it.
 //! - [`status`]: the status of a vhost; [`dlq`]: dead letters (list, show, replay, purge);
-//!   [`demo`]: the whole shop on one machine.
+//!   [`demo`]: the whole shop on one machine; [`console`]: the web console over them.
 //! - [`cli`]: the command layer, the only module that prints: tables, JSON, progress bars and
 //!   exit codes over what the library returns, shared by the binaries.
 //! - [`telemetry`]: the one tracing setup; [`shutdown`]: SIGINT/SIGTERM; [`children`]: child
@@ -30,6 +30,7 @@ pub mod broker;
 pub mod broker_version;
 pub mod children;
 pub mod cli;
+pub mod console;
 pub mod demo;
 pub mod dlq;
 pub mod fulfillment;

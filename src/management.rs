@@ -183,6 +183,9 @@ pub struct ConnectionInfo {
     /// The user it logged in as.
     #[serde(default)]
     pub user: String,
+    /// The client's address as the broker sees it.
+    #[serde(default)]
+    pub peer_host: String,
     /// The name the client gave (`connection_name` client property), if any.
     #[serde(default)]
     pub client_properties: serde_json::Map<String, serde_json::Value>,

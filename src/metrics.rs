@@ -144,3 +144,9 @@ impl WorkerMetrics {
         out
     }
 }
+
+/// The exposition name of [`WorkerMetrics::messages`] (a counter: `_total`), for readers of
+/// `/metrics` such as `burrow console`.
+pub const MESSAGES_TOTAL: &str = "burrow_messages_total";
+/// The exposition name of [`WorkerMetrics::handler_seconds`] (a histogram: `_sum`, `_count`).
+pub const HANDLER_SECONDS: &str = "burrow_handler_seconds";

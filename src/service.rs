@@ -107,6 +107,11 @@ pub async fn run(
     crate::sqlite::set_synchronous(settings.store.synchronous);
     let metrics = WorkerMetrics::new();
     let role = format!("worker {}", service.name());
+    // Where the console finds this worker's /healthz and /metrics (a port picked by the system,
+    // `--http …:0`, is known only once bound, after the first connection: not announced).
+    if let Some(addr) = options.http.filter(|a| a.port() != 0) {
+        crate::broker::announce_http(addr);
+    }
     let pool = crate::broker::pool(&settings.amqp, &role)?;
     // In the background, once the broker took the login (a refused login stays one line): a
     // management API that is slow or closed to this user delays nothing.

@@ -169,6 +169,22 @@ pub struct Settings {
     pub producer: ProducerSettings,
     /// Path of the topology file.
     pub topology: PathBuf,
+    /// The web console (`burrow console`).
+    #[serde(default)]
+    pub console: ConsoleSettings,
+}
+
+/// The web console (`burrow console`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ConsoleSettings {
+    /// The password of HTTP basic auth (any user name); required to bind a non-loopback
+    /// address (`BURROW__CONSOLE__PASSWORD`).
+    #[serde(default)]
+    pub password: Option<crate::topology::Password>,
+    /// Workers' HTTP addresses (`host:port`) to show besides those found through the broker's
+    /// connection list (`BURROW__CONSOLE__WORKERS`, comma-separated).
+    #[serde(default)]
+    pub workers: Vec<String>,
 }
 
 /// The broker connection.
@@ -411,6 +427,7 @@ impl Settings {
             .list_separator(",")
             .with_list_parse_key("carrier.always_fail_skus")
             .with_list_parse_key("carrier.panic_skus")
+            .with_list_parse_key("console.workers")
             .try_parsing(true);
         #[cfg(feature = "test-hooks")]
         let environment = environment.with_list_parse_key("carrier.abort_skus");

@@ -186,7 +186,7 @@ impl AnalyticsStore {
         self.db
             .call(|conn| {
                 let mut s = Stats::default();
-                for k in EventKind::ALL {
+                for k in EventKind::ALL.iter() {
                     s.by_kind.insert(k.as_str().to_owned(), 0);
                 }
                 let mut q = conn.prepare("SELECT kind, n FROM by_kind")?;

@@ -9,7 +9,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use indicatif::{ProgressBar, ProgressStyle};
-use lapin::types::AMQPValue;
 
 use crate::dlq::{self, DeadLetter, DlqListing, Progress, Refusal, Selection};
 use crate::settings::Settings;
@@ -223,16 +222,11 @@ pub fn describe(letter: &DeadLetter) -> String {
     line("reason", letter.reason.clone().unwrap_or("-".into()));
     line("age", age(letter, Utc::now()));
     out.push_str("headers:\n");
-    if let Some(h) = p.headers() {
-        for (k, v) in h {
-            out.push_str(&format!("  {}: {}\n", k.as_str(), show_value(v)));
-        }
+    for (k, v) in letter.header_texts() {
+        out.push_str(&format!("  {k}: {v}\n"));
     }
     out.push_str("body:\n");
-    match serde_json::from_slice::<serde_json::Value>(&letter.body) {
-        Ok(v) => out.push_str(&serde_json::to_string_pretty(&v).unwrap_or_default()),
-        Err(_) => out.push_str(&String::from_utf8_lossy(&letter.body)),
-    }
+    out.push_str(&letter.body_text());
     out.push('\n');
     out
 }
@@ -242,46 +236,6 @@ fn age(letter: &DeadLetter, now: DateTime<Utc>) -> String {
     letter
         .age(now)
         .map_or_else(|| "-".to_owned(), human_duration)
-}
-
-/// A header value as text: strings as they are, numbers, arrays and tables spelled out.
-pub fn show_value(v: &AMQPValue) -> String {
-    match v {
-        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        AMQPValue::ShortString(s) => s.as_str().to_owned(),
-        AMQPValue::Boolean(b) => b.to_string(),
-        AMQPValue::ShortShortInt(n) => n.to_string(),
-        AMQPValue::ShortShortUInt(n) => n.to_string(),
-        AMQPValue::ShortInt(n) => n.to_string(),
-        AMQPValue::ShortUInt(n) => n.to_string(),
-        AMQPValue::LongInt(n) => n.to_string(),
-        AMQPValue::LongUInt(n) => n.to_string(),
-        AMQPValue::LongLongInt(n) => n.to_string(),
-        AMQPValue::Float(n) => n.to_string(),
-        AMQPValue::Double(n) => n.to_string(),
-        AMQPValue::Timestamp(t) => i64::try_from(*t)
-            .ok()
-            .and_then(|t| DateTime::from_timestamp(t, 0))
-            .map_or_else(|| t.to_string(), |t| t.to_rfc3339()),
-        AMQPValue::FieldArray(a) => format!(
-            "[{}]",
-            a.as_slice()
-                .iter()
-                .map(show_value)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        AMQPValue::FieldTable(t) => format!(
-            "{{{}}}",
-            t.into_iter()
-                .map(|(k, v)| format!("{}: {}", k.as_str(), show_value(v)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        AMQPValue::ByteArray(b) => format!("{} bytes", b.len()),
-        AMQPValue::DecimalValue(d) => format!("{d:?}"),
-        AMQPValue::Void => "null".into(),
-    }
 }
 
 fn human_duration(d: Duration) -> String {

@@ -15,12 +15,14 @@
 //! - [`topology`]: `burrow topology apply|verify|export`.
 //! - [`producer`]: `producer order|orders|activity|inventory`.
 //! - [`demo`]: `burrow demo`.
+//! - [`console`]: `burrow console`.
 
 use std::process::ExitCode;
 
 pub use exit::{parse, Exit};
 
 pub mod args;
+pub mod console;
 pub mod demo;
 pub mod dlq;
 mod exit;

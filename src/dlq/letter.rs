@@ -140,6 +140,28 @@ impl DeadLetter {
         })
     }
 
+    /// Every header as (name, text), in the order the message carries them.
+    pub fn header_texts(&self) -> Vec<(String, String)> {
+        self.properties
+            .headers()
+            .as_ref()
+            .map(|h| {
+                h.into_iter()
+                    .map(|(k, v)| (k.as_str().to_owned(), value_text(v)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Its body as text: pretty-printed when it is JSON, else as it is (invalid UTF-8
+    /// replaced).
+    pub fn body_text(&self) -> String {
+        match serde_json::from_slice::<serde_json::Value>(&self.body) {
+            Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_default(),
+            Err(_) => String::from_utf8_lossy(&self.body).into_owned(),
+        }
+    }
+
     /// Its headers, to edit for a copy.
     fn headers(&self) -> BTreeMap<ShortString, AMQPValue> {
         self.properties
@@ -199,6 +221,46 @@ impl DeadLetter {
                 .with_headers(FieldTable::from(headers)),
             label: 0,
         }
+    }
+}
+
+/// A header value as text: strings as they are, numbers, arrays and tables spelled out.
+fn value_text(v: &AMQPValue) -> String {
+    match v {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.as_str().to_owned(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::ShortShortInt(n) => n.to_string(),
+        AMQPValue::ShortShortUInt(n) => n.to_string(),
+        AMQPValue::ShortInt(n) => n.to_string(),
+        AMQPValue::ShortUInt(n) => n.to_string(),
+        AMQPValue::LongInt(n) => n.to_string(),
+        AMQPValue::LongUInt(n) => n.to_string(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::Float(n) => n.to_string(),
+        AMQPValue::Double(n) => n.to_string(),
+        AMQPValue::Timestamp(t) => i64::try_from(*t)
+            .ok()
+            .and_then(|t| DateTime::from_timestamp(t, 0))
+            .map_or_else(|| t.to_string(), |t| t.to_rfc3339()),
+        AMQPValue::FieldArray(a) => format!(
+            "[{}]",
+            a.as_slice()
+                .iter()
+                .map(value_text)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        AMQPValue::FieldTable(t) => format!(
+            "{{{}}}",
+            t.into_iter()
+                .map(|(k, v)| format!("{}: {}", k.as_str(), value_text(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        AMQPValue::ByteArray(b) => format!("{} bytes", b.len()),
+        AMQPValue::DecimalValue(d) => format!("{d:?}"),
+        AMQPValue::Void => "null".into(),
     }
 }
 

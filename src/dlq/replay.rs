@@ -38,6 +38,8 @@ pub const MIN_RATE: f64 = 0.01;
 pub struct Selection {
     /// Only messages whose reason contains this (case-insensitive).
     pub filter: Option<String>,
+    /// Only the messages with these `message_id`s (the console's ticked rows, `--id`).
+    pub ids: Option<BTreeSet<String>>,
     /// At most this many messages.
     pub limit: Option<usize>,
     /// Count what would be done, change nothing.
@@ -45,6 +47,15 @@ pub struct Selection {
     /// At most this many messages replayed per second, so the workers are not flooded.
     /// Messages that are only scanned are not slowed down.
     pub rate: Option<f64>,
+}
+
+impl Selection {
+    /// Whether `letter` is picked: its reason matches the filter and its id is among `ids`
+    /// (each when set). The limit is counted by the pass.
+    pub fn picks(&self, letter: &DeadLetter) -> bool {
+        letter.matches(self.filter.as_deref())
+            && self.ids.as_ref().is_none_or(|ids| ids.contains(&letter.id))
+    }
 }
 
 /// What a replay or purge did.
@@ -362,7 +373,7 @@ pub async fn replay(
     let limit = selection.limit.unwrap_or(usize::MAX) as u64;
     let mut refused = Vec::new();
     let decide = |m: &DeadLetter, c: &mut Counts| {
-        if c.matched >= limit || !m.matches(selection.filter.as_deref()) {
+        if c.matched >= limit || !selection.picks(m) {
             c.skipped += 1;
             return Action::Keep;
         }
@@ -404,7 +415,7 @@ pub async fn purge(
 ) -> anyhow::Result<Counts> {
     let limit = selection.limit.unwrap_or(usize::MAX) as u64;
     let decide = |m: &DeadLetter, c: &mut Counts| {
-        if c.matched >= limit || !m.matches(selection.filter.as_deref()) {
+        if c.matched >= limit || !selection.picks(m) {
             c.skipped += 1;
             return Action::Keep;
         }

@@ -1,56 +1,57 @@
 //! Activity events: what customers and the shop did, published on the `activity` exchange.
 
-use std::fmt;
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{new_id, rule, InvalidMessage, Order};
 
-/// The kinds of activity event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// The kinds of activity event. The wire name (also the routing key) is written once, in the
+/// `strum` attribute; serde, `Display`, `FromStr` and [`EventKind::as_str`] all use it.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
+#[serde(try_from = "String", into = "&'static str")]
 pub enum EventKind {
     /// A customer signed up; `data` = `{"email", "name"}`.
-    #[serde(rename = "user.registered")]
+    #[strum(serialize = "user.registered")]
     UserRegistered,
     /// A customer looked at a product.
-    #[serde(rename = "product.viewed")]
+    #[strum(serialize = "product.viewed")]
     ProductViewed,
     /// A customer reviewed a product.
-    #[serde(rename = "review.posted")]
+    #[strum(serialize = "review.posted")]
     ReviewPosted,
     /// An order was placed; carries `order_id` and `data.email`.
-    #[serde(rename = "order.placed")]
+    #[strum(serialize = "order.placed")]
     OrderPlaced,
     /// An order was fulfilled; carries `order_id` and `data.email`.
-    #[serde(rename = "order.fulfilled")]
+    #[strum(serialize = "order.fulfilled")]
     OrderFulfilled,
     /// Stock changed; `data` = `{"stock", "delta"}`.
-    #[serde(rename = "inventory.changed")]
+    #[strum(serialize = "inventory.changed")]
     InventoryChanged,
 }
 
 impl EventKind {
     /// Every kind, in a stable order.
-    pub const ALL: [EventKind; 6] = [
-        EventKind::UserRegistered,
-        EventKind::ProductViewed,
-        EventKind::ReviewPosted,
-        EventKind::OrderPlaced,
-        EventKind::OrderFulfilled,
-        EventKind::InventoryChanged,
-    ];
+    pub const ALL: &'static [EventKind] = <EventKind as strum::VariantArray>::VARIANTS;
 
     /// The wire name, also the routing key.
     pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::UserRegistered => "user.registered",
-            EventKind::ProductViewed => "product.viewed",
-            EventKind::ReviewPosted => "review.posted",
-            EventKind::OrderPlaced => "order.placed",
-            EventKind::OrderFulfilled => "order.fulfilled",
-            EventKind::InventoryChanged => "inventory.changed",
-        }
+        self.into()
     }
 
     /// Parses a wire name.
@@ -58,19 +59,18 @@ impl EventKind {
     /// # Errors
     /// Names the unknown kind and lists the known ones.
     pub fn parse(s: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| {
-                let known: Vec<_> = Self::ALL.iter().map(|k| k.as_str()).collect();
-                format!("unknown event kind '{s}' (known: {})", known.join(", "))
-            })
+        s.parse().map_err(|_| {
+            let known: Vec<_> = Self::ALL.iter().map(|k| k.as_str()).collect();
+            format!("unknown event kind '{s}' (known: {})", known.join(", "))
+        })
     }
 }
 
-impl fmt::Display for EventKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+impl TryFrom<String> for EventKind {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s)
     }
 }
 
@@ -197,7 +197,7 @@ mod tests {
 
     #[test]
     fn event_kinds_round_trip_and_rules_apply() {
-        for k in EventKind::ALL {
+        for &k in EventKind::ALL {
             assert_eq!(EventKind::parse(k.as_str()), Ok(k));
         }
         assert!(EventKind::parse("order.cancelled")

@@ -342,7 +342,7 @@ async fn chaos_soak_loses_nothing_fulfils_once_and_mails_once() {
 
     let (mut orders, feed) = shop.spawn_orders_feed(0, &["--rate", &ORDER_RATE.to_string()]);
     let mut activity = {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_producer"));
+        let mut cmd = crate::shop::Command::new(env!("CARGO_BIN_EXE_producer"));
         cmd.args(["activity", "--count", &(secs * ACTIVITY_RATE).to_string()])
             .args(["--rate", &ACTIVITY_RATE.to_string()])
             .envs(shop.env_for(&shop.urls_from(1)));
@@ -454,7 +454,7 @@ async fn chaos_soak_loses_nothing_fulfils_once_and_mails_once() {
 
     // The end: stop the orders, let everything settle, count.
     let ending = Instant::now();
-    let written = feed.stop();
+    let written = feed.stop().await;
     let code = orders.wait_exit(LONG).await;
     assert_eq!(code, Some(0), "order producer: {}", orders.stderr());
     let confirmed = producer_confirmed(&orders.stdout());

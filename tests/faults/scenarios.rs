@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::fake_node::{Failure, FakeNode};
 use crate::harness::{self, Node};
-use crate::shop::{ids_of, order, order_lines, settle_accounts, wait_for, Shop, LONG};
+use crate::shop::{ids_of, order, order_lines, settle_accounts, wait_for, Shop, Stage, LONG};
 
 /// A free local port for a worker's `--http`.
 fn free_addr() -> String {
@@ -70,10 +70,8 @@ async fn settle(shop: &Shop, n: usize) -> Vec<lapin::message::BasicGetMessage> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_sigkilled_mid_stream_loses_nothing() {
     crate::requires::skip_unless_fault_env!();
-    let _serial = harness::SERIAL.lock().await;
-    let node = Node::start(1);
-    let shop = Shop::new(vec![node.url()]);
-    shop.apply_topology_ok();
+    let stage = Stage::single().await;
+    let shop = &stage.shop;
     let a = shop.spawn_worker(0, &[], &[]);
     let _b = shop.spawn_worker(0, &[], &[]);
     let orders: Vec<_> = (0..4000).map(|_| order("SKU-1")).collect();
@@ -85,10 +83,10 @@ async fn worker_sigkilled_mid_stream_loses_nothing() {
     });
     // The killed worker is restarted, as a supervisor would.
     let _a2 = shop.spawn_worker(0, &[], &[]);
-    let dead = settle(&shop, confirmed.len()).await;
+    let dead = settle(shop, confirmed.len()).await;
     let t = settle_accounts(
         "1-worker-sigkill",
-        &shop,
+        shop,
         published,
         &confirmed,
         &ids_of(&dead),
@@ -101,10 +99,8 @@ async fn worker_sigkilled_mid_stream_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_closed_then_node_restarted_loses_nothing() {
     crate::requires::skip_unless_fault_env!();
-    let _serial = harness::SERIAL.lock().await;
-    let node = Node::start(1);
-    let shop = Shop::new(vec![node.url()]);
-    shop.apply_topology_ok();
+    let stage = Stage::single().await;
+    let (node, shop) = (&stage.nodes[0], &stage.shop);
     let w1 = shop.spawn_worker(0, &[], &[]);
     let w2 = shop.spawn_worker(0, &[], &[]);
     let (ids, lines) = order_lines(3000);
@@ -145,10 +141,10 @@ async fn connections_closed_then_node_restarted_loses_nothing() {
     let code = producer.wait_exit(LONG).await;
     assert_eq!(code, Some(0), "producer: {}", producer.stderr());
     assert_eq!(producer_confirmed(&producer.stdout()), ids.len());
-    let dead = settle(&shop, ids.len()).await;
+    let dead = settle(shop, ids.len()).await;
     let t = settle_accounts(
         "2-close-all-then-restart",
-        &shop,
+        shop,
         ids.len(),
         &ids,
         &ids_of(&dead),
@@ -167,10 +163,8 @@ async fn connections_closed_then_node_restarted_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_leader_sigkilled_in_a_3_node_cluster_loses_nothing() {
     crate::requires::skip_unless_fault_env!();
-    let _serial = harness::SERIAL.lock().await;
-    let nodes = harness::cluster(3);
-    let shop = Shop::new(nodes.iter().map(Node::url).collect());
-    shop.apply_topology_ok();
+    let stage = Stage::cluster().await;
+    let (nodes, shop) = (&stage.nodes, &stage.shop);
     let leader = wait_for("a leader of orders.fulfillment", LONG, || async {
         nodes[0].quorum_leader("orders.fulfillment")
     })
@@ -201,13 +195,13 @@ async fn quorum_leader_sigkilled_in_a_3_node_cluster_loses_nothing() {
     let code = producer.wait_exit(LONG).await;
     assert_eq!(code, Some(0), "producer: {}", producer.stderr());
     assert_eq!(producer_confirmed(&producer.stdout()), ids.len());
-    let dead = settle(&shop, ids.len()).await;
+    let dead = settle(shop, ids.len()).await;
     // The killed node comes back and rejoins.
     nodes[l].boot();
     let back = nodes[l].ctl_ok(&["cluster_status"]);
     let t = settle_accounts(
         "3-quorum-leader-sigkill",
-        &shop,
+        shop,
         ids.len(),
         &ids,
         &ids_of(&dead),
@@ -224,10 +218,8 @@ async fn quorum_leader_sigkilled_in_a_3_node_cluster_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_alarm_mid_publish_pauses_and_resumes_losing_nothing() {
     crate::requires::skip_unless_fault_env!();
-    let _serial = harness::SERIAL.lock().await;
-    let node = Node::start(1);
-    let shop = Shop::new(vec![node.url()]);
-    shop.apply_topology_ok();
+    let stage = Stage::single().await;
+    let (node, shop) = (&stage.nodes[0], &stage.shop);
     let _w1 = shop.spawn_worker(0, &[], &[]);
     let _w2 = shop.spawn_worker(0, &[], &[]);
     let (ids, lines) = order_lines(3000);
@@ -258,10 +250,10 @@ async fn memory_alarm_mid_publish_pauses_and_resumes_losing_nothing() {
     let code = producer.wait_exit(LONG).await;
     assert_eq!(code, Some(0), "producer: {}", producer.stderr());
     assert_eq!(producer_confirmed(&producer.stdout()), ids.len());
-    let dead = settle(&shop, ids.len()).await;
+    let dead = settle(shop, ids.len()).await;
     let t = settle_accounts(
         "4-memory-alarm",
-        &shop,
+        shop,
         ids.len(),
         &ids,
         &ids_of(&dead),
@@ -303,10 +295,8 @@ fn malformed(kind: usize) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_storm_dead_letters_every_malformed_order_without_a_restart() {
     crate::requires::skip_unless_fault_env!();
-    let _serial = harness::SERIAL.lock().await;
-    let node = Node::start(1);
-    let shop = Shop::new(vec![node.url()]);
-    shop.apply_topology_ok();
+    let stage = Stage::single().await;
+    let shop = &stage.shop;
     let http = free_addr();
     let mut w = shop.spawn_worker(0, &["--http", &http], &[]);
     let pid = w.pid();
@@ -323,7 +313,7 @@ async fn poison_storm_dead_letters_every_malformed_order_without_a_restart() {
     }
     let published = bodies.len();
     let confirmed = shop.publish(bodies).await;
-    let dead = settle(&shop, confirmed.len()).await;
+    let dead = settle(shop, confirmed.len()).await;
     let dead_ids = ids_of(&dead);
     assert_eq!(dead_ids, bad, "exactly the malformed orders are dead");
     for m in &dead {
@@ -337,7 +327,7 @@ async fn poison_storm_dead_letters_every_malformed_order_without_a_restart() {
     assert_eq!(reconnects(&http).await, 0, "the worker never reconnected");
     let t = settle_accounts(
         "5-poison-storm",
-        &shop,
+        shop,
         published,
         &confirmed,
         &dead_ids,
@@ -349,10 +339,8 @@ async fn poison_storm_dead_letters_every_malformed_order_without_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panicking_and_process_killing_orders_are_dead_lettered() {
     crate::requires::skip_unless_fault_env!();
-    let _serial = harness::SERIAL.lock().await;
-    let node = Node::start(1);
-    let shop = Shop::new(vec![node.url()]);
-    shop.apply_topology_ok();
+    let stage = Stage::single().await;
+    let shop = &stage.shop;
 
     // A handler panic is a transient failure: retried down the ladder, then dead-lettered.
     let mut w = shop.spawn_worker(0, &[], &[("BURROW__CARRIER__PANIC_SKUS", "SKU-PANIC")]);
@@ -361,7 +349,7 @@ async fn panicking_and_process_killing_orders_are_dead_lettered() {
     bodies.extend((0..50).map(|_| order("SKU-1")));
     let mut published = bodies.len();
     let mut confirmed = shop.publish(bodies).await;
-    let dead = settle(&shop, confirmed.len()).await;
+    let dead = settle(shop, confirmed.len()).await;
     assert_eq!(ids_of(&dead), HashSet::from([panicking.0.clone()]));
     let h = dead[0].delivery.properties.headers().as_ref();
     assert_eq!(header_u32(h, HEADER_ATTEMPTS), Some(4));
@@ -426,7 +414,7 @@ async fn panicking_and_process_killing_orders_are_dead_lettered() {
     println!("  (worker processes aborted by the killer order: {crashes})");
     let t = settle_accounts(
         "6-panic-and-abort",
-        &shop,
+        shop,
         published,
         &confirmed,
         &dead_ids,
@@ -627,10 +615,8 @@ pub(crate) async fn roll(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_of_the_3_node_cluster_under_load_loses_nothing() {
     crate::requires::skip_unless_fault_env!();
-    let _serial = harness::SERIAL.lock().await;
-    let nodes = harness::cluster(3);
-    let shop = Shop::new(nodes.iter().map(Node::url).collect());
-    shop.apply_topology_ok();
+    let stage = Stage::cluster().await;
+    let (nodes, shop) = (&stage.nodes, &stage.shop);
     // One worker per node as its primary, each with the other two as failover URLs; the
     // producer's primary is the first node restarted.
     let mut workers: Vec<_> = (0..3).map(|i| shop.spawn_worker(i, &[], &[])).collect();
@@ -642,7 +628,7 @@ async fn rolling_restart_of_the_3_node_cluster_under_load_loses_nothing() {
     let mut handshakes = Handshakes::default();
     for (i, node) in nodes.iter().enumerate() {
         let witness = &nodes[(i + 1) % nodes.len()];
-        let (downtime, seen) = roll(&shop, node, witness, nodes.len()).await;
+        let (downtime, seen) = roll(shop, node, witness, nodes.len()).await;
         downtimes.push(downtime);
         handshakes.ok += seen.ok;
         for (k, n) in seen.errors {
@@ -667,11 +653,11 @@ async fn rolling_restart_of_the_3_node_cluster_under_load_loses_nothing() {
     }
     let rolled = started.elapsed();
 
-    let written = feed.stop();
+    let written = feed.stop().await;
     let code = producer.wait_exit(LONG).await;
     assert_eq!(code, Some(0), "producer: {}", producer.stderr());
     assert_eq!(producer_confirmed(&producer.stdout()), written.len());
-    let dead = settle(&shop, written.len()).await;
+    let dead = settle(shop, written.len()).await;
     for w in &mut workers {
         assert!(w.running(), "a worker exited: {}", w.stderr());
     }
@@ -685,7 +671,7 @@ async fn rolling_restart_of_the_3_node_cluster_under_load_loses_nothing() {
         .sum();
     let t = settle_accounts(
         "8-rolling-restart",
-        &shop,
+        shop,
         written.len(),
         &written,
         &ids_of(&dead),

@@ -5,9 +5,12 @@
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use burrow::children::{Process, Signal};
+
+use crate::harness::{self, Node};
 use burrow::publisher::{BulkPublisher, Confirm, Outgoing};
 use burrow::settings::{AmqpSettings, SecretUrl};
 
@@ -15,6 +18,39 @@ pub use crate::common::{fast_topology_text, order_body as order, wait_for};
 
 /// Scenario deadlines: generous for a slow 2-core machine; conditions end waits early.
 pub const LONG: Duration = Duration::from_secs(180);
+
+/// A scenario's stage: the suite's serial lock, held for the scenario, its private nodes and the
+/// shop on them with the topology applied. Keep it in a local for the whole scenario: dropping
+/// it removes the shop, then the nodes, then lets the next scenario run.
+pub struct Stage {
+    pub shop: Shop,
+    pub nodes: Vec<Node>,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl Stage {
+    /// One node, `burrowf1`.
+    pub async fn single() -> Stage {
+        let serial = harness::SERIAL.lock().await;
+        Stage::on(vec![Node::start(1)], serial)
+    }
+
+    /// A 3-node cluster; clients get node 1 first.
+    pub async fn cluster() -> Stage {
+        let serial = harness::SERIAL.lock().await;
+        Stage::on(harness::cluster(3), serial)
+    }
+
+    fn on(nodes: Vec<Node>, serial: tokio::sync::MutexGuard<'static, ()>) -> Stage {
+        let shop = Shop::new(nodes.iter().map(Node::url).collect());
+        shop.apply_topology_ok();
+        Stage {
+            shop,
+            nodes,
+            _serial: serial,
+        }
+    }
+}
 
 /// One scenario's shop: clients get `urls[0]` and the rest as failover URLs.
 pub struct Shop {
@@ -87,7 +123,7 @@ impl Shop {
 
     /// `burrow topology apply`; returns (exit code, stdout + stderr).
     pub fn apply_topology(&self) -> (i32, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_burrow"))
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_burrow"))
             .args(["topology", "apply"])
             .envs(self.env_for(&self.urls))
             .output()
@@ -163,24 +199,17 @@ impl Shop {
         cmd.args(["orders", "--file", "-"])
             .args(args)
             .envs(self.env_for(&self.urls_from(first)));
-        let log = self.path("producer.log");
-        let err = std::fs::File::create(&log).expect("log file");
-        let out = std::fs::File::create(log.with_extension("out")).expect("out file");
-        let mut child = cmd
-            .stdout(out)
-            .stderr(err)
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("spawning the producer");
-        let mut input = child.stdin.take().expect("stdin");
+        let mut proc = Proc::spawn_piped(cmd, self.path("producer.log"));
+        let mut input = proc.process.take_stdin().expect("stdin is piped");
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
-        let writer = std::thread::spawn(move || {
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
             let mut written = Vec::new();
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
                 let (id, mut body) = order("SKU-1");
                 body.push(b'\n');
-                if input.write_all(&body).is_err() {
+                if input.write_all(&body).await.is_err() {
                     break; // the producer is gone; the test says so
                 }
                 written.push(id);
@@ -188,7 +217,7 @@ impl Shop {
             written // dropping `input` closes stdin: the producer publishes the rest and exits
         });
         (
-            Proc { child, log },
+            proc,
             Feed {
                 stop,
                 writer: Some(writer),
@@ -321,53 +350,73 @@ impl Drop for Shop {
     }
 }
 
-/// A child process whose output goes to a log file; killed on drop.
+pub use tokio::process::Command;
+
+/// A burrow binary as a [`Process`] whose stderr goes to a log file (and stdout to the same
+/// name with `.out`), so a scenario can read what it said; killed on drop.
 pub struct Proc {
-    pub child: Child,
+    pub process: Process,
     pub log: PathBuf,
 }
 
 impl Proc {
-    pub fn spawn(mut cmd: Command, log: PathBuf, stdin: Option<String>) -> Proc {
+    /// Starts `cmd`, writing `stdin` (when given) to its standard input on a task of its own.
+    pub fn spawn(cmd: Command, log: PathBuf, stdin: Option<String>) -> Proc {
+        let Some(text) = stdin else {
+            let mut cmd = cmd;
+            cmd.stdin(Stdio::null());
+            return Proc::with_output(cmd, log);
+        };
+        let mut proc = Proc::spawn_piped(cmd, log);
+        let mut input = proc.process.take_stdin().expect("stdin is piped");
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = input.write_all(text.as_bytes()).await;
+        });
+        proc
+    }
+
+    /// Starts `cmd` with a piped stdin, taken with `process.take_stdin()`.
+    fn spawn_piped(mut cmd: Command, log: PathBuf) -> Proc {
+        cmd.stdin(Stdio::piped());
+        Proc::with_output(cmd, log)
+    }
+
+    fn with_output(mut cmd: Command, log: PathBuf) -> Proc {
         let err = std::fs::File::create(&log).expect("log file");
         let out = std::fs::File::create(log.with_extension("out")).expect("out file");
-        cmd.stdout(out).stderr(err).stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
-        let mut child = cmd.spawn().expect("spawning a burrow binary");
-        if let Some(text) = stdin {
-            let mut input = child.stdin.take().expect("stdin");
-            std::thread::spawn(move || {
-                let _ = input.write_all(text.as_bytes());
-            });
-        }
-        Proc { child, log }
+        cmd.stdout(out).stderr(err);
+        let name = log.file_stem().map(|s| s.to_string_lossy().into_owned());
+        let process =
+            Process::spawn(name.unwrap_or_default(), cmd).expect("spawning a burrow binary");
+        Proc { process, log }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
+    /// Sends the signal named like `kill -NAME` does (`TERM`, `KILL`, `STOP`, `CONT`).
     pub fn signal(&self, name: &str) {
-        let _ = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.pid().to_string())
-            .status();
+        let signal: Signal = format!("SIG{name}").parse().expect("a signal name");
+        self.process.signal(signal);
     }
 
     pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.process.running()
     }
 
-    /// Waits for the exit, up to `timeout`; returns the exit code (`None` for a signal).
+    /// Waits for the exit, up to `timeout` (and panics past it); returns the exit code (`None`
+    /// for a signal).
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let status = wait_for("process to exit", timeout, || {
-            let r = self.child.try_wait().expect("try_wait");
-            async move { r }
-        })
-        .await;
+        let status = self.process.wait_exit(timeout).await;
+        let status = status.unwrap_or_else(|| {
+            panic!(
+                "{} still runs after {timeout:?}: {}",
+                self.process.name(),
+                self.stderr()
+            )
+        });
         status.code()
     }
 
@@ -382,29 +431,22 @@ impl Proc {
     }
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The thread feeding a producer's stdin (see [`Shop::spawn_producer_feed`]).
+/// The task feeding a producer's stdin (see [`Shop::spawn_producer_feed`]).
 pub struct Feed {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    writer: Option<std::thread::JoinHandle<Vec<String>>>,
+    writer: Option<tokio::task::JoinHandle<Vec<String>>>,
 }
 
 impl Feed {
     /// Stops writing and closes the producer's stdin; returns the ids of every order written
     /// (the producer publishes all of them before it exits).
-    pub fn stop(mut self) -> Vec<String> {
+    pub async fn stop(mut self) -> Vec<String> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.writer
             .take()
             .expect("stopped once")
-            .join()
-            .expect("feeder thread")
+            .await
+            .expect("feeder task")
     }
 }
 

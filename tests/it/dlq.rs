@@ -131,6 +131,26 @@ async fn replay_moves_matching_dead_letters_back_with_clean_headers() {
 }
 
 #[tokio::test]
+async fn replay_by_id_moves_exactly_the_named_messages() {
+    let t = TestVhost::new("dlq-replay-id")
+        .await
+        .with_fast_topology()
+        .await;
+    let (carrier, invalid) = three_dead_letters(&t).await;
+
+    let (code, out, err) = t.burrow(&["dlq", "replay", "--id", &carrier[1], "--id", &invalid]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("replayed 2 of 3"), "{out}");
+    let replayed = t.drain("orders.fulfillment").await;
+    assert_eq!(
+        ids_of(&replayed),
+        HashSet::from([carrier[1].clone(), invalid])
+    );
+    let left = t.drain("orders.dead").await;
+    assert_eq!(ids_of(&left), HashSet::from([carrier[0].clone()]));
+}
+
+#[tokio::test]
 async fn purge_refuses_without_yes_and_deletes_only_matching_with_it() {
     let t = TestVhost::new("dlq-purge").await.with_fast_topology().await;
     let (carrier, _) = three_dead_letters(&t).await;

@@ -3,10 +3,12 @@
 
 mod activity;
 mod breaker;
+mod browser;
 mod cli;
 #[path = "../common/mod.rs"]
 mod common;
 mod compose;
+mod console;
 mod demo;
 mod dlq;
 mod helpers;
