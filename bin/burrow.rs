@@ -31,10 +31,10 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         events: u64,
         /// Share of deliberately invalid orders.
-        #[arg(long, default_value_t = 0.03)]
+        #[arg(long, default_value_t = 0.03, value_parser = burrow::cli::args::share)]
         invalid_ratio: f64,
         /// Share of carrier bookings that fail transiently (retried with back-off).
-        #[arg(long, default_value_t = 0.05)]
+        #[arg(long, default_value_t = 0.05, value_parser = burrow::cli::args::share)]
         failure_rate: f64,
     },
     /// Every queue of the topology: depth, consumers, rates, dead letters, drift.
@@ -46,8 +46,8 @@ enum Command {
         #[arg(long)]
         watch: bool,
         /// Seconds between redraws with --watch.
-        #[arg(long, default_value_t = 2.0)]
-        interval: f64,
+        #[arg(long, default_value = "2", value_parser = burrow::cli::args::seconds)]
+        interval: std::time::Duration,
         /// Print JSON (stable field names) instead of a table.
         #[arg(long)]
         json: bool,
@@ -158,7 +158,10 @@ enum TopologyCommand {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match burrow::cli::parse::<Cli>() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     burrow::telemetry::init(cli.log_format);
     match run(cli).await {
         Ok(code) => code,
@@ -204,13 +207,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             interval,
             json,
         } => {
-            anyhow::ensure!(
-                interval.is_finite() && interval > 0.0,
-                "--interval must be a positive number of seconds"
-            );
             let options = burrow::cli::status::StatusOptions {
                 watch,
-                interval: std::time::Duration::from_secs_f64(interval),
+                interval,
                 json,
             };
             let file = file.unwrap_or(settings.topology.clone());

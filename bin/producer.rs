@@ -58,7 +58,7 @@ enum Command {
         #[arg(long)]
         rate: Option<f64>,
         /// Share of generated orders that break a rule (0.0..=1.0).
-        #[arg(long, default_value_t = 0.0)]
+        #[arg(long, default_value_t = 0.0, value_parser = burrow::cli::args::share)]
         invalid_ratio: f64,
         /// Do not publish order.placed activity events.
         #[arg(long)]
@@ -123,7 +123,10 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match burrow::cli::parse::<Cli>() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     burrow::telemetry::init(cli.log_format);
     match run(cli.command).await {
         Ok(code) => code,

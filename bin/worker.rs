@@ -27,7 +27,7 @@ struct Cli {
     #[arg(long)]
     carrier_latency_ms: Option<u64>,
     /// Share of simulated carrier bookings that fail transiently, 0.0..=1.0 (fulfillment).
-    #[arg(long)]
+    #[arg(long, value_parser = burrow::cli::args::share)]
     carrier_failure_rate: Option<f64>,
     /// Do not publish events (order.fulfilled).
     #[arg(long)]
@@ -47,7 +47,10 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match burrow::cli::parse::<Cli>() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     burrow::telemetry::init(cli.log_format);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -67,10 +70,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         settings.carrier.latency_ms = ms;
     }
     if let Some(rate) = cli.carrier_failure_rate {
-        anyhow::ensure!(
-            (0.0..=1.0).contains(&rate),
-            "--carrier-failure-rate must be within 0.0..=1.0, got {rate}"
-        );
         settings.carrier.failure_rate = rate;
     }
     let options = WorkerOptions {

@@ -5,11 +5,17 @@
 //! Failover: `AmqpSettings::failover_urls` (`AMQP_FAILOVER_URLS`) names other nodes. Every
 //! connection attempt tries `url` first, then each failover URL in order, so a client moves to a
 //! surviving node when its node dies and back to the primary once that is up again. A
-//! [`Pool`] keeps a deadpool-lapin pool per node.
+//! [`Pool`] keeps a deadpool pool per node, whose connections [`connect`] makes too.
+//!
+//! TLS: an `amqps://` URL verifies the broker's certificate against the system's CAs and, with
+//! `amqp.tls_ca_file`, the CAs of that PEM file; a certificate neither trusts is
+//! [`BrokerError::Untrusted`], never retried.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use deadpool_lapin::Runtime;
+use deadpool::managed;
+use lapin::tcp::OwnedTLSConfig;
 use lapin::{ConnectionProperties, ErrorKind};
 use tracing::info;
 
@@ -46,6 +52,23 @@ pub enum BrokerError {
         /// Why, in a few words.
         reason: String,
     },
+    /// The broker's TLS certificate is not signed by a trusted CA (or names another host):
+    /// waiting will not change that.
+    #[error("the TLS certificate of RabbitMQ at {url} is not trusted: {reason} (is amqp.tls_ca_file the CA that signed it?)")]
+    Untrusted {
+        /// The URL with its password redacted.
+        url: String,
+        /// What the TLS library said, e.g. `invalid peer certificate: UnknownIssuer`.
+        reason: String,
+    },
+    /// `amqp.tls_ca_file` cannot be read or holds no certificate.
+    #[error("cannot use the CA file {path} (amqp.tls_ca_file): {reason}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// What a failed connection attempt means for the caller.
@@ -57,6 +80,8 @@ enum Class {
     Unavailable,
     /// Credentials, permissions or the vhost are wrong: stop and say so.
     Refused,
+    /// The broker's certificate is not trusted: stop and say so.
+    Untrusted,
 }
 
 /// Sorts a lapin error met while connecting (or opening a channel).
@@ -84,6 +109,7 @@ fn classify(error: &lapin::Error) -> Class {
             _ => Class::Unavailable,
         },
         ErrorKind::InvalidProtocolVersion(_) | ErrorKind::AuthProviderError(_) => Class::Refused,
+        ErrorKind::IOError(io) if rejected_certificate(io).is_some() => Class::Untrusted,
         _ => Class::Unreachable,
     }
 }
@@ -96,7 +122,10 @@ impl BrokerError {
         let url = url.redacted();
         let reason = match error.kind() {
             ErrorKind::ProtocolError(amqp) => amqp.get_message().to_string(),
-            ErrorKind::IOError(io) => io_reason(io),
+            ErrorKind::IOError(io) => match rejected_certificate(io) {
+                Some(e) => e.to_string(),
+                None => io_reason(io),
+            },
             ErrorKind::InvalidConnectionState(_) => {
                 "the connection closed during the handshake (node starting or stopping?)".into()
             }
@@ -106,12 +135,47 @@ impl BrokerError {
             Class::Unreachable => Self::Unreachable { url, reason },
             Class::Unavailable => Self::Unavailable { url, reason },
             Class::Refused => Self::Refused { url, reason },
+            Class::Untrusted => Self::Untrusted { url, reason },
         }
     }
 
     /// Whether trying again later, or another node, can help.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, Self::Refused { .. })
+        matches!(self, Self::Unreachable { .. } | Self::Unavailable { .. })
+    }
+}
+
+/// The TLS library's verdict on the broker's certificate, if `io` is one: rustls reports it as
+/// an I/O error that wraps a `rustls::Error::InvalidCertificate`.
+fn rejected_certificate(io: &std::io::Error) -> Option<&rustls::Error> {
+    io.get_ref()?
+        .downcast_ref::<rustls::Error>()
+        .filter(|e| matches!(e, rustls::Error::InvalidCertificate(_)))
+}
+
+/// The TLS settings of a connection: the CAs of `amqp.tls_ca_file` on top of the system's.
+fn tls_config(settings: &AmqpSettings) -> Result<OwnedTLSConfig, BrokerError> {
+    let cert_chain = settings
+        .tls_ca_file
+        .as_deref()
+        .map(read_ca_file)
+        .transpose()?;
+    Ok(OwnedTLSConfig {
+        identity: None,
+        cert_chain,
+    })
+}
+
+fn read_ca_file(path: &Path) -> Result<String, BrokerError> {
+    let fail = |reason: String| BrokerError::CaFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let pem = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    if pem.contains("-----BEGIN CERTIFICATE-----") {
+        Ok(pem)
+    } else {
+        Err(fail("no PEM certificate in it".into()))
     }
 }
 
@@ -180,13 +244,45 @@ fn connect_url_for(settings: &AmqpSettings, url: &SecretUrl) -> String {
     url.to_string()
 }
 
-/// Connections to the broker: one deadpool-lapin pool per node (`url`, then each failover URL),
-/// made lazily, each dropping a connection that is no longer connected instead of handing it
-/// out. Cheap to clone.
+/// Connections to the broker: one pool per node (`url`, then each failover URL), made lazily
+/// by [`connect`]'s code (the same name, TLS settings and errors), each dropping a connection
+/// that is no longer connected instead of handing it out. Cheap to clone.
 #[derive(Clone)]
 pub struct Pool {
-    nodes: std::sync::Arc<Vec<(SecretUrl, deadpool_lapin::Pool)>>,
+    nodes: std::sync::Arc<Vec<(SecretUrl, managed::Pool<Node>)>>,
     settings: AmqpSettings,
+}
+
+/// A pooled connection (derefs to [`lapin::Connection`]).
+pub type PooledConnection = managed::Object<Node>;
+
+/// Makes and checks the connections of one node's pool.
+#[derive(Debug)]
+pub struct Node {
+    settings: AmqpSettings,
+    url: SecretUrl,
+    role: String,
+}
+
+impl managed::Manager for Node {
+    type Type = lapin::Connection;
+    type Error = BrokerError;
+
+    async fn create(&self) -> Result<lapin::Connection, BrokerError> {
+        connect_to(&self.settings, &self.url, &self.role).await
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut lapin::Connection,
+        _: &managed::Metrics,
+    ) -> managed::RecycleResult<BrokerError> {
+        if conn.status().connected() {
+            Ok(())
+        } else {
+            Err(managed::RecycleError::message("the connection is closed"))
+        }
+    }
 }
 
 impl std::fmt::Debug for Pool {
@@ -205,29 +301,23 @@ impl std::fmt::Debug for Pool {
 pub fn pool(settings: &AmqpSettings, role: &str) -> anyhow::Result<Pool> {
     let nodes = settings
         .urls()
-        .map(|url| Ok((url.clone(), node_pool(settings, url, role)?)))
+        .map(|url| {
+            let node = Node {
+                settings: settings.clone(),
+                url: url.clone(),
+                role: role.to_owned(),
+            };
+            // Each connection attempt has its own timeout (`connect_timeout_ms`).
+            Ok((
+                url.clone(),
+                managed::Pool::builder(node).max_size(4).build()?,
+            ))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(Pool {
         nodes: std::sync::Arc::new(nodes),
         settings: settings.clone(),
     })
-}
-
-fn node_pool(
-    settings: &AmqpSettings,
-    url: &SecretUrl,
-    role: &str,
-) -> anyhow::Result<deadpool_lapin::Pool> {
-    let name = connection_name(role);
-    let config = deadpool_lapin::Config {
-        url: Some(connect_url_for(settings, url)),
-        pool: Some(deadpool_lapin::PoolConfig::new(4)),
-    };
-    let pool = config
-        .builder(move || connection_properties(&name), Runtime::Tokio1)?
-        .create_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
-        .build()?;
-    Ok(pool)
 }
 
 impl Pool {
@@ -248,10 +338,10 @@ impl Pool {
     ///
     /// # Errors
     /// [`BrokerError`] when no node can be reached, or one refuses the login.
-    pub async fn connection(&self) -> Result<deadpool_lapin::Connection, BrokerError> {
+    pub async fn connection(&self) -> Result<PooledConnection, BrokerError> {
         let mut last = None;
         for (i, (url, pool)) in self.nodes.iter().enumerate() {
-            match pooled(pool, &self.settings, url).await {
+            match pooled(pool, url).await {
                 Ok(conn) => {
                     if let (true, Some(unreachable)) = (i > 0, &last) {
                         info!(url = %url, %unreachable, "connected to a failover node");
@@ -267,22 +357,16 @@ impl Pool {
 }
 
 async fn pooled(
-    pool: &deadpool_lapin::Pool,
-    settings: &AmqpSettings,
+    pool: &managed::Pool<Node>,
     url: &SecretUrl,
-) -> Result<deadpool_lapin::Connection, BrokerError> {
-    match pool.get().await {
-        Ok(conn) => Ok(conn),
-        Err(deadpool_lapin::PoolError::Backend(e)) => Err(BrokerError::from_lapin(url, &e)),
-        Err(deadpool_lapin::PoolError::Timeout(_)) => Err(BrokerError::Unreachable {
-            url: url.redacted(),
-            reason: format!("timed out after {} ms", settings.connect_timeout_ms),
-        }),
-        Err(other) => Err(BrokerError::Unreachable {
+) -> Result<PooledConnection, BrokerError> {
+    pool.get().await.map_err(|e| match e {
+        managed::PoolError::Backend(e) => e,
+        other => BrokerError::Unreachable {
             url: url.redacted(),
             reason: crate::settings::redact_url(&other.to_string()),
-        }),
-    }
+        },
+    })
 }
 
 /// Connects once, outside a pool (for short-lived tools), to `url` or else the first failover
@@ -311,7 +395,10 @@ async fn connect_to(
 ) -> Result<lapin::Connection, BrokerError> {
     let props = connection_properties(&connection_name(role));
     let target = connect_url_for(settings, url);
-    let attempt = lapin::Connection::connect(&target, props);
+    let runtime =
+        lapin::runtime::default_runtime().map_err(|e| BrokerError::from_lapin(url, &e))?;
+    let attempt =
+        lapin::Connection::connect_with_config(&target, props, tls_config(settings)?, runtime);
     match tokio::time::timeout(Duration::from_millis(settings.connect_timeout_ms), attempt).await {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) => Err(BrokerError::from_lapin(url, &e)),
@@ -473,6 +560,7 @@ mod tests {
             frame_max: 131072,
             connect_timeout_ms: 100,
             failover_urls: Vec::new(),
+            tls_ca_file: None,
         };
         let url = connect_url_for(&s, &s.url);
         assert!(url.contains("heartbeat=5"));

@@ -102,8 +102,58 @@ pub struct DemoSummary {
     pub outbox_file: PathBuf,
     /// The recommendations service's answer for `cus_7`, if it answered.
     pub sample_recommendation: Option<String>,
-    /// The analytics funnel (all runs), if the service answered.
-    pub funnel: Option<String>,
+    /// The analytics funnel of this run, if the service answered.
+    pub funnel: Option<RunFunnel>,
+}
+
+/// The order funnel of one demo run: analytics' counters after the run minus before it, so
+/// earlier runs (or orders sent with `--no-events`, whose `order.fulfilled` has no
+/// `order.placed`) do not count. The demo drains what earlier runs left in the order queues
+/// before it takes the first reading, so every order fulfilled in between was placed by this
+/// run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunFunnel {
+    /// `product.viewed` events of this run.
+    pub views: u64,
+    /// `order.placed` events of this run.
+    pub orders_placed: u64,
+    /// `order.fulfilled` events of this run.
+    pub orders_fulfilled: u64,
+}
+
+impl RunFunnel {
+    /// Reads the counters from analytics' `/stats` JSON (its `funnel` object).
+    pub fn from_stats(stats: &serde_json::Value) -> Option<Self> {
+        let f = stats.get("funnel")?;
+        let n = |key: &str| f.get(key).and_then(serde_json::Value::as_u64);
+        Some(Self {
+            views: n("views")?,
+            orders_placed: n("orders_placed")?,
+            orders_fulfilled: n("orders_fulfilled")?,
+        })
+    }
+
+    /// What was counted between `before` and `self`.
+    #[must_use]
+    pub fn since(self, before: Self) -> Self {
+        Self {
+            views: self.views.saturating_sub(before.views),
+            orders_placed: self.orders_placed.saturating_sub(before.orders_placed),
+            orders_fulfilled: self
+                .orders_fulfilled
+                .saturating_sub(before.orders_fulfilled),
+        }
+    }
+
+    /// `orders_placed / views`; `None` without views.
+    pub fn view_to_order(&self) -> Option<f64> {
+        (self.views > 0).then(|| self.orders_placed as f64 / self.views as f64)
+    }
+
+    /// `orders_fulfilled / orders_placed`; `None` without orders.
+    pub fn order_to_fulfillment(&self) -> Option<f64> {
+        (self.orders_placed > 0).then(|| self.orders_fulfilled as f64 / self.orders_placed as f64)
+    }
 }
 
 impl DemoSummary {
@@ -206,6 +256,23 @@ impl Demo {
     /// # Errors
     /// `producer` failed, or the store or the broker cannot be read.
     pub async fn run(&mut self, mut progress: impl FnMut(Settling)) -> anyhow::Result<DemoSummary> {
+        // What earlier runs left (orders still queued or waiting for a retry) is handled
+        // before this run is measured, so the counts below are this run's alone.
+        let topology = Topology::load(&self.settings.topology)
+            .with_context(|| format!("loading {}", self.settings.topology.display()))?;
+        let mut earlier: Vec<String> = topology
+            .retry_ladder(crate::fulfillment::QUEUE)
+            .into_iter()
+            .map(|step| step.queue)
+            .collect();
+        earlier.extend([crate::fulfillment::QUEUE, crate::analytics::QUEUE].map(str::to_owned));
+        let earlier: Vec<&str> = earlier.iter().map(String::as_str).collect();
+        // The longest back-off step is 60 s.
+        wait_queues_empty(&self.probe, &earlier, Duration::from_secs(75)).await;
+        self.fulfilled_before = self.store.counts().await?.fulfilled;
+        self.dead_before = queue_depth(&self.probe, "orders.dead").await?;
+        let client = reqwest::Client::new();
+        let funnel_before = self.funnel(&client).await;
         let publish_started = Instant::now();
         let order_line = run_producer(&[
             "orders",
@@ -255,9 +322,9 @@ impl Demo {
         wait_queues_empty(
             &self.probe,
             &["activity.analytics", "activity.notifications"],
+            Duration::from_secs(30),
         )
         .await;
-        let client = reqwest::Client::new();
         let mut metrics = Vec::new();
         for w in &self.workers {
             let text = get_text(&client, &format!("http://{}/metrics", w.http))
@@ -289,15 +356,10 @@ impl Demo {
                 .unwrap_or_default();
             sample_recommendation = Some(sample.trim().to_owned());
         }
-        let mut funnel = None;
-        if let Some(w) = self.workers.iter().find(|w| w.name == "analytics") {
-            let stats = get_text(&client, &format!("http://{}/stats", w.http))
-                .await
-                .unwrap_or_default();
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&stats) {
-                funnel = Some(v.get("funnel").map(ToString::to_string).unwrap_or_default());
-            }
-        }
+        let funnel = match (funnel_before, self.funnel(&client).await) {
+            (Some(before), Some(after)) => Some(after.since(before)),
+            _ => None,
+        };
         Ok(DemoSummary {
             orders: order_line.trim().trim_start_matches("orders: ").to_owned(),
             events: event_line.trim().trim_start_matches("events: ").to_owned(),
@@ -313,6 +375,13 @@ impl Demo {
             sample_recommendation,
             funnel,
         })
+    }
+
+    /// The analytics service's funnel counters now, if it answers.
+    async fn funnel(&self, client: &reqwest::Client) -> Option<RunFunnel> {
+        let w = self.workers.iter().find(|w| w.name == "analytics")?;
+        let stats = get_text(client, &format!("http://{}/stats", w.http)).await?;
+        RunFunnel::from_stats(&serde_json::from_str(&stats).ok()?)
     }
 
     /// Stops every worker (SIGTERM, then a kill after 15 s), calling `stopped` with each name
@@ -356,8 +425,8 @@ async fn wait_healthy(workers: &mut [ChildWorker]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_queues_empty(probe: &lapin::Connection, queues: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+async fn wait_queues_empty(probe: &lapin::Connection, queues: &[&str], at_most: Duration) {
+    let deadline = Instant::now() + at_most;
     while Instant::now() < deadline {
         let mut total = 0;
         for q in queues {
@@ -422,6 +491,27 @@ fn count_mails(outbox: &Path) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_run_funnel_is_the_difference_of_two_readings() {
+        let reading = |views, placed, fulfilled| {
+            RunFunnel::from_stats(&serde_json::json!({"funnel": {
+                "views": views, "orders_placed": placed, "orders_fulfilled": fulfilled,
+                "view_to_order": null, "order_to_fulfillment": null}}))
+            .expect("a funnel")
+        };
+        // Before: 20 fulfilled orders that were sent with --no-events (no order.placed).
+        let before = reading(0, 0, 20);
+        let run = reading(400, 30, 50).since(before);
+        assert_eq!(
+            (run.views, run.orders_placed, run.orders_fulfilled),
+            (400, 30, 30)
+        );
+        assert_eq!(run.order_to_fulfillment(), Some(1.0));
+        assert_eq!(run.view_to_order(), Some(0.075));
+        assert_eq!(RunFunnel::default().order_to_fulfillment(), None);
+        assert_eq!(RunFunnel::from_stats(&serde_json::json!({})), None);
+    }
 
     #[test]
     fn summary_numbers_are_read_from_the_producer_line() {

@@ -628,6 +628,7 @@ mod tests {
             frame_max: 131072,
             connect_timeout_ms: 1000,
             failover_urls: Vec::new(),
+            tls_ca_file: None,
         }
     }
 

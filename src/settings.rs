@@ -205,6 +205,10 @@ pub struct AmqpSettings {
     /// so clients return to the primary node once it is back.
     #[serde(default)]
     pub failover_urls: Vec<SecretUrl>,
+    /// A PEM file of CA certificates to trust for `amqps://`, besides the system's
+    /// (`BURROW__AMQP__TLS_CA_FILE`): for a broker whose certificate a private CA signed.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl AmqpSettings {
@@ -473,10 +477,10 @@ impl Settings {
         }
         let mut settings: Settings = builder
             .build()
-            .map_err(|e| anyhow::anyhow!(redact_url(&e.to_string())))
+            .map_err(SettingsError::from)
             .context("reading settings")?
             .try_deserialize()
-            .map_err(|e| anyhow::anyhow!(redact_url(&e.to_string())))
+            .map_err(SettingsError::from)
             .context("reading settings")?;
         if settings.management.url.expose().is_empty() {
             settings.management.url = SecretUrl::new(management_url_for(&settings.amqp.url));
@@ -485,6 +489,18 @@ impl Settings {
             settings.mail.outbox = settings.store.dir.join("outbox");
         }
         Ok(settings)
+    }
+}
+
+/// A setting that cannot be read or has the wrong type; the message has every URL's password
+/// redacted (a `config` error quotes the value it could not use).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SettingsError(String);
+
+impl From<config::ConfigError> for SettingsError {
+    fn from(e: config::ConfigError) -> Self {
+        Self(redact_url(&e.to_string()))
     }
 }
 

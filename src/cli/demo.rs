@@ -112,8 +112,17 @@ pub fn render_summary(s: &DemoSummary, settings: &Settings) -> String {
     if let Some(sample) = &s.sample_recommendation {
         line(format!("sample recommendation for cus_7: {sample}"));
     }
-    if let Some(funnel) = &s.funnel {
-        line(format!("funnel (all runs, persisted): {funnel}"));
+    if let Some(f) = &s.funnel {
+        let percent =
+            |share: Option<f64>| share.map_or("-".to_owned(), |r| format!("{:.1}%", 100.0 * r));
+        line(format!(
+            "funnel (this run): {} views → {} orders placed ({}) → {} fulfilled ({})",
+            f.views,
+            f.orders_placed,
+            percent(f.view_to_order()),
+            f.orders_fulfilled,
+            percent(f.order_to_fulfillment())
+        ));
     }
     line("inspect:  burrow status · burrow dlq list".into());
     out

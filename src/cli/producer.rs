@@ -1,6 +1,6 @@
 //! `producer order|orders|serve|activity|inventory`: prints the id of what was published, or the
 //! tally of a bulk publish behind a progress bar, and picks the exit code (1 when something
-//! was not confirmed or an input line was skipped; a [`PublishError`] goes to
+//! was not confirmed, 65 when an input line was skipped; a [`PublishError`] goes to
 //! [`super::exit_code`]).
 //!
 //! [`PublishError`]: crate::producer::PublishError
@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::Exit;
 use crate::message::{ActivityEvent, Order};
 use crate::producer::activity::{self, ActivityTally};
 use crate::producer::{self, OrderSource, PublishProgress, PublishTally};
@@ -103,8 +104,8 @@ impl PublishProgress for Bar {
     }
 }
 
-/// `producer orders`: the tally line, and exit code 1 if any order was not confirmed or any
-/// input line was skipped.
+/// `producer orders`: the tally line, and exit code 1 if any order was not confirmed, else 65
+/// if any input line was skipped.
 ///
 /// # Errors
 /// As [`producer::publish_orders`].
@@ -125,11 +126,14 @@ pub async fn orders(
             tally.returned
         );
     }
-    Ok(if tally.ok() {
-        ExitCode::SUCCESS
+    Ok(if tally.nacked > 0 || tally.returned > 0 {
+        Exit::Failure
+    } else if tally.skipped_lines > 0 {
+        Exit::DataErr
     } else {
-        ExitCode::FAILURE
-    })
+        Exit::Success
+    }
+    .into())
 }
 
 /// The summary line of `producer orders` (`burrow demo` reads it).

@@ -1,6 +1,5 @@
 //! `burrow topology apply|verify|export`: prints what [`crate::topology::actions`] reports and
-//! chooses the exit code (0 fine, 1 drift, 2 broker or management API unreachable — see
-//! [`super::exit_code`]).
+//! chooses the exit code (0 fine, 1 drift; an error's code comes from [`super::Exit::of`]).
 
 use std::path::Path;
 use std::process::ExitCode;

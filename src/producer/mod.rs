@@ -4,6 +4,7 @@
 //! happened; `producer` ([`crate::cli::producer`]) prints it.
 
 pub mod activity;
+mod file;
 mod generate;
 
 use std::io::BufRead;
@@ -123,9 +124,8 @@ pub fn check_size(what: &str, id: &str, body: &[u8]) -> Result<(), String> {
 
 /// Why an order or event was not published.
 ///
-/// The command layer branches on it: [`PublishError::Invalid`] is the caller's input (exit 2,
-/// nothing was sent), the others are the broker's answer (exit 1); see
-/// [`crate::cli::exit_code`].
+/// The command layer branches on it: [`PublishError::Invalid`] is the caller's input (exit 65,
+/// nothing was sent), the others are the broker's answer (exit 1); see [`crate::cli::Exit`].
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     /// The input breaks a rule or is too large; nothing was sent.
@@ -362,7 +362,7 @@ pub async fn publish_orders(
             };
             (
                 None,
-                Box::new(read_orders(reader).map(|r| r.map(Planned::Order))),
+                Box::new(file::read_orders(reader).map(|r| r.map(Planned::Order))),
             )
         }
     };
@@ -410,18 +410,6 @@ pub async fn publish_orders(
     Ok(tally)
 }
 
-/// Reads JSON-lines orders; a line that is not a valid order becomes an error naming its number.
-fn read_orders(reader: impl BufRead + Send) -> impl Iterator<Item = Result<Order, String>> + Send {
-    reader.lines().enumerate().filter_map(|(i, line)| {
-        let n = i + 1;
-        match line {
-            Err(e) => Some(Err(format!("line {n}: unreadable: {e}"))),
-            Ok(l) if l.trim().is_empty() => None,
-            Ok(l) => Some(Order::decode(l.as_bytes()).map_err(|e| format!("line {n}: {e}"))),
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,15 +442,6 @@ mod tests {
         assert!(parse_item("SKU-1:x:1")
             .unwrap_err()
             .contains("quantity 'x'"));
-    }
-
-    #[test]
-    fn file_lines_are_numbered_and_blank_lines_skipped() {
-        let good = serde_json::to_string(&crate::message::tests_support::order("ord_a")).unwrap();
-        let input = format!("{good}\n\nnot json\n{good}\n");
-        let results: Vec<_> = read_orders(std::io::Cursor::new(input)).collect();
-        assert_eq!(results.len(), 3);
-        assert!(results[1].as_ref().unwrap_err().starts_with("line 3:"));
     }
 
     #[test]

@@ -15,6 +15,13 @@ pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const RABBIT_HOME: &str = "/var/lib/rabbitmq";
 
+/// The PEM files of a TLS listener: the CA, the server certificate it signed, and its key.
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// One private node, e.g. `burrowf1@localhost` on port 5791.
 pub struct Node {
     pub name: String,
@@ -44,6 +51,43 @@ impl Node {
     /// Starts node `burrowf<index>@localhost` on AMQP port `5790 + index` and waits until it
     /// runs. A node of the same name left over from an aborted run is stopped first.
     pub fn start(index: u16) -> Node {
+        Self::start_with(index, "", &[])
+    }
+
+    /// Starts node `index` like [`Node::start`], with a TLS listener on port
+    /// [`Node::tls_port`] too, serving `tls.cert` (signed by `tls.ca`) with `tls.key`. Clients
+    /// are not asked for a certificate.
+    pub fn start_tls(index: u16, tls: &TlsFiles) -> Node {
+        let port = 5790 + index;
+        let config = format!(
+            "listeners.ssl.default = 127.0.0.1:{}\n\
+             ssl_options.cacertfile = {{dir}}/ca.pem\n\
+             ssl_options.certfile = {{dir}}/server.pem\n\
+             ssl_options.keyfile = {{dir}}/server.key\n\
+             ssl_options.verify = verify_none\n\
+             ssl_options.fail_if_no_peer_cert = false\n",
+            Self::tls_port_of(port)
+        );
+        let files = [
+            ("ca.pem", &tls.ca),
+            ("server.pem", &tls.cert),
+            ("server.key", &tls.key),
+        ];
+        Self::start_with(index, &config, &files)
+    }
+
+    fn tls_port_of(port: u16) -> u16 {
+        port + 100
+    }
+
+    /// The port of the TLS listener of a node started with [`Node::start_tls`].
+    pub fn tls_port(&self) -> u16 {
+        Self::tls_port_of(self.port)
+    }
+
+    /// Starts node `index` with `config` (`{dir}` stands for the node's directory) appended to
+    /// its rabbitmq.conf and `files` written into that directory.
+    fn start_with(index: u16, config: &str, files: &[(&str, &PathBuf)]) -> Node {
         let name = format!("burrowf{index}@localhost");
         let port = 5790 + index;
         let dir = std::env::temp_dir().join(format!("burrow-faults-{name}"));
@@ -63,10 +107,14 @@ impl Node {
             // The system /etc/rabbitmq/rabbitmq.conf pins 5672; this file replaces it.
             format!(
                 "listeners.tcp.local = 127.0.0.1:{port}\nloopback_users.guest = true\n\
-                 vm_memory_high_watermark.relative = 0.4\n",
+                 vm_memory_high_watermark.relative = 0.4\n{}",
+                config.replace("{dir}", &node.dir.display().to_string())
             ),
         )
         .expect("config file");
+        for (name, source) in files {
+            std::fs::copy(source, node.dir.join(name)).expect("copying a node file");
+        }
         chown_to_rabbitmq(&node.dir);
         node.boot();
         node

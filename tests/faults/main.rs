@@ -15,3 +15,4 @@ mod orders;
 mod requires;
 mod scenarios;
 mod shop;
+mod tls;

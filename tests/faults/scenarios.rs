@@ -558,6 +558,7 @@ async fn probe(amqp: AmqpSettings, url: String, stop: CancellationToken) -> Hand
     let settings = AmqpSettings {
         url: SecretUrl::new(url),
         failover_urls: Vec::new(),
+        tls_ca_file: None,
         connect_timeout_ms: 2000,
         ..amqp.clone()
     };

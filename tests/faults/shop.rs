@@ -73,6 +73,7 @@ impl Shop {
             frame_max: 131072,
             connect_timeout_ms: 5000,
             failover_urls: urls[1..].iter().cloned().map(SecretUrl::new).collect(),
+            tls_ca_file: None,
         };
         Shop {
             dir,

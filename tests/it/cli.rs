@@ -2,8 +2,116 @@
 
 use std::process::Command;
 
+use crate::helpers::ONE_ORDER;
+
+/// Runs `binary` with `args` and `env` (RUST_LOG off); returns (exit code, stdout, stderr).
+fn run(binary: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let out = Command::new(binary)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("RUST_LOG", "off")
+        .envs(env.iter().copied())
+        .output()
+        .expect("running the binary");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const BURROW: &str = env!("CARGO_BIN_EXE_burrow");
+const PRODUCER: &str = env!("CARGO_BIN_EXE_producer");
+const WORKER: &str = env!("CARGO_BIN_EXE_worker");
+
 #[test]
-fn topology_apply_against_an_unreachable_broker_says_so_in_one_line_and_exits_2() {
+fn a_malformed_command_line_exits_64_and_help_exits_0() {
+    for (binary, args) in [
+        (BURROW, &["topology", "--no-such-flag"][..]),
+        (BURROW, &["status", "--interval", "0"]),
+        (
+            PRODUCER,
+            &["orders", "--count", "1", "--invalid-ratio", "2"],
+        ),
+        (PRODUCER, &["order", "--customer", "cus_1"]),
+        (WORKER, &["no-such-service"]),
+        (WORKER, &["fulfillment", "--carrier-failure-rate", "1.5"]),
+    ] {
+        let (code, stdout, stderr) = run(binary, args, &[]);
+        assert_eq!(code, Some(64), "{args:?}: {stdout}{stderr}");
+        assert!(
+            stderr.starts_with("error: "),
+            "{args:?}: clap says why: {stderr}"
+        );
+    }
+    let (code, stdout, _) = run(BURROW, &["--help"], &[]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("Usage:"), "{stdout}");
+}
+
+#[test]
+fn an_invalid_order_exits_65_before_anything_is_sent() {
+    // Nothing listens on port 1: the order is refused before any connection is tried.
+    let (code, stdout, stderr) = run(
+        PRODUCER,
+        &[
+            "order",
+            "--customer",
+            "cus_1",
+            "--email",
+            "not-an-address",
+            "--item",
+            "SKU-1:1:100",
+        ],
+        &[("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")],
+    );
+    assert_eq!(code, Some(65), "{stdout}{stderr}");
+    assert!(stderr.contains("email"), "{stderr}");
+}
+
+#[test]
+fn a_malformed_setting_exits_78() {
+    let (code, stdout, stderr) = run(
+        BURROW,
+        &["topology", "export", "--out", "/dev/null"],
+        &[("BURROW__WORKER__CONCURRENCY", "many")],
+    );
+    assert_eq!(code, Some(78), "{stdout}{stderr}");
+    assert!(stderr.contains("reading settings"), "{stderr}");
+}
+
+#[test]
+fn refused_credentials_exit_77_without_the_password() {
+    let (code, stdout, stderr) = run(
+        PRODUCER,
+        &ONE_ORDER,
+        &[("AMQP_URL", "amqp://nobody:wrong-s3cret@127.0.0.1:5672/%2f")],
+    );
+    assert_eq!(code, Some(77), "broker: {stdout}{stderr}");
+    assert!(!stderr.contains("wrong-s3cret"), "{stderr}");
+    let (code, stdout, stderr) = run(
+        BURROW,
+        &["status"],
+        &[(
+            "RABBITMQ_MANAGEMENT_URL",
+            "http://nobody:wrong-s3cret@127.0.0.1:15672",
+        )],
+    );
+    assert_eq!(code, Some(77), "management API: {stdout}{stderr}");
+    assert!(!stderr.contains("wrong-s3cret"), "{stderr}");
+}
+
+/// Something else failed: here drift, an empty vhost against the topology.
+#[tokio::test]
+async fn drift_exits_1() {
+    let t = crate::helpers::TestVhost::new("exit-drift").await;
+    let (code, stdout, stderr) = t.burrow(&["topology", "verify"]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stdout.contains("drift:"), "{stdout}");
+}
+
+#[test]
+fn topology_apply_against_an_unreachable_broker_says_so_in_one_line_and_exits_69() {
     let output = Command::new(env!("CARGO_BIN_EXE_burrow"))
         .args(["topology", "apply"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -15,7 +123,7 @@ fn topology_apply_against_an_unreachable_broker_says_so_in_one_line_and_exits_2(
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(
         output.status.code(),
-        Some(2),
+        Some(69),
         "stdout: {stdout}\nstderr: {stderr}"
     );
     let lines: Vec<&str> = stderr.lines().collect();

@@ -9,6 +9,7 @@ mod cli;
 mod common;
 mod compose;
 mod console;
+mod demo;
 mod dlq;
 mod helpers;
 mod inventory;
