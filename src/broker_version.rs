@@ -90,7 +90,13 @@ pub async fn read(settings: &Settings) -> anyhow::Result<RabbitVersion> {
 /// Logs the broker's version and what differs on it, once at start-up of `program`; never
 /// fails (an unreachable management API is logged and ignored).
 pub async fn log(settings: &Settings, program: &str) -> Option<RabbitVersion> {
+    // At info once per process: the console lists dead letters every few seconds.
+    static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     match read(settings).await {
+        Ok(v) if LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) => {
+            tracing::debug!(program, rabbitmq_version = %v, "broker version");
+            Some(v)
+        }
         Ok(v) => {
             tracing::info!(
                 program,

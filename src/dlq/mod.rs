@@ -69,8 +69,9 @@ pub struct DlqListing {
 }
 
 async fn connect(settings: &Settings) -> anyhow::Result<Connection> {
+    let conn = crate::broker::connect(&settings.amqp, "burrow dlq").await?;
     crate::broker_version::log(settings, "burrow dlq").await;
-    Ok(crate::broker::connect(&settings.amqp, "burrow dlq").await?)
+    Ok(conn)
 }
 
 /// Up to `limit` dead letters of `queue` on the broker of `settings`, every one left in place.

@@ -151,6 +151,16 @@ pub enum PublishError {
         /// Where it was sent, as said to the user (`'orders' with key 'order.placed'`).
         destination: String,
     },
+    /// The exchange does not exist on the vhost (the broker closed the channel with 404).
+    #[error("the {what} {id} was not published: {reason}; run `burrow topology apply`")]
+    NoSuchExchange {
+        /// `order`, `order.placed event` or `event`.
+        what: &'static str,
+        /// The order or event id.
+        id: String,
+        /// The broker's reply text, e.g. `NOT_FOUND - no exchange 'orders' in vhost '/'`.
+        reason: String,
+    },
     /// No confirm came (the channel failed or the confirm timed out).
     #[error("the {what} {id} was not confirmed")]
     NotConfirmed {
@@ -183,12 +193,26 @@ pub(crate) async fn publish_confirmed(
             reason: reason.to_string(),
             destination,
         }),
-        Err(e) => Err(PublishError::NotConfirmed {
-            what,
-            id,
-            source: e.into(),
-        }),
+        Err(e) => match missing_exchange(&e) {
+            Some(reason) => Err(PublishError::NoSuchExchange { what, id, reason }),
+            None => Err(PublishError::NotConfirmed {
+                what,
+                id,
+                source: e.into(),
+            }),
+        },
     }
+}
+
+/// The broker's reply when `error` is the 404 NOT_FOUND that closes a channel publishing to an
+/// exchange that does not exist.
+fn missing_exchange(error: &anyhow::Error) -> Option<String> {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    let lapin::ErrorKind::ProtocolError(amqp) = error.downcast_ref::<lapin::Error>()?.kind() else {
+        return None;
+    };
+    (amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
+        .then(|| amqp.get_message().to_string())
 }
 
 /// What [`place_order`] did: whether the order was confirmed, and the first failure (of the
@@ -222,8 +246,8 @@ pub async fn place_order(
         .iter()
         .try_for_each(|m| check_size("order", &order.order_id, &m.body))
         .map_err(PublishError::Invalid)?;
-    crate::broker_version::log(settings, "producer").await;
     let conn = broker::connect(&settings.amqp, "producer").await?;
+    crate::broker_version::log(settings, "producer").await;
     let channel = publisher::confirm_channel(&conn)
         .await
         .context("opening a confirm channel")?;
