@@ -52,6 +52,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the services' workers and scale each between MIN and MAX by its backlog, until
+    /// SIGINT/SIGTERM (then every worker drains and stops).
+    Run {
+        /// A service and its worker count: NAME=MIN..MAX, or NAME=N for a fixed count, e.g.
+        /// fulfillment=1..8 (repeat for each service).
+        #[arg(long = "service", value_name = "NAME=MIN..MAX", required = true)]
+        services: Vec<burrow::supervisor::ServiceSpec>,
+        /// Serve /healthz, /metrics (desired and running workers) and /state on this address.
+        #[arg(long)]
+        http: Option<std::net::SocketAddr>,
+    },
     /// Inspect, replay or purge a dead-letter queue.
     Dlq {
         /// The dead-letter queue.
@@ -146,11 +157,20 @@ enum TopologyCommand {
     },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     burrow::telemetry::init(cli.log_format);
-    match run(cli).await {
+    // `burrow run` supervises for days next to its workers: one thread keeps it small.
+    let mut runtime = if matches!(cli.command, Command::Run { .. }) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match runtime.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return burrow::cli::exit_code(&anyhow::Error::new(e)),
+    };
+    match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => burrow::cli::exit_code(&e),
     }
@@ -206,6 +226,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let file = file.unwrap_or(settings.topology.clone());
             burrow::cli::status::run(&settings, &file, &options, burrow::shutdown::on_signal())
                 .await
+        }
+        Command::Run { services, http } => {
+            let options = burrow::supervisor::RunOptions {
+                services,
+                http,
+                launcher: burrow::supervisor::workers::Launcher {
+                    binary: burrow::children::sibling_binary("worker")?,
+                    envs: Vec::new(),
+                    log_dir: None,
+                },
+            };
+            burrow::cli::run::run(&settings, options, burrow::shutdown::on_signal()).await
         }
         Command::Dlq { queue, command } => {
             use burrow::cli::dlq;

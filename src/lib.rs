@@ -21,6 +21,8 @@
 //!   [`demo`]: the whole shop on one machine.
 //! - [`cli`]: the command layer, the only module that prints: tables, JSON, progress bars and
 //!   exit codes over what the library returns, shared by the binaries.
+//! - [`supervisor`]: `burrow run`, worker processes scaled between MIN and MAX by the backlog
+//!   (a pure policy, the process groups, the state file `burrow status` reads).
 //! - [`telemetry`]: the one tracing setup; [`shutdown`]: SIGINT/SIGTERM; [`children`]: child
 //!   processes (the demo's workers, the tests').
 
@@ -46,6 +48,7 @@ pub mod settings;
 pub mod shutdown;
 pub mod sqlite;
 pub mod status;
+pub mod supervisor;
 pub mod telemetry;
 pub mod topology;
 pub mod worker;

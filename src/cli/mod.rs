@@ -14,6 +14,7 @@
 //! - [`topology`]: `burrow topology apply|verify|export`.
 //! - [`producer`]: `producer order|orders|activity|inventory`.
 //! - [`demo`]: `burrow demo`.
+//! - [`run`]: `burrow run`.
 
 use std::process::ExitCode;
 
@@ -24,6 +25,7 @@ use crate::producer::PublishError;
 pub mod demo;
 pub mod dlq;
 pub mod producer;
+pub mod run;
 pub mod status;
 pub mod topology;
 
