@@ -1,6 +1,6 @@
 //! `burrow run`: runs the [`crate::supervisor`] until SIGINT/SIGTERM, then prints how each
-//! service's workers stopped; exit code 0 once every worker is gone (1 if one had to be killed
-//! or exited with an error).
+//! service's workers stopped; exit code 0 once every worker is gone, 1 if one had to be killed
+//! after its grace period or exited with an error.
 
 use std::process::ExitCode;
 
@@ -31,7 +31,7 @@ pub async fn run(
 pub fn render(report: &RunReport) -> String {
     let mut out = String::new();
     for s in &report.services {
-        let clean = s.workers.iter().filter(|(_, c)| *c == Some(0)).count();
+        let clean = s.workers.iter().filter(|(_, end)| end.clean()).count();
         out.push_str(&format!(
             "{}: {} scaling decision(s); {} worker(s) stopped, {} cleanly\n",
             s.service.name(),
@@ -42,11 +42,8 @@ pub fn render(report: &RunReport) -> String {
         for line in &s.scalings {
             out.push_str(&format!("  {line}\n"));
         }
-        for (pid, code) in s.workers.iter().filter(|(_, c)| *c != Some(0)) {
-            out.push_str(&format!(
-                "  worker {pid}: {}\n",
-                code.map_or_else(|| "killed".to_owned(), |c| format!("exit {c}"))
-            ));
+        for (pid, end) in s.workers.iter().filter(|(_, end)| !end.clean()) {
+            out.push_str(&format!("  worker {pid}: {end}\n"));
         }
     }
     out

@@ -29,7 +29,7 @@ use crate::settings::Settings;
 use metrics::{ScalingLabels, ServiceLabels, SupervisorMetrics};
 use policy::{Decision, Observation, Policy, PolicySettings, Reason};
 use state::{ServiceState, SupervisorState};
-use workers::{Event, GroupSettings, Launcher, WorkerGroup};
+use workers::{Event, GroupSettings, Launcher, WorkerEnd, WorkerGroup};
 
 /// One `--service NAME=MIN..MAX` (or `NAME=N`, meaning `N..N`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,8 +124,8 @@ pub struct RunOptions {
 pub struct ServiceExit {
     /// The service.
     pub service: Service,
-    /// Each worker's pid and exit code (`None`: killed or ended by a signal).
-    pub workers: Vec<(u32, Option<i32>)>,
+    /// Each worker's pid and how it ended.
+    pub workers: Vec<(u32, WorkerEnd)>,
     /// Scaling decisions that changed the count.
     pub scalings: Vec<String>,
 }
@@ -138,12 +138,12 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    /// Whether every worker exited 0 at the end.
+    /// Whether every worker stopped as asked ([`WorkerEnd::clean`]).
     pub fn clean(&self) -> bool {
         self.services
             .iter()
             .flat_map(|s| &s.workers)
-            .all(|(_, code)| *code == Some(0))
+            .all(|(_, end)| end.clean())
     }
 }
 

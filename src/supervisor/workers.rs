@@ -120,6 +120,49 @@ pub enum Event {
     },
 }
 
+/// How a worker ended when the supervisor stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerEnd {
+    /// It exited with this code (0: drained and closed cleanly).
+    Exited(i32),
+    /// The SIGTERM ended it before it had installed its handler (it was still starting).
+    Terminated,
+    /// Another signal ended it.
+    Signalled(i32),
+    /// It outlived the grace period and was killed.
+    Killed,
+}
+
+impl WorkerEnd {
+    /// Whether it stopped as asked: exit 0, or ended by the SIGTERM while starting.
+    pub fn clean(self) -> bool {
+        matches!(self, WorkerEnd::Exited(0) | WorkerEnd::Terminated)
+    }
+}
+
+impl From<std::process::ExitStatus> for WorkerEnd {
+    fn from(status: std::process::ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => WorkerEnd::Exited(code),
+            (None, Some(s)) if s == Signal::SIGTERM as i32 => WorkerEnd::Terminated,
+            (None, Some(s)) => WorkerEnd::Signalled(s),
+            (None, None) => WorkerEnd::Killed,
+        }
+    }
+}
+
+impl std::fmt::Display for WorkerEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WorkerEnd::Exited(code) => write!(f, "exit {code}"),
+            WorkerEnd::Terminated => write!(f, "ended by SIGTERM while starting"),
+            WorkerEnd::Signalled(s) => write!(f, "ended by signal {s}"),
+            WorkerEnd::Killed => write!(f, "killed after the grace period"),
+        }
+    }
+}
+
 /// The worker processes of one service.
 #[derive(Debug)]
 pub struct WorkerGroup {
@@ -271,15 +314,22 @@ impl WorkerGroup {
     }
 
     /// Sends SIGTERM to every worker and waits for all to exit, killing those still running
-    /// after the grace period. Returns each one's pid and exit code (`None`: killed or ended by
-    /// a signal).
-    pub async fn stop_all(&mut self) -> Vec<(u32, Option<i32>)> {
+    /// after the grace period. Returns each one's pid and how it ended.
+    pub async fn stop_all(&mut self) -> Vec<(u32, WorkerEnd)> {
         let mut all: Vec<Process> = self.running.drain(..).collect();
         all.extend(self.stopping.drain(..).map(|(p, _)| p));
         let grace = self.settings.stop_grace;
         let stops = all.iter_mut().map(|p| async move {
-            let code = p.stop(grace).await;
-            (p.pid(), code)
+            p.signal(Signal::SIGTERM);
+            let end = match p.wait_exit(grace).await {
+                Some(status) => WorkerEnd::from(status),
+                None => {
+                    p.signal(Signal::SIGKILL);
+                    let _ = p.wait_exit(grace).await;
+                    WorkerEnd::Killed
+                }
+            };
+            (p.pid(), end)
         });
         futures::future::join_all(stops).await
     }

@@ -18,4 +18,5 @@ mod recommendations;
 mod security;
 mod services;
 mod status;
+mod supervisor;
 mod topology;
