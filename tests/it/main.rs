@@ -7,6 +7,7 @@ mod cli;
 #[path = "../common/mod.rs"]
 mod common;
 mod compose;
+mod deploy;
 mod dlq;
 mod helpers;
 mod observability;
