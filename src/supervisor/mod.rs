@@ -126,7 +126,7 @@ pub struct ServiceExit {
     pub service: Service,
     /// Each worker's pid and how it ended.
     pub workers: Vec<(u32, WorkerEnd)>,
-    /// Scaling decisions that changed the count.
+    /// Scaling decisions that changed the count (the latest 1000).
     pub scalings: Vec<String>,
 }
 
@@ -158,6 +158,9 @@ struct Supervised {
     scalings: Vec<String>,
     frozen: bool,
 }
+
+/// Scaling decisions kept for the final report (a supervisor runs for weeks).
+const KEPT_SCALINGS: usize = 1000;
 
 /// How often exits are noticed and the running count is reconciled with the wanted one.
 const REAP_INTERVAL: Duration = Duration::from_millis(250);
@@ -283,13 +286,9 @@ pub async fn run(
     };
     let stops = services.iter_mut().map(|s| async {
         let workers = s.group.stop_all().await;
-        for (pid, code) in &workers {
-            info!(
-                service = s.spec.service.name(),
-                pid,
-                ?code,
-                "worker stopped"
-            );
+        let name = s.spec.service.name();
+        for (pid, end) in &workers {
+            info!(service = name, pid, "{name} worker {pid} stopped: {end}");
         }
         workers
     });
@@ -299,7 +298,7 @@ pub async fn run(
         report.services.push(ServiceExit {
             service: s.spec.service,
             workers,
-            scalings: std::mem::take(&mut s.scalings),
+            scalings: s.scalings.clone(),
         });
     }
     write_state(&services, true);
@@ -329,6 +328,9 @@ fn record(s: &mut Supervised, decision: Decision, metrics: &SupervisorMetrics) {
             })
             .inc();
         s.scalings.push(format!("scale {name} {decision}"));
+        if s.scalings.len() > KEPT_SCALINGS {
+            s.scalings.remove(0);
+        }
         s.last_change_at = Some(chrono::Utc::now());
         s.desired = decision.to;
     }
@@ -452,6 +454,9 @@ fn snapshot(services: &[Supervised], http: Option<SocketAddr>, stopped: bool) ->
                 last_decision: s.decision.as_ref().map(ToString::to_string),
                 decision: s.decision.clone(),
                 last_change_at: s.last_change_at,
+                recent_scalings: s.scalings
+                    [s.scalings.len().saturating_sub(state::RECENT_SCALINGS)..]
+                    .to_vec(),
             })
             .collect(),
     }

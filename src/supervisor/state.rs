@@ -57,7 +57,14 @@ pub struct ServiceState {
     pub decision: Option<Decision>,
     /// When the count last changed (RFC 3339).
     pub last_change_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The latest changes of the count, oldest first (at most [`RECENT_SCALINGS`]), each as
+    /// logged: `scale fulfillment 2→4: 5,100 ready, draining in 31 s at 164/s`.
+    #[serde(default)]
+    pub recent_scalings: Vec<String>,
 }
+
+/// How many scaling decisions the state keeps.
+pub const RECENT_SCALINGS: usize = 20;
 
 impl SupervisorState {
     /// Writes the state to `path` atomically.
@@ -120,6 +127,9 @@ mod tests {
                 last_decision: Some("1→2: 600 ready, draining in 60 s at 10/s".into()),
                 decision: None,
                 last_change_at: None,
+                recent_scalings: vec![
+                    "scale fulfillment 1→2: 600 ready, draining in 60 s at 10/s".into()
+                ],
             }],
         };
         state.write(&path).expect("write");
