@@ -237,6 +237,13 @@ pub async fn run(
         );
     }
 
+    // Start MIN workers of each service before the first decision, so that the first state
+    // written already counts them.
+    for s in &mut services {
+        let events = s.group.reconcile(s.desired, Instant::now());
+        log_events(s.spec.service, &events);
+        metrics.set_counts(s.spec.service.name(), s.desired, s.group.running());
+    }
     let mut reap = tokio::time::interval(REAP_INTERVAL);
     reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut decide = tokio::time::interval(sup.interval());

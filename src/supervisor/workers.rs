@@ -35,6 +35,9 @@ impl Launcher {
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null());
+        // A process group of its own: a Ctrl-C on the terminal reaches the supervisor only, which
+        // then stops the workers in order (and does not mistake their exit for a crash).
+        command.process_group(0);
         if let Some(dir) = &self.log_dir {
             let path = dir.join(format!("{}-{serial}.log", service.name()));
             let file = std::fs::OpenOptions::new()
@@ -53,8 +56,11 @@ impl Launcher {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
             });
         }
-        Process::spawn(format!("{}#{serial}", service.name()), command)
-            .with_context(|| format!("starting {}", self.binary.display()))
+        Ok(
+            Process::spawn(format!("{}#{serial}", service.name()), command)
+                .with_context(|| format!("starting {}", self.binary.display()))?
+                .terminate_on_drop(),
+        )
     }
 }
 

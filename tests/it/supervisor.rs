@@ -282,9 +282,10 @@ async fn a_management_api_that_does_not_answer_freezes_the_counts_and_says_so() 
     );
     let state = wait_for("a frozen decision", LONG, || async {
         sup.service("fulfillment").filter(|s| {
-            s.last_decision
-                .as_deref()
-                .is_some_and(|d| d.contains("counts frozen"))
+            s.running == 2
+                && s.last_decision
+                    .as_deref()
+                    .is_some_and(|d| d.contains("counts frozen"))
         })
     })
     .await;
