@@ -58,6 +58,17 @@ enum Command {
         #[arg(long, default_value = burrow::console::DEFAULT_ADDR)]
         http: std::net::SocketAddr,
     },
+    /// Run the services' workers and scale each between MIN and MAX by its backlog, until
+    /// SIGINT/SIGTERM (then every worker drains and stops).
+    Run {
+        /// A service and its worker count: NAME=MIN..MAX, or NAME=N for a fixed count, e.g.
+        /// fulfillment=1..8 (repeat for each service).
+        #[arg(long = "service", value_name = "NAME=MIN..MAX", required = true)]
+        services: Vec<burrow::supervisor::ServiceSpec>,
+        /// Serve /healthz, /metrics (desired and running workers) and /state on this address.
+        #[arg(long)]
+        http: Option<std::net::SocketAddr>,
+    },
     /// Inspect, replay or purge a dead-letter queue.
     Dlq {
         /// The dead-letter queue.
@@ -156,14 +167,23 @@ enum TopologyCommand {
     },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = match burrow::cli::parse::<Cli>() {
         Ok(cli) => cli,
         Err(code) => return code,
     };
     burrow::telemetry::init(cli.log_format);
-    match run(cli).await {
+    // `burrow run` supervises for days next to its workers: one thread keeps it small.
+    let mut runtime = if matches!(cli.command, Command::Run { .. }) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match runtime.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return burrow::cli::exit_code(&anyhow::Error::new(e)),
+    };
+    match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => burrow::cli::exit_code(&e),
     }
@@ -218,6 +238,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Console { http } => {
             burrow::cli::console::run(settings, http, burrow::shutdown::on_signal()).await
+        }
+        Command::Run { services, http } => {
+            let options = burrow::supervisor::RunOptions {
+                services,
+                http,
+                launcher: burrow::supervisor::workers::Launcher {
+                    binary: burrow::children::sibling_binary("worker")?,
+                    envs: Vec::new(),
+                    log_dir: None,
+                },
+            };
+            burrow::cli::run::run(&settings, options, burrow::shutdown::on_signal()).await
         }
         Command::Dlq { queue, command } => {
             use burrow::cli::dlq;

@@ -72,6 +72,11 @@ impl Process {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// The exit status if the process has exited, without waiting.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Waits up to `timeout` for the exit; `None` when it still runs.
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         tokio::time::timeout(timeout, self.child.wait())

@@ -1,8 +1,10 @@
-//! `burrow demo`: the whole shop on one machine. Applies the topology, starts two fulfillment
-//! workers and one of each activity service as child processes, publishes orders (some invalid,
-//! some hitting transient carrier failures) and activity events with the real `producer`, waits
-//! until every order is settled, measures a summary and stops the children cleanly. The steps
-//! return data; `burrow demo` ([`crate::cli::demo`]) prints it.
+//! `burrow demo`: the whole shop on one machine. Applies the topology, runs fulfillment under the
+//! supervisor of `burrow run` (1..4 workers, a slow carrier, short targets: the burst of orders
+//! visibly scales it up and, once drained, back down) and one of each activity service as child
+//! processes, publishes orders (some invalid, some hitting transient carrier failures) and
+//! activity events with the real `producer`, waits until every order is settled and fulfillment
+//! is back to one worker, measures a summary and stops the children cleanly. The steps return
+//! data; `burrow demo` ([`crate::cli::demo`]) prints it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -13,6 +15,8 @@ use anyhow::Context;
 use crate::children::{metric_sum, sibling_binary, ChildWorker};
 use crate::fulfillment::FulfillmentStore;
 use crate::settings::Settings;
+use crate::supervisor::state::SupervisorState;
+use crate::supervisor::{RunOptions, RunReport, ServiceSpec};
 use crate::topology::{ApplyReport, Topology};
 
 /// What the demo does.
@@ -104,6 +108,8 @@ pub struct DemoSummary {
     pub sample_recommendation: Option<String>,
     /// The analytics funnel of this run, if the service answered.
     pub funnel: Option<RunFunnel>,
+    /// The supervisor's scaling decisions for fulfillment, as logged.
+    pub scaling: Vec<String>,
 }
 
 /// The order funnel of one demo run: analytics' counters after the run minus before it, so
@@ -176,11 +182,32 @@ pub async fn apply_topology(settings: &Settings) -> anyhow::Result<ApplyReport> 
     Ok(report?)
 }
 
+/// The carrier latency and handlers per process of the demo's fulfillment workers: one worker
+/// books about 20 orders/s, so the burst of orders builds a backlog the supervisor scales for
+/// (the management API refreshes queue depths every 5 s).
+const DEMO_CARRIER_LATENCY_MS: &str = "200";
+const DEMO_CONCURRENCY: &str = "4";
+
+/// Fulfillment's bounds under the demo's supervisor.
+const DEMO_FULFILLMENT: ServiceSpec = ServiceSpec {
+    service: crate::service::Service::Fulfillment,
+    min: 1,
+    max: 4,
+};
+
+/// The supervisor running fulfillment in the demo.
+struct Supervised {
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<RunReport>>,
+    state_file: PathBuf,
+}
+
 /// A running demo: its workers (child processes) and what it needs to measure them.
 pub struct Demo {
     settings: Settings,
     options: DemoOptions,
     workers: Vec<ChildWorker>,
+    supervisor: Supervised,
     store: FulfillmentStore,
     probe: lapin::Connection,
     fulfilled_before: u64,
@@ -191,8 +218,8 @@ pub struct Demo {
 }
 
 impl Demo {
-    /// Starts two fulfillment workers and one of each activity service, and waits until every
-    /// one is healthy.
+    /// Starts fulfillment under a supervisor (1..4 workers) and one worker of each activity
+    /// service, and waits until every activity worker is healthy.
     ///
     /// # Errors
     /// The broker or the store is unreachable, a binary is missing, or a child failed to
@@ -207,20 +234,8 @@ impl Demo {
         let dead_before = queue_depth(&probe, "orders.dead").await?;
         let mails_before = count_mails(&settings.mail.outbox);
 
+        let supervisor = supervise_fulfillment(settings, &options, &logs)?;
         let mut workers = Vec::new();
-        for i in 1..=2 {
-            let args = vec![
-                "--carrier-failure-rate".to_owned(),
-                options.failure_rate.to_string(),
-            ];
-            workers.push(ChildWorker::spawn(
-                &format!("fulfillment#{i}"),
-                "fulfillment",
-                &args,
-                &[],
-                &logs.join(format!("fulfillment-{i}.log")),
-            )?);
-        }
         for service in SERVICES {
             workers.push(ChildWorker::spawn(
                 service,
@@ -235,6 +250,7 @@ impl Demo {
             settings: settings.clone(),
             options,
             workers,
+            supervisor,
             store,
             probe,
             fulfilled_before,
@@ -244,9 +260,21 @@ impl Demo {
         })
     }
 
-    /// How many workers run.
+    /// How many workers run (fulfillment's as its supervisor last counted them).
     pub fn worker_count(&self) -> usize {
-        self.workers.len()
+        let fulfillment = self
+            .fulfillment_state()
+            .map_or(DEMO_FULFILLMENT.min, |s| s.desired) as usize;
+        self.workers.len() + fulfillment
+    }
+
+    fn fulfillment_state(&self) -> Option<crate::supervisor::state::ServiceState> {
+        SupervisorState::read(&self.supervisor.state_file)
+            .ok()
+            .flatten()?
+            .services
+            .into_iter()
+            .find(|s| s.service == DEMO_FULFILLMENT.service.name())
     }
 
     /// Publishes the orders and events with the real `producer` (its progress bar on stderr),
@@ -318,6 +346,23 @@ impl Demo {
         };
         let settled_after = publish_started.elapsed();
 
+        // The backlog is gone: wait (at most 60 s) for the supervisor to scale fulfillment back
+        // down to its minimum, so that the summary shows the way up and the way down.
+        let back_down = |s: &crate::supervisor::state::ServiceState| {
+            let at_min = s.desired == DEMO_FULFILLMENT.min && s.running == s.desired;
+            let down = format!("→{}:", DEMO_FULFILLMENT.min);
+            at_min && s.recent_scalings.last().is_none_or(|l| l.contains(&down))
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline && !self.fulfillment_state().is_some_and(|s| back_down(&s))
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let scaling = self
+            .fulfillment_state()
+            .map(|s| s.recent_scalings)
+            .unwrap_or_default();
+
         // Let the activity services drain their queues before reading their numbers.
         wait_queues_empty(
             &self.probe,
@@ -332,10 +377,13 @@ impl Demo {
                 .unwrap_or_default();
             metrics.push((w.name.clone(), text));
         }
+        // Fulfillment's workers come and go with the backlog: its retries are counted by the
+        // broker (messages published into its retry queues), the others' by their workers.
         let retried: f64 = metrics
             .iter()
             .map(|(_, m)| metric_sum(m, "burrow_messages_total", &[("outcome", "retried")]))
-            .sum();
+            .sum::<f64>()
+            + fulfillment_retries(&self.settings).await as f64;
         let workers = metrics
             .iter()
             .map(|(name, text)| WorkerCounts {
@@ -374,6 +422,7 @@ impl Demo {
             outbox_file: crate::notifications::outbox_file(outbox),
             sample_recommendation,
             funnel,
+            scaling,
         })
     }
 
@@ -389,6 +438,29 @@ impl Demo {
     pub async fn stop(mut self, mut stopped: impl FnMut(&str, Option<i32>)) -> bool {
         let _ = self.probe.close(200, "done".into()).await;
         let mut clean = true;
+        self.supervisor.shutdown.cancel();
+        match self.supervisor.task.await {
+            Ok(Ok(report)) => {
+                for service in &report.services {
+                    for (pid, end) in &service.workers {
+                        clean &= end.clean();
+                        let code = match end {
+                            crate::supervisor::workers::WorkerEnd::Exited(c) => Some(*c),
+                            _ => None,
+                        };
+                        stopped(&format!("{}#{pid}", service.service.name()), code);
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %format!("{e:#}"), "the fulfillment supervisor failed");
+                clean = false;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the fulfillment supervisor panicked");
+                clean = false;
+            }
+        }
         for w in &mut self.workers {
             let code = w.stop(Duration::from_secs(15)).await;
             clean &= code == Some(0);
@@ -396,6 +468,78 @@ impl Demo {
         }
         clean
     }
+}
+
+/// Runs fulfillment under the supervisor of `burrow run`, in this process, with short targets
+/// and cooldowns so that a burst of a few hundred orders scales it.
+fn supervise_fulfillment(
+    settings: &Settings,
+    options: &DemoOptions,
+    logs: &Path,
+) -> anyhow::Result<Supervised> {
+    let mut settings = settings.clone();
+    let s = &mut settings.supervisor;
+    s.interval_ms = 500;
+    s.target_drain_secs = 2.0;
+    s.idle_secs = 3.0;
+    s.scale_up_cooldown_secs = 2.0;
+    s.scale_down_cooldown_secs = 3.0;
+    let run = RunOptions {
+        services: vec![DEMO_FULFILLMENT],
+        http: None,
+        launcher: crate::supervisor::workers::Launcher {
+            binary: sibling_binary("worker")?,
+            envs: vec![
+                (
+                    "BURROW__CARRIER__FAILURE_RATE".into(),
+                    options.failure_rate.to_string(),
+                ),
+                (
+                    "BURROW__CARRIER__LATENCY_MS".into(),
+                    DEMO_CARRIER_LATENCY_MS.into(),
+                ),
+                (
+                    "BURROW__WORKER__CONCURRENCY".into(),
+                    DEMO_CONCURRENCY.into(),
+                ),
+            ],
+            log_dir: Some(logs.to_owned()),
+        },
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let state_file = crate::supervisor::state::state_path(&settings.store.dir);
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move { crate::supervisor::run(&settings, run, token).await });
+    Ok(Supervised {
+        shutdown,
+        task,
+        state_file,
+    })
+}
+
+/// Messages published into fulfillment's retry queues, as the management API counts them
+/// (0 when it cannot be read).
+async fn fulfillment_retries(settings: &Settings) -> u64 {
+    let Ok(management) = crate::management::Management::new(&settings.management, &settings.amqp)
+    else {
+        return 0;
+    };
+    let Ok(topology) = Topology::load(&settings.topology) else {
+        return 0;
+    };
+    let retry_queues: Vec<String> = topology
+        .retry_ladder(crate::fulfillment::QUEUE)
+        .into_iter()
+        .map(|step| step.queue)
+        .collect();
+    management
+        .queues(&settings.amqp.url.vhost())
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|q| retry_queues.contains(&q.name))
+        .filter_map(|q| q.message_stats.as_ref()?.get("publish")?.as_u64())
+        .sum()
 }
 
 async fn wait_healthy(workers: &mut [ChildWorker]) -> anyhow::Result<()> {

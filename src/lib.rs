@@ -24,6 +24,8 @@
 //!   [`demo`]: the whole shop on one machine; [`console`]: the web console over them.
 //! - [`cli`]: the command layer, the only module that prints: tables, JSON, progress bars and
 //!   exit codes over what the library returns, shared by the binaries.
+//! - [`supervisor`]: `burrow run`, worker processes scaled between MIN and MAX by the backlog
+//!   (a pure policy, the process groups, the state file `burrow status` reads).
 //! - [`telemetry`]: the one tracing setup; [`shutdown`]: SIGINT/SIGTERM; [`children`]: child
 //!   processes (the demo's workers, the tests').
 
@@ -53,6 +55,7 @@ pub mod settings;
 pub mod shutdown;
 pub mod sqlite;
 pub mod status;
+pub mod supervisor;
 pub mod telemetry;
 pub mod topology;
 pub mod worker;

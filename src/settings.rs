@@ -169,6 +169,8 @@ pub struct Settings {
     pub producer: ProducerSettings,
     /// The order service (`producer serve`).
     pub orders: OrdersSettings,
+    /// `burrow run`: how the supervisor scales each service's workers.
+    pub supervisor: SupervisorSettings,
     /// Path of the topology file.
     pub topology: PathBuf,
     /// The web console (`burrow console`).
@@ -355,6 +357,40 @@ pub struct OrdersSettings {
     pub relay_poll_ms: u64,
 }
 
+/// `burrow run`: when the supervisor scales a service and how it restarts workers.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SupervisorSettings {
+    /// How often the queues are read and a decision is taken.
+    pub interval_ms: u64,
+    /// Scale up when the ready messages of a service's queue would take longer than this to
+    /// drain at the current ack rate.
+    pub target_drain_secs: f64,
+    /// Scale down (one worker) only after the queue stayed empty, with nothing unacked, this
+    /// long: the hysteresis between "too slow" and "idle".
+    pub idle_secs: f64,
+    /// No second scale-up sooner than this after a scale-up (new workers need time to show in
+    /// the ack rate).
+    pub scale_up_cooldown_secs: f64,
+    /// No scale-down sooner than this after any change of the count.
+    pub scale_down_cooldown_secs: f64,
+    /// The first restart delay of a worker that exited on its own; doubles per exit in a row.
+    pub restart_backoff_ms: u64,
+    /// The longest restart delay.
+    pub restart_backoff_max_ms: u64,
+    /// A worker that exits this many times within `crash_window_secs` is reported as a crash
+    /// loop (and restarted at the longest delay only).
+    pub crash_loop_exits: u32,
+    /// The window of `crash_loop_exits`.
+    pub crash_window_secs: u64,
+}
+
+impl SupervisorSettings {
+    /// The decision interval as a duration.
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+}
+
 /// The management API of the broker at `amqp` when none is configured: the same host, port
 /// 15672 (`https` for `amqps`), so `burrow status` and `topology verify` never report on another
 /// broker than the one `AMQP_URL` names.
@@ -436,6 +472,16 @@ confirm_timeout_ms = 30000
 relay_batch = 512
 relay_lease_ms = 10000
 relay_poll_ms = 200
+[supervisor]
+interval_ms = 2000
+target_drain_secs = 10.0
+idle_secs = 30.0
+scale_up_cooldown_secs = 10.0
+scale_down_cooldown_secs = 30.0
+restart_backoff_ms = 500
+restart_backoff_max_ms = 30000
+crash_loop_exits = 5
+crash_window_secs = 60
 "#;
 
 impl Settings {

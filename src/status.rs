@@ -6,7 +6,10 @@
 //! Its JSON form (`burrow status --json`) is a stable interface for scripts:
 //! `{"vhost", "queues": [{"name", "type", "present", "ready", "unacked", "consumers",
 //! "publish_rate", "deliver_rate", "ack_rate", "dead_letter"}], "dead_letters", "drift": [..]}`.
-//! Counts and rates of a queue missing on the broker are `null`.
+//! Counts and rates of a queue missing on the broker are `null`. When `burrow run` ever ran on
+//! this host's store directory, `"supervisor"` adds its last state: `{"alive", "pid",
+//! "updated_at", "stopped", "http", "services": [{"service", "min", "max", "desired", "running",
+//! "pids", "restarts", "last_decision", "decision", "last_change_at"}]}`.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -16,6 +19,7 @@ use serde::Serialize;
 
 use crate::management::{Management, QueueInfo};
 use crate::settings::Settings;
+use crate::supervisor::state::{state_path, SupervisorState};
 use crate::topology::{verify, Topology};
 
 /// One queue of the topology, as the broker reports it.
@@ -55,6 +59,33 @@ pub struct StatusReport {
     pub dead_letters: u64,
     /// Differences between the topology file and the broker, one line each.
     pub drift: Vec<String>,
+    /// `burrow run` on this host's store directory, as it last described itself; absent when
+    /// none ever ran there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub supervisor: Option<SupervisorStatus>,
+}
+
+/// The supervisor's last state and whether it still runs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SupervisorStatus {
+    /// Whether the supervisor that wrote the state still runs.
+    pub alive: bool,
+    /// What it wrote last: per service the wanted and running workers and the last decision.
+    #[serde(flatten)]
+    pub state: SupervisorState,
+}
+
+impl SupervisorStatus {
+    /// The state `burrow run` left in the store directory `dir`, if any.
+    ///
+    /// # Errors
+    /// The state file exists but cannot be read.
+    pub fn read(dir: &Path) -> anyhow::Result<Option<Self>> {
+        Ok(SupervisorState::read(&state_path(dir))?.map(|state| Self {
+            alive: state.alive(),
+            state,
+        }))
+    }
 }
 
 /// Reads the status of the configured vhost against one topology file, again and again
@@ -65,6 +96,7 @@ pub struct StatusProbe {
     vhost: String,
     topology: Topology,
     source: String,
+    store_dir: std::path::PathBuf,
 }
 
 impl StatusProbe {
@@ -81,6 +113,7 @@ impl StatusProbe {
             vhost: settings.amqp.url.vhost(),
             topology,
             source: file.display().to_string(),
+            store_dir: settings.store.dir.clone(),
         })
     }
 
@@ -90,7 +123,10 @@ impl StatusProbe {
     /// The management API cannot be read.
     pub async fn read(&self) -> anyhow::Result<StatusReport> {
         self.management.ensure_serves(&self.amqp).await?;
-        collect(&self.management, &self.vhost, &self.topology, &self.source).await
+        let mut report =
+            collect(&self.management, &self.vhost, &self.topology, &self.source).await?;
+        report.supervisor = SupervisorStatus::read(&self.store_dir)?;
+        Ok(report)
     }
 }
 
@@ -137,6 +173,7 @@ pub async fn collect(
         queues: Vec::with_capacity(topology.queues.len()),
         dead_letters: 0,
         drift: drift.iter().map(|d| d.describe(source)).collect(),
+        supervisor: None,
     };
     for q in &topology.queues {
         let info = queues.iter().find(|i| i.name == q.name);

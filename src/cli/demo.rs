@@ -100,6 +100,9 @@ pub fn render_summary(s: &DemoSummary, settings: &Settings) -> String {
             w.name, w.handled, w.dead_lettered
         ));
     }
+    for scaling in &s.scaling {
+        line(format!("  {scaling}"));
+    }
     line(format!(
         "emails:   {} sent by this run, into {}",
         s.mails,

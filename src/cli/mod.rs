@@ -16,6 +16,7 @@
 //! - [`producer`]: `producer order|orders|activity|inventory`.
 //! - [`demo`]: `burrow demo`.
 //! - [`console`]: `burrow console`.
+//! - [`run`]: `burrow run`.
 
 use std::process::ExitCode;
 
@@ -27,6 +28,7 @@ pub mod demo;
 pub mod dlq;
 mod exit;
 pub mod producer;
+pub mod run;
 pub mod status;
 pub mod topology;
 

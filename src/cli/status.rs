@@ -10,7 +10,7 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Color, Tabl
 use tokio_util::sync::CancellationToken;
 
 use crate::settings::Settings;
-use crate::status::{StatusProbe, StatusReport};
+use crate::status::{StatusProbe, StatusReport, SupervisorStatus};
 
 /// Options of `burrow status`.
 #[derive(Debug, Clone)]
@@ -82,7 +82,48 @@ pub fn render(report: &StatusReport) -> String {
             out.push_str(&format!("drift: {d}\n"));
         }
     }
+    if let Some(supervisor) = &report.supervisor {
+        out.push_str(&render_supervisor(supervisor));
+    }
     out
+}
+
+/// The `burrow run` block: per service running/wanted workers, bounds, the last decision.
+fn render_supervisor(s: &SupervisorStatus) -> String {
+    let state = &s.state;
+    let when = state
+        .updated_at
+        .with_timezone(&chrono::Local)
+        .format("%H:%M:%S");
+    if !s.alive {
+        return format!(
+            "supervisor: not running (pid {} last wrote its state at {when})\n",
+            state.pid
+        );
+    }
+    let mut table = Table::new();
+    table.load_style(UTF8_FULL_CONDENSED).set_header(vec![
+        "service",
+        "workers",
+        "wanted",
+        "bounds",
+        "restarts",
+        "last decision",
+    ]);
+    for svc in &state.services {
+        table.add_row(vec![
+            Cell::new(&svc.service),
+            Cell::new(svc.running).set_alignment(CellAlignment::Right),
+            Cell::new(svc.desired).set_alignment(CellAlignment::Right),
+            Cell::new(format!("{}..{}", svc.min, svc.max)),
+            Cell::new(svc.restarts).set_alignment(CellAlignment::Right),
+            Cell::new(svc.last_decision.as_deref().unwrap_or("-")),
+        ]);
+    }
+    format!(
+        "supervisor: burrow run, pid {}, state of {when}\n{table}\n",
+        state.pid
+    )
 }
 
 /// Runs `burrow status` against the topology file `file`. Exit code 1 when the broker drifted
@@ -149,6 +190,7 @@ mod tests {
             queues: vec![s],
             dead_letters: 0,
             drift: vec!["queue 'orders.dead': missing".into()],
+            supervisor: None,
         };
         let text = render(&report);
         assert!(text.contains("orders.dead (missing)"), "{text}");

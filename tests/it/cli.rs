@@ -110,6 +110,25 @@ async fn drift_exits_1() {
     assert!(stdout.contains("drift:"), "{stdout}");
 }
 
+/// A vhost without the topology: the order is refused with the broker's reason and the fix.
+#[tokio::test]
+async fn an_order_to_a_vhost_without_the_topology_names_the_fix() {
+    let t = crate::helpers::TestVhost::new("no-topology").await;
+    let args = ["order", "--customer", "cus_1", "--email", "a@example.com"];
+    let (code, stdout, stderr) =
+        t.producer(&[&args[..], &["--item", "SKU-1:1:100"]].concat(), None);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("no exchange 'orders'") && stderr.contains("run `burrow topology apply`"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("NOT_FOUND").count(),
+        1,
+        "said once: {stderr}"
+    );
+}
+
 #[test]
 fn topology_apply_against_an_unreachable_broker_says_so_in_one_line_and_exits_69() {
     let output = Command::new(env!("CARGO_BIN_EXE_burrow"))

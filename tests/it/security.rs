@@ -310,3 +310,63 @@ async fn live_users_get_a_hash_the_broker_made_not_the_exported_one() {
     let conn = connect_as(&t, users.url(&t, "burrow-fulfillment")).await;
     let _ = conn.close(200, "done".into()).await;
 }
+
+/// The user KEDA's rabbitmq scaler logs in with (`deploy/k8s`): it reads a queue's depth
+/// through the management API, and may not consume, publish or delete.
+#[tokio::test]
+async fn the_scaler_user_reads_queue_depths_and_nothing_else() {
+    let t = TestVhost::new("sec-scaler")
+        .await
+        .with_fast_topology()
+        .await;
+    let users = TestUsers::create(&t).await;
+    t.publish_raw(vec![order_body("SKU-1"), order_body("SKU-1")])
+        .await;
+
+    let url = users.url(&t, "burrow-scaler");
+    let mut management_url =
+        url::Url::parse(t.settings.management.url.expose()).expect("management url");
+    management_url
+        .set_username(&url.username().expect("user"))
+        .expect("user");
+    management_url
+        .set_password(url.password().as_deref())
+        .expect("password");
+    let scaler = burrow::management::Management::new(
+        &burrow::settings::ManagementSettings {
+            url: SecretUrl::new(management_url.to_string()),
+        },
+        &t.settings.amqp,
+    )
+    .expect("client");
+    wait_for("the scaler to read 2 ready orders", LONG, || async {
+        let q = scaler
+            .queue(&t.name, "orders.fulfillment")
+            .await
+            .expect("the scaler reads the queue")
+            .expect("the queue exists");
+        (q.messages_ready == Some(2)).then_some(())
+    })
+    .await;
+    assert!(
+        scaler
+            .delete_queue(&t.name, "orders.fulfillment")
+            .await
+            .is_err(),
+        "the scaler may not delete a queue"
+    );
+
+    let conn = connect_as(&t, url).await;
+    let refused = publish(&conn, "orders", "order.placed").await;
+    assert!(refused.contains("ACCESS_REFUSED"), "publish: {refused}");
+    let ch = conn.create_channel().await.expect("channel");
+    let e = ch
+        .basic_get(
+            "orders.fulfillment".into(),
+            BasicGetOptions { no_ack: true },
+        )
+        .await
+        .expect_err("the scaler may not take messages");
+    assert!(format!("{e}").contains("ACCESS_REFUSED"), "{e}");
+    assert_eq!(t.ready("orders.fulfillment").await, 2, "nothing was taken");
+}
