@@ -213,6 +213,11 @@ pub struct Demo {
     fulfilled_before: u64,
     dead_before: u64,
     mails_before: usize,
+    /// Orders earlier runs left queued (ready in the order queue and its retry queues before
+    /// any worker of this run started): handled before this run is measured.
+    earlier_backlog: u64,
+    /// The queues holding such orders.
+    earlier_queues: Vec<String>,
     /// Where the workers' logs go.
     pub logs: PathBuf,
 }
@@ -233,6 +238,18 @@ impl Demo {
         let probe = crate::broker::connect(&settings.amqp, "demo").await?;
         let dead_before = queue_depth(&probe, "orders.dead").await?;
         let mails_before = count_mails(&settings.mail.outbox);
+        let topology = Topology::load(&settings.topology)
+            .with_context(|| format!("loading {}", settings.topology.display()))?;
+        let mut earlier_queues: Vec<String> = topology
+            .retry_ladder(crate::fulfillment::QUEUE)
+            .into_iter()
+            .map(|step| step.queue)
+            .collect();
+        earlier_queues.push(crate::fulfillment::QUEUE.to_owned());
+        let mut earlier_backlog = 0;
+        for q in &earlier_queues {
+            earlier_backlog += queue_depth(&probe, q).await?;
+        }
 
         let supervisor = supervise_fulfillment(settings, &options, &logs)?;
         let mut workers = Vec::new();
@@ -256,6 +273,8 @@ impl Demo {
             fulfilled_before,
             dead_before,
             mails_before,
+            earlier_backlog,
+            earlier_queues,
             logs,
         })
     }
@@ -285,18 +304,24 @@ impl Demo {
     /// `producer` failed, or the store or the broker cannot be read.
     pub async fn run(&mut self, mut progress: impl FnMut(Settling)) -> anyhow::Result<DemoSummary> {
         // What earlier runs left (orders still queued or waiting for a retry) is handled
-        // before this run is measured, so the counts below are this run's alone.
-        let topology = Topology::load(&self.settings.topology)
-            .with_context(|| format!("loading {}", self.settings.topology.display()))?;
-        let mut earlier: Vec<String> = topology
-            .retry_ladder(crate::fulfillment::QUEUE)
-            .into_iter()
-            .map(|step| step.queue)
-            .collect();
-        earlier.extend([crate::fulfillment::QUEUE, crate::analytics::QUEUE].map(str::to_owned));
-        let earlier: Vec<&str> = earlier.iter().map(String::as_str).collect();
-        // The longest back-off step is 60 s.
-        wait_queues_empty(&self.probe, &earlier, Duration::from_secs(75)).await;
+        // before this run is measured, so the counts below are this run's alone: every one of
+        // those orders fulfilled or dead-lettered (the longest back-off step is 60 s), then
+        // analytics' counters at rest.
+        let deadline = Instant::now() + Duration::from_secs(75);
+        while Instant::now() < deadline {
+            let fulfilled =
+                (self.store.counts().await?.fulfilled).saturating_sub(self.fulfilled_before);
+            let dead = queue_depth(&self.probe, "orders.dead")
+                .await?
+                .saturating_sub(self.dead_before);
+            let queues: Vec<&str> = self.earlier_queues.iter().map(String::as_str).collect();
+            if fulfilled + dead >= self.earlier_backlog && queues_empty(&self.probe, &queues).await
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.wait_analytics_at_rest().await;
         self.fulfilled_before = self.store.counts().await?.fulfilled;
         self.dead_before = queue_depth(&self.probe, "orders.dead").await?;
         let client = reqwest::Client::new();
@@ -364,12 +389,16 @@ impl Demo {
             .unwrap_or_default();
 
         // Let the activity services drain their queues before reading their numbers.
-        wait_queues_empty(
-            &self.probe,
-            &["activity.analytics", "activity.notifications"],
-            Duration::from_secs(30),
-        )
-        .await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline
+            && !queues_empty(
+                &self.probe,
+                &["activity.analytics", "activity.notifications"],
+            )
+            .await
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let mut metrics = Vec::new();
         for w in &self.workers {
             let text = get_text(&client, &format!("http://{}/metrics", w.http))
@@ -427,6 +456,22 @@ impl Demo {
     }
 
     /// The analytics service's funnel counters now, if it answers.
+    /// Waits (at most 10 s) until `activity.analytics` has nothing ready and analytics' funnel
+    /// reads the same twice, half a second apart: the events of earlier orders are counted.
+    async fn wait_analytics_at_rest(&self) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = self.funnel(&client).await;
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = self.funnel(&client).await;
+            if now == last && queues_empty(&self.probe, &[crate::analytics::QUEUE]).await {
+                return;
+            }
+            last = now;
+        }
+    }
+
     async fn funnel(&self, client: &reqwest::Client) -> Option<RunFunnel> {
         let w = self.workers.iter().find(|w| w.name == "analytics")?;
         let stats = get_text(client, &format!("http://{}/stats", w.http)).await?;
@@ -569,18 +614,14 @@ async fn wait_healthy(workers: &mut [ChildWorker]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_queues_empty(probe: &lapin::Connection, queues: &[&str], at_most: Duration) {
-    let deadline = Instant::now() + at_most;
-    while Instant::now() < deadline {
-        let mut total = 0;
-        for q in queues {
-            total += queue_depth(probe, q).await.unwrap_or(0);
+/// Whether no message is ready in any of `queues` (an unreadable queue counts as empty).
+async fn queues_empty(probe: &lapin::Connection, queues: &[&str]) -> bool {
+    for q in queues {
+        if queue_depth(probe, q).await.unwrap_or(0) > 0 {
+            return false;
         }
-        if total == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    true
 }
 
 async fn get_text(client: &reqwest::Client, url: &str) -> Option<String> {

@@ -314,7 +314,7 @@ fn bad_service_values_are_usage_errors_naming_the_flag() {
             .output()
             .expect("running burrow");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{value}: {stderr}");
+        assert_eq!(out.status.code(), Some(64), "{value}: {stderr}");
         assert!(
             stderr.contains(&format!(
                 "invalid value '{value}' for '--service <NAME=MIN..MAX>'"
