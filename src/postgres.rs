@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
 use tokio_postgres::NoTls;
 
 use crate::settings::{redact_url, SecretUrl};
@@ -69,4 +69,29 @@ pub fn pool_error(url: &SecretUrl, error: &PoolError) -> (String, bool) {
 /// A statement's error as one line without the password.
 pub fn query_error(e: &tokio_postgres::Error) -> anyhow::Error {
     anyhow::anyhow!(redact_url(&e.to_string()))
+}
+
+/// Runs `schema` (idempotent DDL) on `client` in one transaction, under the transaction-scoped
+/// advisory lock `lock`: processes started together on an empty database would otherwise race
+/// on `CREATE TABLE IF NOT EXISTS` (PostgreSQL answers one of them with a unique violation on
+/// `pg_type`), and the lock makes them take turns. A client whose transaction failed is not
+/// handed back to the pool.
+///
+/// # Errors
+/// The statement failed.
+pub async fn create_schema(
+    client: Object,
+    lock: i64,
+    schema: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let created = client
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({lock}); {schema}; COMMIT;"
+        ))
+        .await;
+    if created.is_err() {
+        // Not back into the pool: it may be inside the failed transaction.
+        drop(Object::take(client));
+    }
+    created
 }

@@ -77,19 +77,8 @@ impl PostgresStore {
         self.schema
             .get_or_try_init(|| async {
                 let client = self.client().await?;
-                // Workers started together on an empty database would race on `CREATE TABLE IF
-                // NOT EXISTS` (PostgreSQL answers one of them with a unique violation on
-                // pg_type): a transaction-scoped advisory lock makes them take turns.
-                let created = client
-                    .batch_execute(&format!(
-                        "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {SCHEMA}; COMMIT;"
-                    ))
-                    .await;
-                if created.is_err() {
-                    // Not back into the pool: it may be inside the failed transaction.
-                    drop(Object::take(client));
-                }
-                created
+                crate::postgres::create_schema(client, SCHEMA_LOCK, SCHEMA)
+                    .await
                     .map_err(|e| StoreError::Query(redact_url(&e.to_string())))
                     .context("creating the fulfillment schema")
             })

@@ -81,15 +81,8 @@ impl PostgresOrders {
         self.schema
             .get_or_try_init(|| async {
                 let client = self.raw_client().await?;
-                let created = client
-                    .batch_execute(&format!(
-                        "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {SCHEMA}; COMMIT;"
-                    ))
-                    .await;
-                if created.is_err() {
-                    drop(Object::take(client));
-                }
-                created
+                crate::postgres::create_schema(client, SCHEMA_LOCK, SCHEMA)
+                    .await
                     .map_err(|e| query_error(&e))
                     .context("creating the order schema")
             })
