@@ -8,6 +8,7 @@
 use std::process::ExitCode;
 
 use crate::broker::BrokerError;
+use crate::console::ConsoleError;
 use crate::management::ManagementError;
 use crate::producer::PublishError;
 use crate::settings::SettingsError;
@@ -72,6 +73,9 @@ impl Exit {
                 }
                 if let Some(e) = cause.downcast_ref::<TopologyError>() {
                     return (!matches!(e, TopologyError::Read { .. })).then_some(Self::DataErr);
+                }
+                if cause.downcast_ref::<ConsoleError>().is_some() {
+                    return Some(Self::Config);
                 }
                 cause.downcast_ref::<SettingsError>().map(|_| Self::Config)
             })
