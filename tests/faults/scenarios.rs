@@ -222,8 +222,9 @@ async fn memory_alarm_mid_publish_pauses_and_resumes_losing_nothing() {
     let (node, shop) = (&stage.nodes[0], &stage.shop);
     let _w1 = shop.spawn_worker(0, &[], &[]);
     let _w2 = shop.spawn_worker(0, &[], &[]);
-    let (ids, lines) = order_lines(3000);
-    let mut producer = shop.spawn_producer(0, lines, &["--rate", "400"]);
+    // Fed until the alarm is over, so the alarm always lands mid-publish however slow the
+    // machine is (a fixed list could be published before the first 300 are fulfilled).
+    let (mut producer, feed) = shop.spawn_producer_feed(0, &["--rate", "400"]);
 
     shop.wait_fulfilled(300).await;
     node.set_vm_memory_high_watermark("0.0000001");
@@ -247,6 +248,7 @@ async fn memory_alarm_mid_publish_pauses_and_resumes_losing_nothing() {
     .await;
     let recovery = started.elapsed();
 
+    let ids = feed.stop().await;
     let code = producer.wait_exit(LONG).await;
     assert_eq!(code, Some(0), "producer: {}", producer.stderr());
     assert_eq!(producer_confirmed(&producer.stdout()), ids.len());
