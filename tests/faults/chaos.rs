@@ -701,7 +701,12 @@ where
 {
     let deadline = Instant::now() + timeout;
     loop {
-        if check().await {
+        // One check may not hang the soak: a broker call to a node the soak restarted can wait
+        // for an answer that never comes. A check that takes too long counts as "not yet".
+        if tokio::time::timeout(Duration::from_secs(30), check())
+            .await
+            .unwrap_or(false)
+        {
             return true;
         }
         if Instant::now() > deadline {
