@@ -18,6 +18,17 @@ use tracing::info;
 
 use crate::metrics::WorkerMetrics;
 
+/// A `/metrics` answer: `text` in the OpenMetrics format prometheus-client writes.
+pub fn openmetrics(text: String) -> impl axum::response::IntoResponse {
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+}
+
 /// How long one readiness check may take before it counts as failed: a probe must answer
 /// well within a load balancer's or Kubernetes' default timeout.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -43,22 +54,26 @@ pub struct ReadinessReport {
 impl Readiness {
     /// Adds a check named `name`: ready when `check` returns `Ok` within a few seconds.
     #[must_use]
-    pub fn check<F, Fut>(mut self, name: &'static str, check: F) -> Self
+    pub fn check<F, Fut>(self, name: &'static str, check: F) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
-        self.checks.push((
-            name,
-            Arc::new(move || Box::pin(check()) as BoxFuture<_>),
-            true,
-        ));
-        self
+        self.with(name, check, true)
     }
 
     /// Adds a check whose result `/readyz` shows without depending on it.
     #[must_use]
-    pub fn report_only<F, Fut>(mut self, name: &'static str, check: F) -> Self
+    pub fn report_only<F, Fut>(self, name: &'static str, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.with(name, check, false)
+    }
+
+    /// Adds a check; `gates` says whether `/readyz` depends on it.
+    fn with<F, Fut>(mut self, name: &'static str, check: F, gates: bool) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
@@ -66,7 +81,7 @@ impl Readiness {
         self.checks.push((
             name,
             Arc::new(move || Box::pin(check()) as BoxFuture<_>),
-            false,
+            gates,
         ));
         self
     }
@@ -132,15 +147,7 @@ pub fn base_router(metrics: Arc<WorkerMetrics>, readiness: Readiness) -> Router 
             "/metrics",
             get(move || {
                 let metrics = metrics.clone();
-                async move {
-                    (
-                        [(
-                            "content-type",
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        metrics.render(),
-                    )
-                }
+                async move { crate::http::openmetrics(metrics.render()) }
             }),
         )
 }

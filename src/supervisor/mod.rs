@@ -481,15 +481,7 @@ fn router(
             "/metrics",
             get(move || {
                 let metrics = metrics.clone();
-                async move {
-                    (
-                        [(
-                            "content-type",
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        metrics.render(),
-                    )
-                }
+                async move { crate::http::openmetrics(metrics.render()) }
             }),
         )
         .route(
