@@ -26,3 +26,4 @@ mod services;
 mod status;
 mod supervisor;
 mod topology;
+mod traces;
