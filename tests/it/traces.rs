@@ -465,3 +465,158 @@ async fn with_the_sdk_disabled_nothing_is_exported_and_messages_still_carry_a_tr
     // The process has exited, so whatever it would have exported has been sent.
     assert!(receiver.spans().is_empty(), "{:#?}", receiver.spans());
 }
+
+#[tokio::test]
+async fn the_order_service_and_a_worker_export_their_last_spans_when_stopped() {
+    let t = TestVhost::new("traces-stop")
+        .await
+        .with_fast_topology()
+        .await;
+    let receiver = Receiver::start().await;
+    // A schedule delay far longer than the test: only the flush at shutdown can send them.
+    let slow = [("OTEL_BSP_SCHEDULE_DELAY", "600000".to_owned())];
+    let port = free_port();
+    let http = format!("127.0.0.1:{port}");
+    let mut service = spawn(
+        &t,
+        &receiver,
+        "producer",
+        &["serve", "--http", &http],
+        &slow,
+    );
+    let mut fulfillment = spawn(&t, &receiver, "worker", &["fulfillment"], &slow);
+
+    let client = reqwest::Client::new();
+    let base = format!("http://{http}");
+    wait_for("the order service's API", LONG, || async {
+        client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())
+            .map(|_| ())
+    })
+    .await;
+    let response = client
+        .post(format!("{base}/orders"))
+        .header("Idempotency-Key", "stop-1")
+        .json(&json!({
+            "customer_id": "cus_1",
+            "email": "ann@example.com",
+            "items": [{"sku": "SKU-1", "quantity": 1, "unit_price_cents": 500}],
+            "currency": "EUR"
+        }))
+        .send()
+        .await
+        .expect("POST /orders");
+    assert_eq!(response.status().as_u16(), 202);
+    let body: serde_json::Value = response.json().await.expect("JSON");
+    let order_id = body["order_id"].as_str().expect("order_id").to_owned();
+    // Fulfilled: the worker handled it and the service took its order.fulfilled.
+    wait_for("the order fulfilled", LONG, || async {
+        let r = client
+            .get(format!("{base}/orders/{order_id}"))
+            .send()
+            .await
+            .ok()?;
+        let v: serde_json::Value = r.json().await.ok()?;
+        (v["status"] == "fulfilled").then_some(())
+    })
+    .await;
+    assert!(receiver.spans().is_empty(), "exported before the stop");
+
+    // SIGTERM: both stop gracefully and export on the way out.
+    assert_eq!(fulfillment.stop(LONG).await, Some(0));
+    assert_eq!(service.stop(LONG).await, Some(0));
+    let spans = receiver.spans();
+    let request = one(&spans, "request span", |s| {
+        s.service == "burrow-producer" && s.attr("order_id") == Some(order_id.as_str())
+    })
+    .unwrap_or_else(|| panic!("no request span in {spans:#?}"));
+    let delivery = one(&spans, "fulfillment delivery", |s| {
+        s.service == "burrow-worker-fulfillment" && s.name == "process orders.fulfillment"
+    })
+    .unwrap_or_else(|| panic!("no delivery span in {spans:#?}"));
+    assert_eq!(delivery.trace_id, request.trace_id);
+    assert_eq!(delivery.attr("outcome"), Some("success"));
+}
+
+#[tokio::test]
+async fn each_attempt_of_a_retried_order_is_a_delivery_under_the_publish_of_its_retry_copy() {
+    let t = TestVhost::new("traces-retry")
+        .await
+        .with_fast_topology()
+        .await;
+    let receiver = Receiver::start().await;
+    // Every booking fails with a transient error: the order walks the whole retry ladder.
+    let _fulfillment = spawn(
+        &t,
+        &receiver,
+        "worker",
+        &["fulfillment", "--carrier-failure-rate", "1"],
+        &[],
+    );
+    let mut command = spawn(&t, &receiver, "producer", &ONE_ORDER, &[]);
+    let status = command.wait_exit(LONG).await.expect("producer order exits");
+    assert!(status.success());
+
+    let fulfillment = "burrow-worker-fulfillment";
+    let spans = wait_for("the dead-lettered delivery", LONG, || async {
+        let spans = receiver.spans();
+        let dead = spans.iter().any(|s| {
+            s.service == fulfillment
+                && s.name == "process orders.fulfillment"
+                && s.attr("outcome") == Some("dead_lettered")
+        });
+        // The dead-letter copy's publish ends after the delivery's outcome is known.
+        let copy = spans.iter().any(|s| {
+            s.service == fulfillment && s.attr("messaging.destination.name") == Some("orders.dlx")
+        });
+        (dead && copy).then_some(spans)
+    })
+    .await;
+    let publish = one(&spans, "the producer's publish", |s| {
+        s.service == "burrow-producer" && s.name == "publish orders"
+    })
+    .expect("the producer's publish span");
+    let mut deliveries: Vec<&Received> = spans
+        .iter()
+        .filter(|s| s.service == fulfillment && s.name == "process orders.fulfillment")
+        .collect();
+    deliveries.sort_by_key(|s| s.attr("attempt").and_then(|a| a.parse::<u32>().ok()));
+    assert!(deliveries.len() >= 2, "{deliveries:#?}");
+    let mut parent = publish.span_id.clone();
+    for (i, d) in deliveries.iter().enumerate() {
+        let attempt = i + 1;
+        let last = attempt == deliveries.len();
+        assert_eq!(d.trace_id, publish.trace_id, "{d:#?}");
+        assert_eq!(d.attr("attempt"), Some(attempt.to_string().as_str()));
+        assert_eq!(
+            d.parent, parent,
+            "attempt {attempt} continues the copy it came from"
+        );
+        assert_eq!(
+            d.attr("outcome"),
+            Some(if last { "dead_lettered" } else { "retried" })
+        );
+        let handler = one(&spans, "handler", |s| {
+            s.service == fulfillment && s.name == "handler" && s.parent == d.span_id
+        })
+        .expect("a handler span per delivery");
+        assert_eq!(handler.attr("outcome"), Some("transient"));
+        // The copy (to the next retry queue, or to the dead-letter exchange) is published
+        // inside the delivery, and the next attempt is its child.
+        let copy = one(&spans, "forwarded copy", |s| {
+            s.service == fulfillment && s.name.starts_with("publish ") && s.parent == d.span_id
+        })
+        .expect("the publish of the copy");
+        assert_eq!(copy.attr("outcome"), Some("confirmed"));
+        if last {
+            assert_eq!(copy.attr("messaging.destination.name"), Some("orders.dlx"));
+        } else {
+            assert_eq!(copy.attr("messaging.destination.name"), Some("amq.default"));
+        }
+        parent = copy.span_id.clone();
+    }
+}
