@@ -620,3 +620,66 @@ async fn each_attempt_of_a_retried_order_is_a_delivery_under_the_publish_of_its_
         parent = copy.span_id.clone();
     }
 }
+
+#[tokio::test]
+async fn a_replayed_dead_letter_continues_its_trace() {
+    let t = TestVhost::new("traces-replay")
+        .await
+        .with_fast_topology()
+        .await;
+    let receiver = Receiver::start().await;
+    let (trace_id, span_id) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let (order_id, mut letter) = crate::helpers::dead_letter("carrier TIMEOUT", 3);
+    let mut headers = letter.properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        HEADER_TRACEPARENT.into(),
+        burrow::message::string_value(&format!("00-{trace_id}-{span_id}-01")),
+    );
+    letter.properties = letter.properties.with_headers(headers);
+    t.publish_messages(vec![letter]).await;
+    wait_for("the dead letter in orders.dead", LONG, || async {
+        (t.ready("orders.dead").await == 1).then_some(())
+    })
+    .await;
+
+    // Awaited, not blocking: the receiver runs on this test's runtime.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_burrow"))
+        .args(["dlq", "replay"])
+        .envs(t.env())
+        .envs(receiver.env(600_000))
+        .output()
+        .await
+        .expect("burrow dlq replay");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let spans = receiver.spans();
+    let publish = one(&spans, "the replay's publish", |s| {
+        s.attr("messaging.message.id") == Some(order_id.as_str())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no publish span in {spans:#?}; replay said: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    assert_eq!(publish.service, "burrow");
+    assert_eq!(publish.name, "publish amq.default");
+    assert_eq!(
+        (publish.trace_id.as_str(), publish.parent.as_str()),
+        (trace_id, span_id)
+    );
+    assert_eq!(publish.attr("outcome"), Some("confirmed"));
+    let replayed = t.drain("orders.fulfillment").await;
+    assert_eq!(replayed.len(), 1);
+    assert_eq!(
+        header_str(
+            replayed[0].delivery.properties.headers().as_ref(),
+            HEADER_TRACEPARENT
+        ),
+        Some(format!("00-{trace_id}-{}-01", publish.span_id))
+    );
+}
