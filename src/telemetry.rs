@@ -96,27 +96,43 @@ pub fn init(format: LogFormat, service: &str) -> Telemetry {
     } else {
         (None, None)
     };
-    // The exporter has a filter of its own: `RUST_LOG=warn` quiets the log, not the traces.
-    // It takes burrow's spans (and the events inside them) only: not lapin's, nor those of the
-    // HTTP client that carries the export itself.
-    let otel = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer("burrow"))
-            .with_tracked_inactivity(false)
-            // Message spans are all made in `trace.rs`: its file and line say nothing.
-            .with_location(false)
-            .with_target(false)
-            .with_filter(Targets::new().with_target("burrow", Level::INFO))
-    });
     // Colours only on a terminal: a log redirected to a file or collected by Docker stays plain.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let lines = fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
-    let registry = tracing_subscriber::registry().with(otel);
-    let installed = match format {
-        LogFormat::Text => registry.with(lines.with_filter(filter)).try_init(),
-        LogFormat::Json => registry.with(lines.json().with_filter(filter)).try_init(),
+    let installed = match &provider {
+        // Without export: the log alone, under one global filter, as ever.
+        None => {
+            let builder = fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi);
+            match format {
+                LogFormat::Text => builder.try_init().is_ok(),
+                LogFormat::Json => builder.json().try_init().is_ok(),
+            }
+        }
+        // The exporter has a filter of its own: `RUST_LOG=warn` quiets the log, not the traces.
+        // It takes burrow's spans (and the events inside them) only: not lapin's, nor those of
+        // the HTTP client that carries the export itself.
+        Some(p) => {
+            let otel = tracing_opentelemetry::layer()
+                .with_tracer(p.tracer("burrow"))
+                .with_tracked_inactivity(false)
+                // Message spans are all made in `trace.rs`: its file and line say nothing.
+                .with_location(false)
+                .with_target(false)
+                .with_filter(Targets::new().with_target("burrow", Level::INFO));
+            let lines = fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+            let registry = tracing_subscriber::registry().with(otel);
+            match format {
+                LogFormat::Text => registry.with(lines.with_filter(filter)).try_init().is_ok(),
+                LogFormat::Json => registry
+                    .with(lines.json().with_filter(filter))
+                    .try_init()
+                    .is_ok(),
+            }
+        }
     };
-    if installed.is_ok() && provider.is_some() {
+    if installed && provider.is_some() {
         EXPORTING.store(true, Ordering::Relaxed);
     }
     if let Some(problem) = problem {
