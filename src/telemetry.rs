@@ -156,6 +156,7 @@ pub fn otlp_configured(var: impl Fn(&str) -> Option<String>) -> bool {
 /// The exporter reads the endpoint, headers, timeout and compression from the standard
 /// variables itself; the protocol is read here (the exporter only takes it from code).
 fn tracer_provider(service: &str) -> anyhow::Result<(SdkTracerProvider, Option<String>)> {
+    check_endpoint(|k| std::env::var(k).ok())?;
     let (protocol, problem) = protocol(|k| std::env::var(k).ok());
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
@@ -175,6 +176,35 @@ fn tracer_provider(service: &str) -> anyhow::Result<(SdkTracerProvider, Option<S
         .with_resource(resource.build())
         .build();
     Ok((provider, problem))
+}
+
+/// Refuses an endpoint the exporter would not use as given: one that is not an `http(s)` URL
+/// (the exporter would fall back to `localhost:4318` without a word), or one with credentials
+/// in it (export errors print the URL; credentials go in `OTEL_EXPORTER_OTLP_HEADERS`). The
+/// message names the variable, never its value.
+fn check_endpoint(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+    let name = [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .into_iter()
+    .find(|k| var(k).is_some_and(|v| !v.trim().is_empty()));
+    let Some(name) = name else {
+        return Ok(());
+    };
+    let value = var(name).unwrap_or_default();
+    let url =
+        url::Url::parse(value.trim()).map_err(|e| anyhow::anyhow!("{name} is not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        anyhow::bail!("{name} must be an http:// or https:// URL (OTLP/HTTP)");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        anyhow::bail!(
+            "{name} carries credentials; give them in OTEL_EXPORTER_OTLP_HEADERS \
+             (e.g. Authorization=Basic …) instead"
+        );
+    }
+    Ok(())
 }
 
 /// The OTLP protocol of `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` or `OTEL_EXPORTER_OTLP_PROTOCOL`:
@@ -231,6 +261,28 @@ mod tests {
             endpoint,
             ("OTEL_TRACES_EXPORTER", "none")
         ])));
+    }
+
+    #[test]
+    fn an_endpoint_must_be_an_http_url_without_credentials() {
+        let check = |k: &'static str, v: &'static str| check_endpoint(vars(&[(k, v)]));
+        let endpoint = "OTEL_EXPORTER_OTLP_ENDPOINT";
+        assert!(check(endpoint, "http://localhost:4318").is_ok());
+        assert!(check(endpoint, "https://otlp.example.com").is_ok());
+        for bad in ["localhost:4318 x", "grpc://collector:4317", "not a url"] {
+            let e = check(endpoint, bad).expect_err(bad).to_string();
+            assert!(e.contains(endpoint), "{e}");
+        }
+        let e = check(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://ann:s3cret@collector:4318/v1/traces",
+        )
+        .expect_err("credentials")
+        .to_string();
+        assert!(
+            e.contains("OTEL_EXPORTER_OTLP_HEADERS") && !e.contains("s3cret"),
+            "{e}"
+        );
     }
 
     #[test]
