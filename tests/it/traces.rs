@@ -683,3 +683,35 @@ async fn a_replayed_dead_letter_continues_its_trace() {
         Some(format!("00-{trace_id}-{}-01", publish.span_id))
     );
 }
+
+/// `producer order` with `RUST_LOG=debug` and `env`: its stderr.
+async fn producer_debug_log(t: &TestVhost, env: &[(&str, &str)]) -> String {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_producer"));
+    cmd.args(ONE_ORDER)
+        .envs(t.env())
+        .env("RUST_LOG", "debug")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.expect("producer order");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn without_an_endpoint_no_exporter_is_built() {
+    let t = TestVhost::new("traces-none")
+        .await
+        .with_fast_topology()
+        .await;
+    let receiver = Receiver::start().await;
+    // The SDK logs its batch thread at debug when it starts one...
+    let with = producer_debug_log(&t, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint)]).await;
+    assert!(with.contains("BatchSpanProcessor.ThreadStarted"), "{with}");
+    // ...and without an endpoint there is no SDK at all.
+    let without = producer_debug_log(&t, &[]).await;
+    assert!(!without.contains("opentelemetry"), "{without}");
+    assert_eq!(t.ready("orders.fulfillment").await, 2);
+}
