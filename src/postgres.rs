@@ -95,3 +95,106 @@ pub async fn create_schema(
     }
     created
 }
+
+/// The server refused the login (SQLSTATE class 28): waiting will not help.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(String);
+
+/// One store's PostgreSQL database: the pool, and its schema created once per process on the
+/// first connection that works. The order and inventory stores build on it.
+pub struct Database {
+    pool: Pool,
+    url: SecretUrl,
+    schema: &'static str,
+    lock: i64,
+    created: tokio::sync::OnceCell<()>,
+}
+
+impl Database {
+    /// Builds the pool (`size` connections named `application`) and creates `schema` (under
+    /// the advisory lock `lock`) if the server answers. An unreachable server is logged with
+    /// `meanwhile` (what the service does until it answers) and is not fatal.
+    ///
+    /// # Errors
+    /// A malformed URL, or a server that refuses the login ([`Refused`]); the password is not
+    /// shown.
+    pub async fn connect(
+        url: &SecretUrl,
+        application: &str,
+        size: usize,
+        (lock, schema): (i64, &'static str),
+        meanwhile: &str,
+    ) -> anyhow::Result<Self> {
+        let db = Self {
+            pool: pool(url, application, size)?,
+            url: url.clone(),
+            schema,
+            lock,
+            created: tokio::sync::OnceCell::new(),
+        };
+        if let Err(e) = db.create().await {
+            if e.downcast_ref::<Refused>().is_some() {
+                return Err(e);
+            }
+            tracing::warn!(url = %db.url, error = %format!("{e:#}"), "PostgreSQL is not reachable yet; {meanwhile}");
+        }
+        Ok(db)
+    }
+
+    async fn create(&self) -> anyhow::Result<()> {
+        self.created
+            .get_or_try_init(|| async {
+                let client = self.raw_client().await?;
+                create_schema(client, self.lock, self.schema)
+                    .await
+                    .map_err(|e| query_error(&e))
+                    .context("creating the schema")
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn raw_client(&self) -> anyhow::Result<Object> {
+        self.pool.get().await.map_err(|e| {
+            let (line, refused) = pool_error(&self.url, &e);
+            if refused {
+                anyhow::Error::new(Refused(line))
+            } else {
+                anyhow::anyhow!(line)
+            }
+        })
+    }
+
+    /// A connection, once the schema exists.
+    ///
+    /// # Errors
+    /// No connection could be had, or the schema could not be created.
+    pub async fn client(&self) -> anyhow::Result<Object> {
+        self.create().await?;
+        self.raw_client().await
+    }
+
+    /// Runs one statement (`what` names it in errors) and returns its rows.
+    ///
+    /// # Errors
+    /// No connection, or the statement failed.
+    pub async fn query(
+        &self,
+        what: &'static str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> anyhow::Result<Vec<tokio_postgres::Row>> {
+        let client = self.client().await.context(what)?;
+        let statement = client
+            .prepare_cached(sql)
+            .await
+            .map_err(|e| query_error(&e))
+            .context(what)?;
+        client
+            .query(&statement, params)
+            .await
+            .map_err(|e| query_error(&e))
+            .context(what)
+    }
+}
