@@ -138,7 +138,7 @@ fn compose_workers_connect_as_their_least_privilege_users() {
             .unwrap_or_else(|| panic!("{user_name} is in definitions.json"));
         assert_eq!(
             exported["password_hash"],
-            burrow::topology::users::password_hash(&user_name, user.password.expose()).as_str(),
+            burrow::topology::users::password_hash(user_name, user.password.expose()).as_str(),
             "the broker boots with {user_name}'s password"
         );
     }
