@@ -14,6 +14,8 @@ use crate::settings::{redact_url, SecretUrl};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a caller waits for a free connection.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Rows deleted per statement when purging.
+const PURGE_BATCH: i64 = 500;
 
 /// A pool of at most `size` connections to `url`, named `application` on the server. No
 /// connection is made yet.
@@ -196,5 +198,45 @@ impl Database {
             .await
             .map_err(|e| query_error(&e))
             .context(what)
+    }
+
+    /// Deletes the rows of `table` whose `at` is older than `window`, `PURGE_BATCH` per
+    /// statement so no statement holds many locks; `key` is the primary key (`id`,
+    /// `(kind, id)`). Returns how many.
+    ///
+    /// # Errors
+    /// No connection, or a statement failed (the batches before it stay deleted).
+    pub async fn purge_older(
+        &self,
+        what: &'static str,
+        (table, key, at): (&str, &str, &str),
+        window: Duration,
+    ) -> anyhow::Result<u64> {
+        let columns = key.trim_start_matches('(').trim_end_matches(')');
+        let sql = format!(
+            "DELETE FROM {table} WHERE {key} IN (
+                 SELECT {columns} FROM {table} WHERE {at} < now() - make_interval(secs => $1)
+                 LIMIT $2)
+             RETURNING 1"
+        );
+        let secs = window.as_secs_f64();
+        let mut purged = 0u64;
+        loop {
+            let rows = self.query(what, &sql, &[&secs, &PURGE_BATCH]).await?;
+            purged += rows.len() as u64;
+            if (rows.len() as i64) < PURGE_BATCH {
+                return Ok(purged);
+            }
+        }
+    }
+
+    /// One round trip: whether the database answers.
+    ///
+    /// # Errors
+    /// No connection, or the statement failed.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        self.query("checking the store", "SELECT 1", &[])
+            .await
+            .map(|_| ())
     }
 }

@@ -282,6 +282,35 @@ async fn two_processes_on_one_postgres_database_reserve_every_order_once() {
     let (stock, reserved): (i64, i64) = (row.get(0), row.get(1));
     assert_eq!(stock + reserved, 100, "every unit is in stock or reserved");
     assert!(!std::path::Path::new(&dir_a).join("inventory.db").exists());
+
+    // The seen ids are forgotten past the retention window, in batches; the levels stay.
+    let store = burrow::inventory::InventoryStore::open(&burrow::settings::StoreSettings {
+        url: Some(burrow::settings::SecretUrl::new(url.as_str())),
+        ..t.settings.store.clone()
+    })
+    .await
+    .expect("open the store");
+    let aged = client
+        .execute(
+            "UPDATE inventory_seen SET seen_at = now() - interval '2 hours'
+             WHERE id IN (SELECT id FROM inventory_seen ORDER BY id LIMIT 40)",
+            &[],
+        )
+        .await
+        .expect("age 40 ids");
+    assert_eq!(aged, 40);
+    let purged = store.purge(Duration::from_secs(3600)).await.expect("purge");
+    assert_eq!(purged, 40, "only the ids past the window");
+    let left: i64 = client
+        .query_one("SELECT count(*) FROM inventory_seen", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert!(left > 0, "fresh ids stay");
+    assert_eq!(
+        store.level("SKU-7").await.expect("level").map(|l| l.stock),
+        Some(stock)
+    );
 }
 
 /// Two inventory processes (with `env_a` and `env_b`) take 60 orders of SKU-7 (stock 100)

@@ -36,8 +36,6 @@ CREATE TABLE IF NOT EXISTS inventory_stock (
 const SCHEMA_LOCK: i64 = 0x696e_7665_6e74;
 /// Connections per process: each handler's transaction is a few round trips.
 const POOL_SIZE: usize = 8;
-/// Seen ids deleted per statement when purging.
-const PURGE_BATCH: i64 = 500;
 
 const ORDER: &str = "order";
 const RESTOCK: &str = "restock";
@@ -160,33 +158,17 @@ impl PostgresInventory {
     }
 
     pub(super) async fn ping(&self) -> anyhow::Result<()> {
-        self.db
-            .query("checking the store", "SELECT 1", &[])
-            .await
-            .map(|_| ())
+        self.db.ping().await
     }
 
     pub(super) async fn purge(&self, window: std::time::Duration) -> anyhow::Result<u64> {
-        let secs = window.as_secs_f64();
-        let mut purged = 0u64;
-        loop {
-            let rows = self
-                .db
-                .query(
-                    "forgetting seen ids",
-                    "DELETE FROM inventory_seen WHERE (kind, id) IN (
-                         SELECT kind, id FROM inventory_seen
-                         WHERE seen_at < now() - make_interval(secs => $1)
-                         LIMIT $2)
-                     RETURNING 1",
-                    &[&secs, &PURGE_BATCH],
-                )
-                .await?;
-            purged += rows.len() as u64;
-            if (rows.len() as i64) < PURGE_BATCH {
-                return Ok(purged);
-            }
-        }
+        self.db
+            .purge_older(
+                "forgetting seen ids",
+                ("inventory_seen", "(kind, id)", "seen_at"),
+                window,
+            )
+            .await
     }
 }
 

@@ -44,8 +44,6 @@ CREATE INDEX IF NOT EXISTS outbox_published_at ON outbox (published_at)";
 const SCHEMA_LOCK: i64 = 0x6f72_6465_7273;
 /// Connections per process: the API's transactions and the relay's claims are short.
 const POOL_SIZE: usize = 16;
-/// Published rows deleted per statement when purging.
-const PURGE_BATCH: i64 = 500;
 
 /// The PostgreSQL order store.
 pub struct PostgresOrders {
@@ -269,30 +267,16 @@ impl PostgresOrders {
     }
 
     pub(super) async fn purge(&self, window: Duration) -> anyhow::Result<u64> {
-        let secs = window.as_secs_f64();
-        let mut purged = 0u64;
-        loop {
-            let rows = self
-                .query(
-                    "deleting published outbox rows",
-                    "DELETE FROM outbox WHERE id IN (
-                         SELECT id FROM outbox
-                         WHERE published_at < now() - make_interval(secs => $1)
-                         LIMIT $2)
-                     RETURNING 1",
-                    &[&secs, &PURGE_BATCH],
-                )
-                .await?;
-            purged += rows.len() as u64;
-            if (rows.len() as i64) < PURGE_BATCH {
-                return Ok(purged);
-            }
-        }
+        self.db
+            .purge_older(
+                "deleting published outbox rows",
+                ("outbox", "id", "published_at"),
+                window,
+            )
+            .await
     }
 
     pub(super) async fn ping(&self) -> anyhow::Result<()> {
-        self.query("checking the store", "SELECT 1", &[])
-            .await
-            .map(|_| ())
+        self.db.ping().await
     }
 }
