@@ -221,7 +221,7 @@ pub async fn apply_topology(settings: &Settings) -> anyhow::Result<ApplyReport> 
         .with_context(|| format!("loading {}", settings.topology.display()))?;
     let conn = crate::broker::connect(&settings.amqp, "demo").await?;
     let report = crate::topology::apply(&conn, &topology).await;
-    let _ = conn.close(200, "done".into()).await;
+    crate::broker::close(&conn, "done").await;
     Ok(report?)
 }
 
@@ -573,7 +573,7 @@ impl Demo {
     /// Stops every worker (SIGTERM, then a kill after 15 s), calling `stopped` with each name
     /// and exit code (`None`: killed). Returns whether every one exited 0.
     pub async fn stop(mut self, mut stopped: impl FnMut(&str, Option<i32>)) -> bool {
-        let _ = self.probe.close(200, "done".into()).await;
+        crate::broker::close(&self.probe, "done").await;
         let code = self.order_service.stop(Duration::from_secs(15)).await;
         let mut clean = code == Some(0);
         stopped(&self.order_service.name, code);

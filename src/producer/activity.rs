@@ -184,7 +184,7 @@ pub async fn publish_event(settings: &Settings, event: &ActivityEvent) -> anyhow
         destination,
     )
     .await;
-    let _ = conn.close(200, "done".into()).await;
+    crate::broker::close(&conn, "done").await;
     Ok(result?)
 }
 
