@@ -24,13 +24,20 @@ enum Command {
     Topology(TopologyCommand),
     /// Run the whole shop locally: workers, orders, events, and a summary.
     Demo {
-        /// Orders to publish.
+        /// Orders the simulated customers place through the order service's API.
         #[arg(long, default_value_t = 400)]
         orders: u64,
+        /// Orders per second the customers place.
+        #[arg(long, default_value_t = 50.0, value_parser = burrow::cli::args::positive)]
+        rate: f64,
+        /// How long the order service's link to the broker is cut, a third of the way through
+        /// the orders (0 for no outage).
+        #[arg(long, default_value = "5", value_parser = burrow::cli::args::seconds_or_zero)]
+        outage: std::time::Duration,
         /// Activity events to publish.
         #[arg(long, default_value_t = 2000)]
         events: u64,
-        /// Share of deliberately invalid orders.
+        /// Share of deliberately invalid orders (refused by the API with 422).
         #[arg(long, default_value_t = 0.03, value_parser = burrow::cli::args::share)]
         invalid_ratio: f64,
         /// Share of carrier bookings that fail transiently (retried with back-off).
@@ -196,12 +203,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Demo {
             orders,
+            rate,
+            outage,
             events,
             invalid_ratio,
             failure_rate,
         } => {
             let options = burrow::demo::DemoOptions {
                 orders,
+                rate,
+                outage,
                 events,
                 invalid_ratio,
                 failure_rate,

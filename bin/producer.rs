@@ -94,6 +94,10 @@ enum Command {
         /// Events per second at most (with --count).
         #[arg(long, requires = "count")]
         rate: Option<f64>,
+        /// No order.placed events in the generated mix (with --count): the orders come from
+        /// elsewhere, e.g. the order service, and the funnel counts only theirs.
+        #[arg(long, requires = "count")]
+        no_orders: bool,
     },
     /// Run the order service: POST /orders (with an Idempotency-Key), GET /orders/{order_id},
     /// /healthz, /readyz, /metrics; orders are stored with their messages in one transaction
@@ -178,8 +182,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Activity {
             count: Some(count),
             rate,
+            no_orders,
             ..
-        } => burrow::cli::producer::activity(&settings, count, rate).await,
+        } => burrow::cli::producer::activity(&settings, count, rate, !no_orders).await,
         Command::Activity {
             kind,
             user,

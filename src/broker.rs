@@ -409,6 +409,21 @@ async fn connect_to(
     }
 }
 
+/// How long closing a channel or a connection waits for the broker's `close-ok`: a node that
+/// is going away may never send it, and a program whose work is done must not hang on it.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Closes `conn` (reply 200, `reason`), waiting at most [`CLOSE_TIMEOUT`]. A failure is
+/// ignored: the work on the connection is over either way.
+pub async fn close(conn: &lapin::Connection, reason: &str) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, reason.into())).await;
+}
+
+/// Closes `channel` as [`close`] closes a connection.
+pub async fn close_channel(channel: &lapin::Channel, reason: &str) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, reason.into())).await;
+}
+
 /// What the broker says of `queue` now (messages ready, consumers), by a passive declare on a
 /// channel of its own: a missing queue closes that channel, not the caller's.
 ///
@@ -430,7 +445,7 @@ pub async fn queue_state(
         )
         .await;
     if state.is_ok() {
-        let _ = channel.close(200, "done".into()).await;
+        close_channel(&channel, "done").await;
     }
     state
 }

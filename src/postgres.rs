@@ -14,6 +14,8 @@ use crate::settings::{redact_url, SecretUrl};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a caller waits for a free connection.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Rows deleted per statement when purging.
+const PURGE_BATCH: i64 = 500;
 
 /// A pool of at most `size` connections to `url`, named `application` on the server. No
 /// connection is made yet.
@@ -94,4 +96,147 @@ pub async fn create_schema(
         drop(Object::take(client));
     }
     created
+}
+
+/// The server refused the login (SQLSTATE class 28): waiting will not help.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(String);
+
+/// One store's PostgreSQL database: the pool, and its schema created once per process on the
+/// first connection that works. The order and inventory stores build on it.
+pub struct Database {
+    pool: Pool,
+    url: SecretUrl,
+    schema: &'static str,
+    lock: i64,
+    created: tokio::sync::OnceCell<()>,
+}
+
+impl Database {
+    /// Builds the pool (`size` connections named `application`) and creates `schema` (under
+    /// the advisory lock `lock`) if the server answers. An unreachable server is logged with
+    /// `meanwhile` (what the service does until it answers) and is not fatal.
+    ///
+    /// # Errors
+    /// A malformed URL, or a server that refuses the login ([`Refused`]); the password is not
+    /// shown.
+    pub async fn connect(
+        url: &SecretUrl,
+        application: &str,
+        size: usize,
+        (lock, schema): (i64, &'static str),
+        meanwhile: &str,
+    ) -> anyhow::Result<Self> {
+        let db = Self {
+            pool: pool(url, application, size)?,
+            url: url.clone(),
+            schema,
+            lock,
+            created: tokio::sync::OnceCell::new(),
+        };
+        if let Err(e) = db.create().await {
+            if e.downcast_ref::<Refused>().is_some() {
+                return Err(e);
+            }
+            tracing::warn!(url = %db.url, error = %format!("{e:#}"), "PostgreSQL is not reachable yet; {meanwhile}");
+        }
+        Ok(db)
+    }
+
+    async fn create(&self) -> anyhow::Result<()> {
+        self.created
+            .get_or_try_init(|| async {
+                let client = self.raw_client().await?;
+                create_schema(client, self.lock, self.schema)
+                    .await
+                    .map_err(|e| query_error(&e))
+                    .context("creating the schema")
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn raw_client(&self) -> anyhow::Result<Object> {
+        self.pool.get().await.map_err(|e| {
+            let (line, refused) = pool_error(&self.url, &e);
+            if refused {
+                anyhow::Error::new(Refused(line))
+            } else {
+                anyhow::anyhow!(line)
+            }
+        })
+    }
+
+    /// A connection, once the schema exists.
+    ///
+    /// # Errors
+    /// No connection could be had, or the schema could not be created.
+    pub async fn client(&self) -> anyhow::Result<Object> {
+        self.create().await?;
+        self.raw_client().await
+    }
+
+    /// Runs one statement (`what` names it in errors) and returns its rows.
+    ///
+    /// # Errors
+    /// No connection, or the statement failed.
+    pub async fn query(
+        &self,
+        what: &'static str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> anyhow::Result<Vec<tokio_postgres::Row>> {
+        let client = self.client().await.context(what)?;
+        let statement = client
+            .prepare_cached(sql)
+            .await
+            .map_err(|e| query_error(&e))
+            .context(what)?;
+        client
+            .query(&statement, params)
+            .await
+            .map_err(|e| query_error(&e))
+            .context(what)
+    }
+
+    /// Deletes the rows of `table` whose `at` is older than `window`, `PURGE_BATCH` per
+    /// statement so no statement holds many locks; `key` is the primary key (`id`,
+    /// `(kind, id)`). Returns how many.
+    ///
+    /// # Errors
+    /// No connection, or a statement failed (the batches before it stay deleted).
+    pub async fn purge_older(
+        &self,
+        what: &'static str,
+        (table, key, at): (&str, &str, &str),
+        window: Duration,
+    ) -> anyhow::Result<u64> {
+        let columns = key.trim_start_matches('(').trim_end_matches(')');
+        let sql = format!(
+            "DELETE FROM {table} WHERE {key} IN (
+                 SELECT {columns} FROM {table} WHERE {at} < now() - make_interval(secs => $1)
+                 LIMIT $2)
+             RETURNING 1"
+        );
+        let secs = window.as_secs_f64();
+        let mut purged = 0u64;
+        loop {
+            let rows = self.query(what, &sql, &[&secs, &PURGE_BATCH]).await?;
+            purged += rows.len() as u64;
+            if (rows.len() as i64) < PURGE_BATCH {
+                return Ok(purged);
+            }
+        }
+    }
+
+    /// One round trip: whether the database answers.
+    ///
+    /// # Errors
+    /// No connection, or the statement failed.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        self.query("checking the store", "SELECT 1", &[])
+            .await
+            .map(|_| ())
+    }
 }

@@ -311,7 +311,7 @@ impl BulkPublisher {
                     }
                     retired.extend(channel.take());
                     for old in retired.drain(..) {
-                        let _ = old.close(200, "replaced".into()).await;
+                        crate::broker::close_channel(&old, "replaced").await;
                     }
                     if std::mem::take(&mut pause) {
                         let delay = failures.next_delay();
@@ -398,7 +398,7 @@ impl BulkPublisher {
             }
         }
         if let Some(ch) = channel {
-            let _ = ch.close(200, "done".into()).await;
+            crate::broker::close_channel(&ch, "done").await;
         }
         Ok(report)
     }

@@ -202,8 +202,7 @@ pub async fn run(
                 .await
         }
         Service::Inventory => {
-            // SQLite only: `store.url` (PostgreSQL) is used by fulfillment alone so far.
-            let store = Arc::new(InventoryStore::open(&settings.store.dir)?);
+            let store = Arc::new(InventoryStore::open(&settings.store).await?);
             purge!("inventory", store);
             let announcer = options.events.then(|| {
                 Arc::new(

@@ -29,6 +29,30 @@ pub fn seconds(value: &str) -> Result<std::time::Duration, String> {
     }
 }
 
+/// A positive, finite rate such as `--rate 50`.
+///
+/// # Errors
+/// The value is not a number or is not positive and finite.
+pub fn positive(value: &str) -> Result<f64, String> {
+    let rate: f64 = value.parse().map_err(|e| format!("{e}"))?;
+    if rate.is_finite() && rate > 0.0 {
+        Ok(rate)
+    } else {
+        Err(format!("must be a positive number, got {rate}"))
+    }
+}
+
+/// A finite number of seconds, 0 included (`--outage 0`: none).
+///
+/// # Errors
+/// The value is not a number or is negative or infinite.
+pub fn seconds_or_zero(value: &str) -> Result<std::time::Duration, String> {
+    if value.parse::<f64>() == Ok(0.0) {
+        return Ok(std::time::Duration::ZERO);
+    }
+    seconds(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +73,15 @@ mod tests {
         assert!(seconds("0").is_err());
         assert!(seconds("inf").is_err());
         assert!(seconds("-1").is_err());
+    }
+
+    #[test]
+    fn rates_are_positive_and_outages_may_be_zero() {
+        assert_eq!(positive("50"), Ok(50.0));
+        assert!(positive("0").is_err());
+        assert!(positive("NaN").is_err());
+        assert_eq!(seconds_or_zero("0"), Ok(std::time::Duration::ZERO));
+        assert_eq!(seconds_or_zero("5"), Ok(std::time::Duration::from_secs(5)));
+        assert!(seconds_or_zero("-1").is_err());
     }
 }

@@ -27,12 +27,20 @@ pub async fn run(settings: &Settings, options: DemoOptions) -> anyhow::Result<Ex
             drift.describe(&settings.topology.display().to_string())
         );
     }
+    let outage = options.outage;
     let mut running = Demo::start(settings, options).await?;
     println!(
-        "started {} workers (logs in {})",
+        "started the order service on http://{} and {} workers (logs in {})",
+        running.order_service(),
         running.worker_count(),
         running.logs.display()
     );
+    if running.has_outage() {
+        println!(
+            "the order service's link to the broker will be cut for {:.0} s a third of the way through the orders",
+            outage.as_secs_f64()
+        );
+    }
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
@@ -42,7 +50,7 @@ pub async fn run(settings: &Settings, options: DemoOptions) -> anyhow::Result<Ex
     );
     let summary = running
         .run(|s| {
-            bar.set_length(s.confirmed);
+            bar.set_length(s.accepted);
             bar.set_position(s.settled);
             match s.phase {
                 SettlingPhase::Handling => bar.set_message(""),
@@ -80,18 +88,49 @@ pub fn render_summary(s: &DemoSummary, settings: &Settings) -> String {
     };
     line(String::new());
     line("== burrow demo summary ==".into());
-    line(format!("orders:   {}", s.orders));
+    let p = &s.placed;
+    line(format!(
+        "orders:   {} accepted by POST /orders ({:.0}/s from simulated customers), {} invalid refused (422), {} double clicks answered with the same order id{}{}",
+        s.accepted,
+        s.rate,
+        p.refused,
+        p.repeats_same_id,
+        if p.repeats_wrong > 0 { format!(", {} double clicks answered WRONG", p.repeats_wrong) } else { String::new() },
+        if p.failed > 0 { format!(", {} got no answer", p.failed) } else { String::new() },
+    ));
+    if let Some(o) = &s.outage {
+        line(format!(
+            "outage:   broker link cut for {:.1} s: {} orders accepted meanwhile, outbox at {} messages when it came back, {}; /readyz {}",
+            o.lasted.as_secs_f64(),
+            o.accepted_during,
+            o.outbox_peak,
+            o.drained_after.map_or("NOT empty a minute later".to_owned(), |d| format!(
+                "empty {:.1} s later",
+                d.as_secs_f64()
+            )),
+            if o.readyz.1 == 0 {
+                format!("ready throughout ({} checks)", o.readyz.0)
+            } else {
+                format!("NOT ready {} of {} checks", o.readyz.1, o.readyz.0)
+            }
+        ));
+    }
     line(format!("events:   {}", s.events));
     line(format!(
-        "settled:  {} fulfilled, {} dead-lettered (orders.dead), {:.0} retries; all settled {:.1} s after the first publish ({:.0} orders/s end to end)",
+        "settled:  {} fulfilled, {} dead-lettered (orders.dead), {:.0} retries; all settled {:.1} s after the first order ({:.0} orders/s end to end)",
         s.fulfilled,
         s.dead,
         s.retried,
         s.settled_after.as_secs_f64(),
-        s.confirmed as f64 / s.settled_after.as_secs_f64().max(1e-9)
+        s.accepted as f64 / s.settled_after.as_secs_f64().max(1e-9)
+    ));
+    let statuses: Vec<String> = s.statuses.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    line(format!(
+        "status:   GET /orders/{{id}}: {}",
+        statuses.join(", ")
     ));
     line(format!(
-        "publishing took {:.1} s",
+        "ordering and publishing the events took {:.1} s",
         s.publish_took.as_secs_f64()
     ));
     for w in &s.workers {

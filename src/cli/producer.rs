@@ -161,9 +161,10 @@ pub async fn activity(
     settings: &Settings,
     count: u64,
     rate: Option<f64>,
+    orders: bool,
 ) -> anyhow::Result<ExitCode> {
     let bar = Bar::new("events");
-    let tally = activity::publish_activity(settings, count, rate, &bar).await;
+    let tally = activity::publish_activity(settings, count, rate, orders, &bar).await;
     bar.finish();
     let t: ActivityTally = tally?;
     println!(

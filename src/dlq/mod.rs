@@ -81,7 +81,7 @@ async fn connect(settings: &Settings) -> anyhow::Result<Connection> {
 pub async fn listing(settings: &Settings, queue: &str, limit: usize) -> anyhow::Result<DlqListing> {
     let conn = connect(settings).await?;
     let letters = list(&conn, queue, limit).await;
-    let _ = conn.close(200, "done".into()).await;
+    crate::broker::close(&conn, "done").await;
     Ok(DlqListing {
         queue: queue.to_owned(),
         letters: letters?,
@@ -100,7 +100,7 @@ pub async fn letter(
 ) -> anyhow::Result<Option<DeadLetter>> {
     let conn = connect(settings).await?;
     let found = find(&conn, queue, id).await;
-    let _ = conn.close(200, "done".into()).await;
+    crate::broker::close(&conn, "done").await;
     found
 }
 
@@ -120,7 +120,7 @@ pub async fn replay_queue(
     let allowed = topology.dead_letter_sources(queue);
     let conn = connect(settings).await?;
     let report = replay(&conn, queue, selection, &allowed, progress).await;
-    let _ = conn.close(200, "done".into()).await;
+    crate::broker::close(&conn, "done").await;
     report
 }
 
@@ -136,6 +136,6 @@ pub async fn purge_queue(
 ) -> anyhow::Result<Counts> {
     let conn = connect(settings).await?;
     let counts = purge(&conn, queue, selection, progress).await;
-    let _ = conn.close(200, "done".into()).await;
+    crate::broker::close(&conn, "done").await;
     counts
 }

@@ -112,7 +112,7 @@ impl Reader {
                 )
                 .await;
         }
-        let _ = self.channel.close(200, "done".into()).await;
+        crate::broker::close_channel(&self.channel, "done").await;
     }
 
     /// Reads at most [`Reader::depth`] messages, handing each to `visit` until it says stop,

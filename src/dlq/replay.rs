@@ -352,7 +352,7 @@ async fn with_pass(
         }
     };
     let result = pass(&reader, &publish, rate, decide, &mut progress).await;
-    let _ = publish.close(200, "done".into()).await;
+    crate::broker::close_channel(&publish, "done").await;
     // RabbitMQ 3.10 stashes quorum-queue settles in the channel process while more than 32 of
     // its commands are not yet applied, and drops the stash when the channel closes: messages
     // acked (and already republished) would come back as duplicates. Give the queue a moment to

@@ -24,6 +24,8 @@ pub struct ActivityGenerator {
     customers: u32,
     registered: HashSet<u32>,
     last_viewed: std::collections::HashMap<u32, &'static str>,
+    /// Whether a view may lead to an `order.placed` of the mix's own.
+    orders: bool,
 }
 
 impl Default for ActivityGenerator {
@@ -40,7 +42,16 @@ impl ActivityGenerator {
             customers: customers.max(1),
             registered: HashSet::new(),
             last_viewed: std::collections::HashMap::new(),
+            orders: true,
         }
+    }
+
+    /// No `order.placed` in the mix: the orders come from elsewhere (the order service), and
+    /// the funnel counts only theirs.
+    #[must_use]
+    pub fn without_orders(mut self) -> Self {
+        self.orders = false;
+        self
     }
 
     fn email(customer: u32) -> (String, String) {
@@ -67,7 +78,7 @@ impl ActivityGenerator {
         }
         let roll = self.rng.random_range(0..100);
         match (roll, self.last_viewed.get(&customer).copied()) {
-            (0..=9, Some(sku)) => {
+            (0..=9, Some(sku)) if self.orders => {
                 // A view that leads to an order.
                 let price = CATALOGUE
                     .iter()
@@ -179,7 +190,7 @@ pub async fn publish_event(settings: &Settings, event: &ActivityEvent) -> anyhow
         destination,
     )
     .await;
-    let _ = conn.close(200, "done".into()).await;
+    crate::broker::close(&conn, "done").await;
     Ok(result?)
 }
 
@@ -209,12 +220,16 @@ pub async fn publish_activity(
     settings: &Settings,
     count: u64,
     rate: Option<f64>,
+    orders: bool,
     progress: &dyn PublishProgress,
 ) -> anyhow::Result<ActivityTally> {
     let pool = broker::pool(&settings.amqp, "producer")?;
     drop(pool.connection().await?);
     progress.start(Some(count));
     let mut generator = ActivityGenerator::default();
+    if !orders {
+        generator = generator.without_orders();
+    }
     let messages = (0..count).map(move |_| event_message(&generator.next_event(), None));
     let started = Instant::now();
     let mut tally = ActivityTally {
@@ -268,6 +283,15 @@ mod tests {
         assert!(kinds[&EventKind::ProductViewed] > 1500, "{kinds:?}");
         assert!(kinds[&EventKind::OrderPlaced] > 50, "{kinds:?}");
         assert!(kinds[&EventKind::ReviewPosted] > 20, "{kinds:?}");
+    }
+
+    #[test]
+    fn a_mix_without_orders_has_none() {
+        let mut g = ActivityGenerator::new(50).without_orders();
+        let orders = (0..3000)
+            .filter(|_| g.next_event().kind == EventKind::OrderPlaced)
+            .count();
+        assert_eq!(orders, 0);
     }
 
     #[test]

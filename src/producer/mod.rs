@@ -264,7 +264,7 @@ pub async fn place_order(
             }
         }
     }
-    let _ = conn.close(200, "done".into()).await;
+    crate::broker::close(&conn, "done").await;
     Ok(placement)
 }
 

@@ -48,7 +48,7 @@ pub async fn apply_file(settings: &Settings, file: &Path) -> anyhow::Result<Appl
     let report = declare::apply(&conn, &topology)
         .await
         .with_context(|| format!("applying {}", file.display()));
-    let _ = conn.close(200, "done".into()).await;
+    crate::broker::close(&conn, "done").await;
     report
 }
 

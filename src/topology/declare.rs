@@ -3,7 +3,7 @@
 //! declared.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 use tracing::{debug, info, warn};
 
@@ -212,7 +212,7 @@ async fn settle(
 }
 
 async fn close(channel: &Channel) {
-    let _ = channel.close(200, ShortString::from("done")).await;
+    crate::broker::close_channel(channel, "done").await;
 }
 
 /// The AMQP reply code and text of a channel error, if it is one.

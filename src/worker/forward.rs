@@ -58,7 +58,7 @@ impl<'a> Forwarder<'a> {
         let channel = self.state.lock().await.channel.take();
         if let Some(channel) = channel {
             if channel.status().connected() {
-                let _ = channel.close(200, reason.into()).await;
+                crate::broker::close_channel(&channel, reason).await;
             }
         }
     }

@@ -217,15 +217,15 @@ impl<H: Handler> Worker<H> {
         .await;
         if matches!(end, SessionEnd::Shutdown) {
             forwarder.close("shutdown").await;
-            let _ = consume_channel.close(200, "shutdown".into()).await;
-            let _ = conn.close(200, "shutdown".into()).await;
+            crate::broker::close_channel(&consume_channel, "shutdown").await;
+            crate::broker::close(&conn, "shutdown").await;
         } else if conn.status().connected() {
             // The connection outlived the session (e.g. the broker cancelled the consumer because
             // the queue was deleted): close this session's channels so that whatever is still
             // unsettled goes back to the queue now and the pooled connection does not collect
             // dead channels.
             let close = async {
-                let _ = consume_channel.close(200, "session ended".into()).await;
+                crate::broker::close_channel(&consume_channel, "session ended").await;
                 forwarder.close("session ended").await;
             };
             let _ = tokio::time::timeout(Duration::from_secs(5), close).await;

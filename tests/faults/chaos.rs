@@ -650,9 +650,13 @@ async fn drain(shop: &Shop, queue: &str) -> Vec<lapin::message::BasicGetMessage>
     let mut last = String::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        match drain_once(shop, queue, &mut out).await {
-            Ok(()) => return out,
-            Err(e) => last = e,
+        // One attempt may not hang the soak (see `wait_until`); a partial drain is kept and
+        // the next attempt takes the rest.
+        match tokio::time::timeout(Duration::from_secs(30), drain_once(shop, queue, &mut out)).await
+        {
+            Ok(Ok(())) => return out,
+            Ok(Err(e)) => last = e,
+            Err(_) => last = "no answer within 30 s".into(),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

@@ -89,8 +89,8 @@ fn tracing_profile_runs_jaeger_and_workers_export_where_they_are_told() {
     let exporting = told
         .matches("OTEL_EXPORTER_OTLP_ENDPOINT: http://jaeger:4318")
         .count();
-    // The four workers above and inventory.
-    assert_eq!(exporting, WORKERS.len() + 1, "{told}");
+    // Every burrow program: the workers and the order service.
+    assert_eq!(exporting, WORKERS.len(), "{told}");
     assert!(!endpoint(None).contains("http://jaeger:4318"));
 }
 
@@ -127,11 +127,15 @@ fn repo_file(path: &str) -> String {
         .unwrap_or_else(|e| panic!("reading {path}: {e}"))
 }
 
-const WORKERS: [&str; 4] = [
-    "fulfillment",
-    "notifications",
-    "analytics",
-    "recommendations",
+/// Each long-running service of the compose file and the user of topology/shop.toml it logs in
+/// as.
+const WORKERS: [(&str, &str); 6] = [
+    ("fulfillment", "burrow-fulfillment"),
+    ("notifications", "burrow-notifications"),
+    ("analytics", "burrow-analytics"),
+    ("recommendations", "burrow-recommendations"),
+    ("inventory", "burrow-inventory"),
+    ("orders", "burrow-producer"),
 ];
 
 /// Every worker logs in as its own user of topology/shop.toml, with that user's password (the
@@ -145,13 +149,12 @@ fn compose_workers_connect_as_their_least_privilege_users() {
         .expect("the topology parses");
     let definitions: serde_json::Value =
         serde_json::from_str(&repo_file("topology/definitions.json")).expect("definitions");
-    for worker in WORKERS {
+    for (worker, user_name) in WORKERS {
         let service = &config["services"][worker];
         let amqp = service["environment"]["AMQP_URL"]
             .as_str()
             .unwrap_or_else(|| panic!("{worker} has an AMQP_URL"));
         let url = url::Url::parse(amqp).expect("a URL");
-        let user_name = format!("burrow-{worker}");
         assert_eq!(url.username(), user_name, "{worker}");
         let user = topology
             .users
@@ -165,11 +168,11 @@ fn compose_workers_connect_as_their_least_privilege_users() {
         );
         let exported = definitions["users"]
             .as_array()
-            .and_then(|users| users.iter().find(|u| u["name"] == user_name.as_str()))
+            .and_then(|users| users.iter().find(|u| u["name"] == user_name))
             .unwrap_or_else(|| panic!("{user_name} is in definitions.json"));
         assert_eq!(
             exported["password_hash"],
-            burrow::topology::users::password_hash(&user_name, user.password.expose()).as_str(),
+            burrow::topology::users::password_hash(user_name, user.password.expose()).as_str(),
             "the broker boots with {user_name}'s password"
         );
     }
@@ -179,7 +182,7 @@ fn compose_workers_connect_as_their_least_privilege_users() {
 #[test]
 fn compose_workers_have_healthchecks_on_readyz() {
     let config = compose_json();
-    for worker in WORKERS {
+    for (worker, _) in WORKERS {
         let service = &config["services"][worker];
         let command: Vec<&str> = service["command"]
             .as_array()

@@ -28,6 +28,8 @@ async fn the_demo_funnel_counts_this_run_only() {
         "0",
         "--failure-rate",
         "0",
+        "--outage",
+        "3",
     ]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     let funnel = stdout
@@ -48,4 +50,34 @@ async fn the_demo_funnel_counts_this_run_only() {
     );
     // The earlier 20 were fulfilled too, before the run was measured.
     assert_eq!(t.store_counts().0, 50);
+
+    // The orders came through the order service's API, a third of them while its link to the
+    // broker was cut: accepted all the same, and every one reached its final status.
+    let line = |prefix: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("a line {prefix}: {stdout}"))
+            .to_owned()
+    };
+    let orders = line("orders:");
+    assert!(orders.contains("30 accepted by POST /orders"), "{orders}");
+    assert!(
+        !orders.contains("WRONG") && !orders.contains("no answer"),
+        "{orders}"
+    );
+    let outage = line("outage:");
+    assert!(outage.contains("10 orders accepted meanwhile"), "{outage}");
+    assert!(outage.contains("ready throughout"), "{outage}");
+    assert!(outage.contains("s later"), "the outbox emptied: {outage}");
+    let peak: u64 = outage
+        .split("outbox at ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("an outbox depth: {outage}"));
+    // Each order and its order.placed event wait in the outbox while the link is cut.
+    assert!(peak >= 20, "{outage}");
+    let status = line("status:");
+    assert!(status.contains("30 fulfilled"), "{status}");
 }

@@ -202,37 +202,68 @@ fn each_service_runs_as_its_own_user_and_keda_watches_its_queue_as_the_read_only
         Service::Notifications,
         Service::Analytics,
         Service::Recommendations,
+        Service::Inventory,
     ];
+    // (Deployment, command, user, whether its pods share a PostgreSQL store): every worker
+    // service, and the order service, which publishes as the producer.
+    let mut programs: Vec<(String, [&str; 2], String, bool)> = services
+        .iter()
+        .map(|s| {
+            let name = format!("burrow-{}", s.name());
+            let shared = matches!(s, Service::Fulfillment | Service::Inventory);
+            (name.clone(), ["worker", s.name()], name, shared)
+        })
+        .collect();
+    programs.push((
+        "burrow-orders".into(),
+        ["producer", "serve"],
+        "burrow-producer".into(),
+        true,
+    ));
     assert_eq!(
         deployments.len(),
-        services.len(),
+        programs.len(),
         "a Deployment per service"
     );
-    for service in services {
-        let name = format!("burrow-{}", service.name());
-        let deployment = find(&docs, "Deployment", &name);
+    for (name, command, user, shared) in &programs {
+        let deployment = find(&docs, "Deployment", name);
         let container = &deployment["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(
-            container["command"][1],
-            service.name(),
+            [&container["command"][0], &container["command"][1]],
+            [command[0], command[1]],
             "{name} runs its service"
         );
-        let amqp = container["env"]
-            .as_array()
-            .expect("env")
-            .iter()
-            .find(|e| e["name"] == "AMQP_URL")
-            .unwrap_or_else(|| panic!("{name} sets AMQP_URL"));
-        let secret = &amqp["valueFrom"]["secretKeyRef"];
-        let url = secret_value(
-            &docs,
-            secret["name"].as_str().expect("secret"),
-            secret["key"].as_str().expect("key"),
-        );
-        assert_eq!(url_user(url), name, "{name} logs in as its own user");
+        let env = |var: &str| {
+            container["env"]
+                .as_array()
+                .expect("env")
+                .iter()
+                .find(|e| e["name"] == var)
+                .map(|e| {
+                    let secret = &e["valueFrom"]["secretKeyRef"];
+                    secret_value(
+                        &docs,
+                        secret["name"].as_str().expect("secret"),
+                        secret["key"].as_str().expect("key"),
+                    )
+                })
+        };
+        let url = env("AMQP_URL").unwrap_or_else(|| panic!("{name} sets AMQP_URL"));
+        assert_eq!(&url_user(url), user, "{name} logs in as its own user");
         assert!(
-            users.contains(name.as_str()),
-            "{name} is a user of the topology"
+            users.contains(user.as_str()),
+            "{user} is a user of the topology"
+        );
+        let replicas = deployment["spec"]["replicas"].as_u64().unwrap_or(1);
+        let store = env("BURROW__STORE__URL");
+        assert_eq!(
+            store.is_some_and(|u| u.starts_with("postgres://")),
+            *shared,
+            "{name}: pods that share state across hosts share PostgreSQL"
+        );
+        assert!(
+            *shared || (replicas <= 1 && deployment["spec"]["strategy"]["type"] == "Recreate"),
+            "{name} keeps local state: at most one pod, never two at once"
         );
     }
 

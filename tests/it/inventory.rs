@@ -243,9 +243,82 @@ async fn two_processes_on_one_store_reserve_every_order_once_and_announce_the_fi
         .await
         .with_fast_topology()
         .await;
-    let a = t.spawn_service("inventory", &[], &[]).await;
-    let b = t.spawn_service("inventory", &[], &[]).await;
-    restock(&t, "SKU-7", 100);
+    two_processes_reserve_once(&t, &[], &[]).await;
+}
+
+/// As above, with the processes on two hosts (here: two store directories) sharing one
+/// PostgreSQL database: their reservations of one SKU serialize on its row.
+#[tokio::test]
+async fn two_processes_on_one_postgres_database_reserve_every_order_once() {
+    let t = TestVhost::new("inventory-pg")
+        .await
+        .with_fast_topology()
+        .await;
+    let db = crate::common::TestDatabase::new("burrow_inventory").await;
+    let url = db.url();
+    let dir = |host: &str| t.settings.store.dir.join(host).display().to_string();
+    let (dir_a, dir_b) = (dir("host-a"), dir("host-b"));
+    two_processes_reserve_once(
+        &t,
+        &[
+            ("BURROW__STORE__URL", url.as_str()),
+            ("BURROW__STORE__DIR", dir_a.as_str()),
+        ],
+        &[
+            ("BURROW__STORE__URL", url.as_str()),
+            ("BURROW__STORE__DIR", dir_b.as_str()),
+        ],
+    )
+    .await;
+    // The levels are in the database, not in either host's directory.
+    let client = db.client().await;
+    let row = client
+        .query_one(
+            "SELECT stock, reserved FROM inventory_stock WHERE sku = 'SKU-7'",
+            &[],
+        )
+        .await
+        .expect("SKU-7's row");
+    let (stock, reserved): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!(stock + reserved, 100, "every unit is in stock or reserved");
+    assert!(!std::path::Path::new(&dir_a).join("inventory.db").exists());
+
+    // The seen ids are forgotten past the retention window, in batches; the levels stay.
+    let store = burrow::inventory::InventoryStore::open(&burrow::settings::StoreSettings {
+        url: Some(burrow::settings::SecretUrl::new(url.as_str())),
+        ..t.settings.store.clone()
+    })
+    .await
+    .expect("open the store");
+    let aged = client
+        .execute(
+            "UPDATE inventory_seen SET seen_at = now() - interval '2 hours'
+             WHERE id IN (SELECT id FROM inventory_seen ORDER BY id LIMIT 40)",
+            &[],
+        )
+        .await
+        .expect("age 40 ids");
+    assert_eq!(aged, 40);
+    let purged = store.purge(Duration::from_secs(3600)).await.expect("purge");
+    assert_eq!(purged, 40, "only the ids past the window");
+    let left: i64 = client
+        .query_one("SELECT count(*) FROM inventory_seen", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert!(left > 0, "fresh ids stay");
+    assert_eq!(
+        store.level("SKU-7").await.expect("level").map(|l| l.stock),
+        Some(stock)
+    );
+}
+
+/// Two inventory processes (with `env_a` and `env_b`) take 60 orders of SKU-7 (stock 100)
+/// between them: every order is reserved once, and the last announcement is the final level.
+async fn two_processes_reserve_once(t: &TestVhost, env_a: &[(&str, &str)], env_b: &[(&str, &str)]) {
+    let a = t.spawn_service("inventory", &[], env_a).await;
+    let b = t.spawn_service("inventory", &[], env_b).await;
+    restock(t, "SKU-7", 100);
     wait_level(&a, "SKU-7", 100).await;
     wait_for("both processes consuming", LONG, || async {
         (t.queue_info("orders.inventory").await.consumers >= Some(2)).then_some(())

@@ -23,6 +23,7 @@ mod postgres;
 mod recommendations;
 mod security;
 mod services;
+mod silent_broker;
 mod status;
 mod supervisor;
 mod topology;

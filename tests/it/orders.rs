@@ -418,3 +418,86 @@ async fn an_order_becomes_fulfilled_on_its_event_and_dead_lettered_when_it_fails
     // A final status stays final: the relay's `published` does not overwrite it.
     assert_eq!(svc.status(&good).await.as_deref(), Some("fulfilled"));
 }
+
+/// Stores three orders in `store`, publishes the first two (claim, then mark published) and
+/// purges with a zero window: the published rows go, the third order's stay for its relay.
+async fn purge_keeps_unpublished_rows(store: burrow::orders::OrderStore) {
+    use burrow::orders::outbox::OutboxMessage;
+    use burrow::orders::store::{Acceptance, NewOrder};
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let order = burrow::message::Order {
+            order_id: burrow::message::new_id("ord"),
+            customer_id: format!("cus_{i}"),
+            email: "ann@example.com".into(),
+            items: vec![burrow::message::OrderItem {
+                sku: "SKU-1".into(),
+                quantity: 1,
+                unit_price_cents: 100,
+            }],
+            currency: "EUR".into(),
+            placed_at: chrono::Utc::now(),
+        };
+        let messages = burrow::producer::order_messages(&order, true)
+            .iter()
+            .map(|m| OutboxMessage::from_outgoing(&order.order_id, m))
+            .collect();
+        let accepted = store
+            .accept(NewOrder {
+                key: format!("purge-{i}-{}", order.order_id),
+                request_hash: "h".into(),
+                order_id: order.order_id.clone(),
+                messages,
+            })
+            .await
+            .expect("accept");
+        assert_eq!(accepted, Acceptance::New);
+        ids.push(order.order_id);
+    }
+    // The first two orders' rows (an order and its event each).
+    let claimed = store
+        .claim("purge-test", 4, Duration::from_secs(10))
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 4);
+    store
+        .published(claimed.iter().map(|m| m.id).collect(), ids[..2].to_vec())
+        .await
+        .expect("published");
+    assert_eq!(store.stats().await.expect("stats").depth, 2);
+    // Past the rows' timestamps (millisecond precision on SQLite).
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(store.purge(Duration::ZERO).await.expect("purge"), 4);
+    assert_eq!(store.purge(Duration::ZERO).await.expect("purge"), 0);
+    assert_eq!(
+        store.stats().await.expect("stats").depth,
+        2,
+        "the unpublished rows stay"
+    );
+    assert_eq!(
+        store.status(&ids[2]).await.expect("status"),
+        Some(OrderStatus::Accepted)
+    );
+}
+
+#[tokio::test]
+async fn published_outbox_rows_are_purged_and_unpublished_ones_stay_on_sqlite_and_postgres() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let mut settings = burrow::settings::Settings::load().expect("settings").store;
+    settings.dir = dir.path().to_owned();
+    settings.url = None;
+    purge_keeps_unpublished_rows(
+        burrow::orders::OrderStore::open(&settings)
+            .await
+            .expect("sqlite"),
+    )
+    .await;
+    let db = TestDatabase::new("burrow_orders_purge").await;
+    settings.url = Some(burrow::settings::SecretUrl::new(db.url()));
+    purge_keeps_unpublished_rows(
+        burrow::orders::OrderStore::open(&settings)
+            .await
+            .expect("postgres"),
+    )
+    .await;
+}

@@ -6,15 +6,13 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use deadpool_postgres::{Object, Pool};
-use tokio::sync::OnceCell;
+use deadpool_postgres::Object;
 use tokio_postgres::Row;
-use tracing::warn;
 
 use super::{from_clause, Acceptance, NewOrder, OutboxStats};
 use crate::orders::outbox::OutboxMessage;
 use crate::orders::status::OrderStatus;
-use crate::postgres::{pool_error, query_error};
+use crate::postgres::{query_error, Database};
 use crate::settings::SecretUrl;
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS orders (
@@ -46,14 +44,10 @@ CREATE INDEX IF NOT EXISTS outbox_published_at ON outbox (published_at)";
 const SCHEMA_LOCK: i64 = 0x6f72_6465_7273;
 /// Connections per process: the API's transactions and the relay's claims are short.
 const POOL_SIZE: usize = 16;
-/// Published rows deleted per statement when purging.
-const PURGE_BATCH: i64 = 500;
 
 /// The PostgreSQL order store.
 pub struct PostgresOrders {
-    pool: Pool,
-    url: SecretUrl,
-    schema: OnceCell<()>,
+    db: Database,
 }
 
 impl PostgresOrders {
@@ -63,47 +57,20 @@ impl PostgresOrders {
     /// # Errors
     /// A malformed URL, or a server that refuses the login.
     pub async fn connect(url: &SecretUrl) -> anyhow::Result<Self> {
-        let store = Self {
-            pool: crate::postgres::pool(url, "burrow orders", POOL_SIZE)?,
-            url: url.clone(),
-            schema: OnceCell::new(),
-        };
-        if let Err(e) = store.schema().await {
-            if e.downcast_ref::<Refused>().is_some() {
-                return Err(e);
-            }
-            warn!(url = %store.url, error = %format!("{e:#}"), "PostgreSQL is not reachable yet; orders are refused until it is");
-        }
-        Ok(store)
-    }
-
-    async fn schema(&self) -> anyhow::Result<()> {
-        self.schema
-            .get_or_try_init(|| async {
-                let client = self.raw_client().await?;
-                crate::postgres::create_schema(client, SCHEMA_LOCK, SCHEMA)
-                    .await
-                    .map_err(|e| query_error(&e))
-                    .context("creating the order schema")
-            })
-            .await
-            .map(|_| ())
-    }
-
-    async fn raw_client(&self) -> anyhow::Result<Object> {
-        self.pool.get().await.map_err(|e| {
-            let (line, refused) = pool_error(&self.url, &e);
-            if refused {
-                anyhow::Error::new(Refused(line))
-            } else {
-                anyhow::anyhow!(line)
-            }
+        Ok(Self {
+            db: Database::connect(
+                url,
+                "burrow orders",
+                POOL_SIZE,
+                (SCHEMA_LOCK, SCHEMA),
+                "orders are refused until it is",
+            )
+            .await?,
         })
     }
 
     async fn client(&self) -> anyhow::Result<Object> {
-        self.schema().await?;
-        self.raw_client().await
+        self.db.client().await
     }
 
     async fn query(
@@ -112,17 +79,7 @@ impl PostgresOrders {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> anyhow::Result<Vec<Row>> {
-        let client = self.client().await.context(what)?;
-        let statement = client
-            .prepare_cached(sql)
-            .await
-            .map_err(|e| query_error(&e))
-            .context(what)?;
-        client
-            .query(&statement, params)
-            .await
-            .map_err(|e| query_error(&e))
-            .context(what)
+        self.db.query(what, sql, params).await
     }
 
     pub(super) async fn accept(&self, order: NewOrder) -> anyhow::Result<Acceptance> {
@@ -310,35 +267,16 @@ impl PostgresOrders {
     }
 
     pub(super) async fn purge(&self, window: Duration) -> anyhow::Result<u64> {
-        let secs = window.as_secs_f64();
-        let mut purged = 0u64;
-        loop {
-            let rows = self
-                .query(
-                    "deleting published outbox rows",
-                    "DELETE FROM outbox WHERE id IN (
-                         SELECT id FROM outbox
-                         WHERE published_at < now() - make_interval(secs => $1)
-                         LIMIT $2)
-                     RETURNING 1",
-                    &[&secs, &PURGE_BATCH],
-                )
-                .await?;
-            purged += rows.len() as u64;
-            if (rows.len() as i64) < PURGE_BATCH {
-                return Ok(purged);
-            }
-        }
+        self.db
+            .purge_older(
+                "deleting published outbox rows",
+                ("outbox", "id", "published_at"),
+                window,
+            )
+            .await
     }
 
     pub(super) async fn ping(&self) -> anyhow::Result<()> {
-        self.query("checking the store", "SELECT 1", &[])
-            .await
-            .map(|_| ())
+        self.db.ping().await
     }
 }
-
-/// The server refused the login: waiting will not help.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct Refused(String);

@@ -1,17 +1,27 @@
-//! `burrow demo`: the whole shop on one machine. Applies the topology, runs fulfillment under the
-//! supervisor of `burrow run` (1..4 workers, a slow carrier, short targets: the burst of orders
-//! visibly scales it up and, once drained, back down) and one of each activity service as child
-//! processes, publishes orders (some invalid, some hitting transient carrier failures) and
-//! activity events with the real `producer`, waits until every order is settled and fulfillment
-//! is back to one worker, measures a summary and stops the children cleanly. The steps return
-//! data; `burrow demo` ([`crate::cli::demo`]) prints it.
+//! `burrow demo`: the whole shop on one machine. Applies the topology, starts the order service
+//! (`producer serve`), runs fulfillment under the supervisor of `burrow run` (1..4 workers, a
+//! slow carrier, short targets: the burst of orders visibly scales it up and, once drained, back
+//! down) and one of each activity service as child processes. Simulated customers place orders
+//! through the order service's API ([`customers`]; some invalid, some clicking twice, some
+//! hitting transient carrier failures); a third of the way through, the order service's link to
+//! the broker is cut for a few seconds ([`link`]) while the customers keep ordering. Activity
+//! events go out with the real `producer`. The demo waits until every accepted order is settled,
+//! its status final and fulfillment back to one worker, measures a summary and stops the
+//! children cleanly. The steps return data; `burrow demo` ([`crate::cli::demo`]) prints it.
 
+mod customers;
+mod link;
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use self::customers::{Customers, Placed};
+use self::link::BrokerLink;
 use crate::children::{metric_sum, sibling_binary, ChildWorker};
 use crate::fulfillment::FulfillmentStore;
 use crate::settings::Settings;
@@ -22,8 +32,12 @@ use crate::topology::{ApplyReport, Topology};
 /// What the demo does.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
-    /// Orders to publish.
+    /// Orders the customers place through the API.
     pub orders: u64,
+    /// Orders per second the customers place.
+    pub rate: f64,
+    /// How long the order service's link to the broker is cut (zero: no outage).
+    pub outage: Duration,
     /// Activity events to publish.
     pub events: u64,
     /// Share of invalid orders.
@@ -36,6 +50,8 @@ impl Default for DemoOptions {
     fn default() -> Self {
         Self {
             orders: 400,
+            rate: 50.0,
+            outage: Duration::from_secs(5),
             events: 2000,
             invalid_ratio: 0.03,
             failure_rate: 0.05,
@@ -43,16 +59,19 @@ impl Default for DemoOptions {
     }
 }
 
+/// How long the demo waits for the order service's outbox to empty after the outage.
+const DRAIN_WAIT: Duration = Duration::from_secs(60);
+
 const SERVICES: [&str; 4] = ["notifications", "analytics", "recommendations", "inventory"];
 
-/// Where the settling of the published orders is: fulfilled plus dead-lettered, of those
-/// confirmed.
+/// Where the settling of the accepted orders is: fulfilled plus dead-lettered, of those
+/// accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settling {
     /// Orders fulfilled or dead-lettered so far.
     pub settled: u64,
-    /// Orders the broker confirmed.
-    pub confirmed: u64,
+    /// Orders the order service accepted.
+    pub accepted: u64,
     /// Where the wait is.
     pub phase: SettlingPhase,
 }
@@ -79,24 +98,45 @@ pub struct WorkerCounts {
     pub dead_lettered: f64,
 }
 
+/// The broker outage of the demo, as the order service lived it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outage {
+    /// From the cut to the link's return.
+    pub lasted: Duration,
+    /// Orders accepted by the API meanwhile.
+    pub accepted_during: u64,
+    /// The outbox's depth (messages) when the link came back.
+    pub outbox_peak: u64,
+    /// From the link's return until the outbox was empty (`None`: not within a minute).
+    pub drained_after: Option<Duration>,
+    /// `/readyz` answers during the outage: (checks, how many were not 200).
+    pub readyz: (u64, u64),
+}
+
 /// What the demo measured, for its summary.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DemoSummary {
-    /// `producer orders`' summary, after `orders: `.
-    pub orders: String,
+    /// What the customers got from the API.
+    pub placed: Placed,
+    /// The customers' rate, orders per second.
+    pub rate: f64,
+    /// The outage, if there was one.
+    pub outage: Option<Outage>,
     /// `producer activity`' summary, after `events: `.
     pub events: String,
-    /// Orders the broker confirmed.
-    pub confirmed: u64,
+    /// Orders the order service accepted.
+    pub accepted: u64,
+    /// The accepted orders by their final status (`GET /orders/{id}`).
+    pub statuses: BTreeMap<String, u64>,
     /// Orders fulfilled by this run.
     pub fulfilled: u64,
     /// Orders dead-lettered (`orders.dead`) by this run.
     pub dead: u64,
     /// Retries, summed over the workers.
     pub retried: f64,
-    /// From the first publish until every order was settled (or the demo gave up).
+    /// From the first order until every order was settled (or the demo gave up).
     pub settled_after: Duration,
-    /// How long publishing took.
+    /// How long placing the orders and publishing the events took.
     pub publish_took: Duration,
     /// Per worker.
     pub workers: Vec<WorkerCounts>,
@@ -163,9 +203,12 @@ impl RunFunnel {
 }
 
 impl DemoSummary {
-    /// Whether every confirmed order was fulfilled or dead-lettered.
+    /// Whether every accepted order was fulfilled or dead-lettered, and every customer got the
+    /// answer they should have.
     pub fn all_settled(&self) -> bool {
-        self.fulfilled + self.dead >= self.confirmed
+        self.fulfilled + self.dead >= self.accepted
+            && self.placed.failed == 0
+            && self.placed.repeats_wrong == 0
     }
 }
 
@@ -178,7 +221,7 @@ pub async fn apply_topology(settings: &Settings) -> anyhow::Result<ApplyReport> 
         .with_context(|| format!("loading {}", settings.topology.display()))?;
     let conn = crate::broker::connect(&settings.amqp, "demo").await?;
     let report = crate::topology::apply(&conn, &topology).await;
-    let _ = conn.close(200, "done".into()).await;
+    crate::broker::close(&conn, "done").await;
     Ok(report?)
 }
 
@@ -206,6 +249,9 @@ struct Supervised {
 pub struct Demo {
     settings: Settings,
     options: DemoOptions,
+    /// `producer serve`, reaching the broker through `link`.
+    order_service: ChildWorker,
+    link: Option<BrokerLink>,
     workers: Vec<ChildWorker>,
     supervisor: Supervised,
     store: FulfillmentStore,
@@ -251,6 +297,15 @@ impl Demo {
             earlier_backlog += queue_depth(&probe, q).await?;
         }
 
+        let link = if options.outage.is_zero() || settings.amqp.url.expose().starts_with("amqps:") {
+            // A TLS connection through the link would not match the broker's certificate.
+            None
+        } else {
+            Some(BrokerLink::to(&settings.amqp.url).await?)
+        };
+        let mut order_service = start_order_service(settings, link.as_ref(), &logs)?;
+        wait_healthy(std::slice::from_mut(&mut order_service)).await?;
+
         let supervisor = supervise_fulfillment(settings, &options, &logs)?;
         let mut workers = Vec::new();
         for service in SERVICES {
@@ -266,6 +321,8 @@ impl Demo {
         Ok(Self {
             settings: settings.clone(),
             options,
+            order_service,
+            link,
             workers,
             supervisor,
             store,
@@ -277,6 +334,16 @@ impl Demo {
             earlier_queues,
             logs,
         })
+    }
+
+    /// Where the order service's API listens.
+    pub fn order_service(&self) -> std::net::SocketAddr {
+        self.order_service.http
+    }
+
+    /// Whether the order service's link to the broker will be cut.
+    pub fn has_outage(&self) -> bool {
+        self.link.is_some()
     }
 
     /// How many workers run (fulfillment's as its supervisor last counted them).
@@ -296,9 +363,10 @@ impl Demo {
             .find(|s| s.service == DEMO_FULFILLMENT.service.name())
     }
 
-    /// Publishes the orders and events with the real `producer` (its progress bar on stderr),
-    /// waits until every confirmed order is fulfilled or dead-lettered (at most 180 s),
-    /// telling `progress`, and collects the summary.
+    /// Places the orders through the API (cutting the broker link a third of the way through),
+    /// publishes the events with the real `producer` (its progress bar on stderr), waits until
+    /// every accepted order is fulfilled or dead-lettered (at most 180 s), telling `progress`,
+    /// and collects the summary.
     ///
     /// # Errors
     /// `producer` failed, or the store or the broker cannot be read.
@@ -327,15 +395,35 @@ impl Demo {
         let client = reqwest::Client::new();
         let funnel_before = self.funnel(&client).await;
         let publish_started = Instant::now();
-        let order_line = run_producer(&[
-            "orders",
+        let base = format!("http://{}", self.order_service.http);
+        let customers = Arc::new(Customers::new(
+            &base,
+            self.options.rate,
+            self.options.invalid_ratio,
+        ));
+        let third = self.options.orders / 3;
+        let mut placed = customers.place(third).await;
+        let outage = match &self.link {
+            Some(link) => {
+                let (during, outage) =
+                    outage(link, &customers, third, self.options.outage, &base).await;
+                placed.absorb(during);
+                Some(outage)
+            }
+            None => {
+                placed.absorb(customers.place(third).await);
+                None
+            }
+        };
+        placed.absorb(customers.place(self.options.orders - 2 * third).await);
+        let accepted = placed.accepted.len() as u64;
+        // Browsing only: the orders of this run are the customers', placed through the API.
+        let event_line = run_producer(&[
+            "activity",
             "--count",
-            &self.options.orders.to_string(),
-            "--invalid-ratio",
-            &self.options.invalid_ratio.to_string(),
+            &self.options.events.to_string(),
+            "--no-orders",
         ])?;
-        let confirmed = first_number_before(&order_line, " confirmed").unwrap_or(0);
-        let event_line = run_producer(&["activity", "--count", &self.options.events.to_string()])?;
         let publish_took = publish_started.elapsed();
 
         let deadline = Instant::now() + Duration::from_secs(180);
@@ -350,26 +438,27 @@ impl Demo {
                 .await?
                 .saturating_sub(self.dead_before);
             let settled = fulfilled + dead;
-            let phase = if settled >= confirmed {
+            let phase = if settled >= accepted {
                 SettlingPhase::Handling
             } else if Instant::now() > deadline {
                 SettlingPhase::GaveUp
-            } else if settled + 10 > confirmed {
+            } else if settled + 10 > accepted {
                 SettlingPhase::Retrying
             } else {
                 SettlingPhase::Handling
             };
             progress(Settling {
                 settled,
-                confirmed,
+                accepted,
                 phase,
             });
-            if settled >= confirmed || phase == SettlingPhase::GaveUp {
+            if settled >= accepted || phase == SettlingPhase::GaveUp {
                 break (fulfilled, dead);
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
         let settled_after = publish_started.elapsed();
+        let statuses = final_statuses(&client, &base, &placed.accepted).await;
 
         // The backlog is gone: wait (at most 60 s) for the supervisor to scale fulfillment back
         // down to its minimum, so that the summary shows the way up and the way down.
@@ -438,9 +527,12 @@ impl Demo {
             _ => None,
         };
         Ok(DemoSummary {
-            orders: order_line.trim().trim_start_matches("orders: ").to_owned(),
+            placed,
+            rate: self.options.rate,
+            outage,
             events: event_line.trim().trim_start_matches("events: ").to_owned(),
-            confirmed,
+            accepted,
+            statuses,
             fulfilled,
             dead,
             retried,
@@ -481,8 +573,10 @@ impl Demo {
     /// Stops every worker (SIGTERM, then a kill after 15 s), calling `stopped` with each name
     /// and exit code (`None`: killed). Returns whether every one exited 0.
     pub async fn stop(mut self, mut stopped: impl FnMut(&str, Option<i32>)) -> bool {
-        let _ = self.probe.close(200, "done".into()).await;
-        let mut clean = true;
+        crate::broker::close(&self.probe, "done").await;
+        let code = self.order_service.stop(Duration::from_secs(15)).await;
+        let mut clean = code == Some(0);
+        stopped(&self.order_service.name, code);
         self.supervisor.shutdown.cancel();
         match self.supervisor.task.await {
             Ok(Ok(report)) => {
@@ -513,6 +607,151 @@ impl Demo {
         }
         clean
     }
+}
+
+/// Starts the order service (`producer serve` on a free port), reaching the broker through
+/// `link` when there is one.
+fn start_order_service(
+    settings: &Settings,
+    link: Option<&BrokerLink>,
+    logs: &Path,
+) -> anyhow::Result<ChildWorker> {
+    // The management API stays the broker's own, whatever host the link has.
+    let mut envs = vec![(
+        "BURROW__MANAGEMENT__URL".to_owned(),
+        settings.management.url.expose().to_owned(),
+    )];
+    if let Some(link) = link {
+        let url = link.url_for(&settings.amqp.url)?;
+        envs.push(("AMQP_URL".into(), url.expose().to_owned()));
+        // Every connection goes through the link, or the outage would be no outage.
+        envs.push(("AMQP_FAILOVER_URLS".into(), String::new()));
+    }
+    ChildWorker::spawn_binary(
+        &sibling_binary("producer")?,
+        "orders",
+        "serve",
+        &[],
+        &envs,
+        &logs.join("orders.log"),
+    )
+}
+
+/// Cuts `link` for `lasting` while the customers place `count` orders, watching the order
+/// service's `/readyz`; restores it and waits (at most [`DRAIN_WAIT`]) until the outbox is
+/// empty.
+async fn outage(
+    link: &BrokerLink,
+    customers: &Arc<Customers>,
+    count: u64,
+    lasting: Duration,
+    base: &str,
+) -> (Placed, Outage) {
+    let client = reqwest::Client::new();
+    link.cut();
+    let cut_at = Instant::now();
+    let watching = tokio_util::sync::CancellationToken::new();
+    let watcher = tokio::spawn(watch_ready(
+        client.clone(),
+        format!("{base}/readyz"),
+        watching.clone(),
+    ));
+    let during = customers.place(count).await;
+    tokio::time::sleep_until((cut_at + lasting).into()).await;
+    let outbox_peak = outbox_depth(&client, base).await.unwrap_or(0);
+    watching.cancel();
+    let readyz = watcher.await.unwrap_or_default();
+    link.restore();
+    let restored = Instant::now();
+    let mut drained_after = None;
+    while restored.elapsed() < DRAIN_WAIT {
+        if outbox_depth(&client, base).await == Some(0) {
+            drained_after = Some(restored.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let outage = Outage {
+        lasted: restored - cut_at,
+        accepted_during: during.accepted.len() as u64,
+        outbox_peak,
+        drained_after,
+        readyz,
+    };
+    (during, outage)
+}
+
+/// Asks `url` every 250 ms until `stop`: (answers, answers other than 200).
+async fn watch_ready(
+    client: reqwest::Client,
+    url: String,
+    stop: tokio_util::sync::CancellationToken,
+) -> (u64, u64) {
+    let (mut checks, mut not_ready) = (0, 0);
+    while !stop.is_cancelled() {
+        let status = client
+            .get(&url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .map(|r| r.status());
+        checks += 1;
+        if !matches!(status, Ok(s) if s == reqwest::StatusCode::OK) {
+            not_ready += 1;
+        }
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+    (checks, not_ready)
+}
+
+/// The order service's outbox depth, from its `/metrics`.
+async fn outbox_depth(client: &reqwest::Client, base: &str) -> Option<u64> {
+    let text = get_text(client, &format!("{base}/metrics")).await?;
+    text.lines()
+        .any(|l| l.starts_with("burrow_outbox_depth "))
+        .then(|| metric_sum(&text, "burrow_outbox_depth", &[]) as u64)
+}
+
+/// The accepted orders by status, once every one is `fulfilled` or `dead_lettered` (or after
+/// 30 s: the status follows the order's events, a moment after the store).
+async fn final_statuses(
+    client: &reqwest::Client,
+    base: &str,
+    orders: &[String],
+) -> BTreeMap<String, u64> {
+    let mut statuses: BTreeMap<&str, String> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for id in orders {
+            let settled = statuses
+                .get(id.as_str())
+                .is_some_and(|s| s == "fulfilled" || s == "dead_lettered");
+            if settled {
+                continue;
+            }
+            let status = get_text(client, &format!("{base}/orders/{id}"))
+                .await
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|v| v.get("status")?.as_str().map(str::to_owned))
+                .unwrap_or_else(|| "unknown".to_owned());
+            statuses.insert(id, status);
+        }
+        let open = statuses
+            .values()
+            .any(|s| s != "fulfilled" && s != "dead_lettered");
+        if !open || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut counts = BTreeMap::new();
+    for status in statuses.into_values() {
+        *counts.entry(status).or_insert(0) += 1;
+    }
+    counts
 }
 
 /// Runs fulfillment under the supervisor of `burrow run`, in this process, with short targets
@@ -660,15 +899,6 @@ fn run_producer(args: &[&str]) -> anyhow::Result<String> {
     Ok(stdout.lines().last().unwrap_or_default().to_owned())
 }
 
-fn first_number_before(text: &str, marker: &str) -> Option<u64> {
-    let end = text.find(marker)?;
-    text[..end]
-        .split(|c: char| !c.is_ascii_digit())
-        .rfind(|s| !s.is_empty())?
-        .parse()
-        .ok()
-}
-
 fn count_mails(outbox: &Path) -> usize {
     crate::notifications::read_outbox(outbox).map_or(0, |m| m.len())
 }
@@ -696,12 +926,5 @@ mod tests {
         assert_eq!(run.view_to_order(), Some(0.075));
         assert_eq!(RunFunnel::default().order_to_fulfillment(), None);
         assert_eq!(RunFunnel::from_stats(&serde_json::json!({})), None);
-    }
-
-    #[test]
-    fn summary_numbers_are_read_from_the_producer_line() {
-        let line = "orders: 400 confirmed, 0 nacked, 0 returned; events: 388 confirmed";
-        assert_eq!(first_number_before(line, " confirmed"), Some(400));
-        assert_eq!(first_number_before("nothing", " confirmed"), None);
     }
 }
