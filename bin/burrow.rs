@@ -179,7 +179,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
-    burrow::telemetry::init(cli.log_format);
+    let telemetry = burrow::telemetry::init(cli.log_format, "burrow");
     // `burrow run` supervises for days next to its workers: one thread keeps it small.
     let mut runtime = if matches!(cli.command, Command::Run { .. }) {
         tokio::runtime::Builder::new_current_thread()
@@ -190,10 +190,12 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => return burrow::cli::exit_code(&anyhow::Error::new(e)),
     };
-    match runtime.block_on(run(cli)) {
+    let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => burrow::cli::exit_code(&e),
-    }
+    };
+    telemetry.shutdown();
+    code
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -131,11 +131,14 @@ async fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
-    burrow::telemetry::init(cli.log_format);
-    match run(cli.command).await {
+    let telemetry = burrow::telemetry::init(cli.log_format, "burrow-producer");
+    let code = match run(cli.command).await {
         Ok(code) => code,
         Err(e) => burrow::cli::exit_code(&e),
-    }
+    };
+    // After the command (or `serve`'s graceful shutdown): its last spans go out too.
+    telemetry.shutdown();
+    code
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {

@@ -51,11 +51,17 @@ async fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
-    burrow::telemetry::init(cli.log_format);
-    match run(cli).await {
+    let telemetry = burrow::telemetry::init(
+        cli.log_format,
+        &format!("burrow-worker-{}", cli.service.name()),
+    );
+    let code = match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => burrow::cli::exit_code(&e),
-    }
+    };
+    // After the graceful shutdown: the spans of the last deliveries go out too.
+    telemetry.shutdown();
+    code
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

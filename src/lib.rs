@@ -26,7 +26,9 @@
 //!   exit codes over what the library returns, shared by the binaries.
 //! - [`supervisor`]: `burrow run`, worker processes scaled between MIN and MAX by the backlog
 //!   (a pure policy, the process groups, the state file `burrow status` reads).
-//! - [`telemetry`]: the one tracing setup; [`shutdown`]: SIGINT/SIGTERM; [`children`]: child
+//! - [`telemetry`]: the one tracing setup (logs, and OTLP export of spans when configured);
+//!   [`trace`]: the W3C trace context of messages and the spans of publish, delivery and
+//!   handler; [`shutdown`]: SIGINT/SIGTERM; [`children`]: child
 //!   processes (the demo's workers, the tests').
 
 pub mod analytics;
@@ -58,4 +60,5 @@ pub mod status;
 pub mod supervisor;
 pub mod telemetry;
 pub mod topology;
+pub mod trace;
 pub mod worker;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use crate::backoff::Backoff;
 use crate::broker::BrokerError;
@@ -98,6 +98,27 @@ pub async fn publish_one(
     msg: &Outgoing,
     timeout: Duration,
 ) -> anyhow::Result<Confirm> {
+    if !crate::telemetry::exporting() {
+        return publish_one_untraced(channel, msg, timeout).await;
+    }
+    // The message goes out with the publish span's trace context.
+    let mut msg = msg.clone();
+    let span = crate::trace::publish_span(&mut msg);
+    let result = publish_one_untraced(channel, &msg, timeout)
+        .instrument(span.clone())
+        .await;
+    match &result {
+        Ok(confirm) => crate::trace::published(&span, confirm),
+        Err(e) => crate::trace::publish_failed(&span, &format!("{e:#}")),
+    }
+    result
+}
+
+async fn publish_one_untraced(
+    channel: &Channel,
+    msg: &Outgoing,
+    timeout: Duration,
+) -> anyhow::Result<Confirm> {
     // The timeout covers the send too: a publish on a connection that is dying must not hang.
     let attempt = async { send(channel, msg).await?.await };
     match tokio::time::timeout(timeout, attempt).await {
@@ -147,6 +168,20 @@ pub struct BulkPublisher {
 struct Tracked {
     msg: Outgoing,
     nacks: u32,
+    /// The publish span (see [`crate::trace::publish_span`]), open until the confirm; the same
+    /// across re-sends. [`tracing::Span::none`] unless spans are exported.
+    span: tracing::Span,
+}
+
+impl Tracked {
+    fn new(mut msg: Outgoing) -> Self {
+        let span = crate::trace::publish_span(&mut msg);
+        Self {
+            msg,
+            nacks: 0,
+            span,
+        }
+    }
 }
 
 enum Settled {
@@ -259,7 +294,7 @@ impl BulkPublisher {
                                 if let Some(p) = pacer.as_mut() {
                                     p.tick().await;
                                 }
-                                batch.push(Tracked { msg, nacks: 0 });
+                                batch.push(Tracked::new(msg));
                             }
                             None => exhausted = true,
                         },
@@ -346,6 +381,7 @@ impl BulkPublisher {
                         if confirm == Confirm::Confirmed {
                             failures.reset();
                         }
+                        crate::trace::published(&tracked.span, &confirm);
                         on_confirm(&tracked.msg, &confirm);
                     }
                     Some((tracked, Settled::Lost(reason))) => {

@@ -120,7 +120,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let cli = Cli::parse();
-    burrow::telemetry::init(burrow::telemetry::LogFormat::Text);
+    let _telemetry = burrow::telemetry::init(burrow::telemetry::LogFormat::Text, "burrow-bench");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => return burrow::cli::exit_code(&anyhow::Error::new(e).context("starting tokio")),

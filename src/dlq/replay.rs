@@ -272,11 +272,24 @@ async fn send(
     copy: &Outgoing,
     sent: Sent,
 ) -> anyhow::Result<()> {
-    let confirm = publisher::send(publish, copy)
+    // While spans are exported the copy goes out under a publish span of its own, which
+    // continues the dead letter's trace (see `crate::trace::publish_span`).
+    let mut copy = std::borrow::Cow::Borrowed(copy);
+    let span = if crate::telemetry::exporting() {
+        crate::trace::publish_span(copy.to_mut())
+    } else {
+        tracing::Span::none()
+    };
+    let confirm = publisher::send(publish, &copy)
         .await
         .context("republishing a dead letter")?;
     pending.push(Box::pin(async move {
-        (tag, sent, confirm.await.map_err(anyhow::Error::from))
+        let fate = confirm.await.map_err(anyhow::Error::from);
+        match &fate {
+            Ok(c) => crate::trace::published(&span, c),
+            Err(e) => crate::trace::publish_failed(&span, &format!("{e:#}")),
+        }
+        (tag, sent, fate)
     }));
     Ok(())
 }

@@ -29,8 +29,10 @@ pub const HEADER_REPLAYED: &str = "x-burrow-replayed";
 /// recognise it: the inventory service marks its `inventory.changed` events so that it ignores
 /// them when the `activity` fanout brings them back.
 pub const HEADER_ORIGIN: &str = "x-burrow-origin";
-/// W3C trace context header.
+/// W3C trace context header: the trace and the span a message was published in.
 pub const HEADER_TRACEPARENT: &str = "traceparent";
+/// W3C trace context header: vendor data of the trace, carried along when a tracer set it.
+pub const HEADER_TRACESTATE: &str = "tracestate";
 
 // The broker's headers.
 

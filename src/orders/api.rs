@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use super::metrics::OrderMetrics;
 use super::outbox::OutboxMessage;
@@ -79,14 +80,21 @@ pub enum ApiError {
     Store(String),
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = match &self {
+impl ApiError {
+    /// The HTTP status of the answer.
+    pub fn status(&self) -> StatusCode {
+        match self {
             Self::MissingKey(_) | Self::Malformed(_) => StatusCode::BAD_REQUEST,
             Self::Invalid { .. } | Self::KeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
         let mut body = serde_json::json!({ "error": self.to_string() });
         match &self {
             Self::Invalid { field, rule } => {
@@ -193,13 +201,25 @@ async fn place(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<OrderView>), ApiError> {
+    // The order's trace starts here (or in the caller's, given a `traceparent`): the outbox
+    // rows keep this span's context, and the relay's publishes continue it.
+    let span = crate::trace::request_span("POST", "/orders", &headers);
     let key = idempotency_key(&headers)?;
-    let (new, view) = api.place(key, &body).await?;
+    let placed = api.place(key, &body).instrument(span.clone()).await;
+    let (new, view) = match placed {
+        Ok(placed) => placed,
+        Err(e) => {
+            span.record("http.response.status_code", e.status().as_u16());
+            return Err(e);
+        }
+    };
     let status = if new {
         StatusCode::ACCEPTED
     } else {
         StatusCode::OK
     };
+    span.record("order_id", view.order_id.as_str());
+    span.record("http.response.status_code", status.as_u16());
     Ok((status, Json(view)))
 }
 

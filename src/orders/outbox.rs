@@ -1,7 +1,9 @@
 //! One outbox row: a message exactly as the producer builds it ([`crate::producer::order_messages`]),
 //! stored with its order in the same transaction and rebuilt for the relay. The body, the
 //! message id and the `traceparent` are stored, so a message re-sent after a crash or a lost
-//! confirm is the same message (consumers de-duplicate by id).
+//! confirm is the same message (consumers de-duplicate by id) in the same trace. While spans are
+//! exported the stored `traceparent` is the accepting request's, and each publish sends the
+//! context of its own span under it ([`crate::trace::publish_span`]).
 
 use crate::message::{header_str, properties, HEADER_TRACEPARENT};
 use crate::publisher::Outgoing;

@@ -173,7 +173,13 @@ pub async fn publish_event(settings: &Settings, event: &ActivityEvent) -> anyhow
         .await
         .context("opening a confirm channel")?;
     let timeout = Duration::from_millis(settings.producer.confirm_timeout_ms);
-    let msg = event_message(event, Some(&super::new_traceparent()));
+    let msg = event_message(
+        event,
+        Some(&crate::trace::new_traceparent(
+            event.kind.as_str(),
+            &event.event_id,
+        )),
+    );
     let destination = format!("'{}'", msg.exchange);
     let result = publish_confirmed(
         &channel,

@@ -53,17 +53,6 @@ pub fn parse_item(s: &str) -> Result<OrderItem, String> {
     })
 }
 
-/// A fresh W3C `traceparent` (version 00, sampled).
-pub fn new_traceparent() -> String {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    format!(
-        "00-{:032x}-{:016x}-01",
-        rng.random::<u128>(),
-        rng.random::<u64>()
-    )
-}
-
 /// A `traceparent` header table.
 pub(crate) fn headers_with_trace(traceparent: &str) -> FieldTable {
     let mut h = FieldTable::default();
@@ -73,7 +62,9 @@ pub(crate) fn headers_with_trace(traceparent: &str) -> FieldTable {
 
 /// The messages that place `order`: the order itself and, when `events`, its `order.placed`.
 pub fn order_messages(order: &Order, events: bool) -> Vec<Outgoing> {
-    let trace = new_traceparent();
+    // One trace for the order and its event: the caller's (the order service's request) or a
+    // new one.
+    let trace = crate::trace::new_traceparent("order", &order.order_id);
     let mut out = vec![Outgoing {
         exchange: ORDERS_EXCHANGE.into(),
         routing_key: ORDER_PLACED.into(),
@@ -469,13 +460,28 @@ mod tests {
     }
 
     #[test]
-    fn traceparent_has_the_w3c_shape() {
-        let tp = new_traceparent();
-        let parts: Vec<_> = tp.split('-').collect();
-        assert_eq!(parts.len(), 4);
+    fn an_order_and_its_event_share_one_w3c_traceparent() {
+        let order = crate::message::tests_support::order("ord_1");
+        let messages = order_messages(&order, true);
+        let traces: Vec<_> = messages
+            .iter()
+            .map(|m| {
+                crate::message::header_str(m.properties.headers().as_ref(), HEADER_TRACEPARENT)
+                    .expect("traceparent")
+            })
+            .collect();
+        assert_eq!(traces.len(), 2);
+        assert_eq!(traces[0], traces[1]);
+        let parts: Vec<_> = traces[0].split('-').collect();
         assert_eq!(
-            (parts[0], parts[1].len(), parts[2].len(), parts[3]),
-            ("00", 32, 16, "01")
+            (
+                parts.len(),
+                parts[0],
+                parts[1].len(),
+                parts[2].len(),
+                parts[3]
+            ),
+            (4, "00", 32, 16, "01")
         );
     }
 }

@@ -31,7 +31,6 @@ use super::forward::Forwarder;
 use super::handler::{Handler, Incoming, Outcome};
 use super::settle::{Decision, SettlePolicy};
 use crate::backoff::Backoff;
-use crate::message::HEADER_TRACEPARENT;
 use crate::metrics::{OutcomeLabels, QueueLabels, WorkerMetrics};
 use crate::publisher::Confirm;
 
@@ -370,30 +369,13 @@ impl<H: Handler> Session<'_, H> {
         };
         // Every log line of this delivery's handling and settlement carries its queue, message
         // id, attempt and the trace id of its W3C `traceparent`; `outcome` is recorded at the end.
-        let span = tracing::info_span!(
-            "delivery",
-            queue = %self.policy.queue,
-            message_id = msg.message_id().unwrap_or("-"),
-            attempt = msg.attempts().saturating_add(1),
-            redelivered = msg.redelivered,
-            trace_id = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-        );
-        if let Some(trace_id) = msg.header(HEADER_TRACEPARENT).as_deref().and_then(trace_id) {
-            span.record("trace_id", trace_id);
-        }
-        let settled = self
+        let span = crate::trace::delivery_span(&self.policy.queue, &msg);
+        let (tag, settlement, outcome) = self
             .settle_one(hot, tag, &msg, shutdown)
             .instrument(span.clone())
             .await;
-        span.record(
-            "outcome",
-            match settled.1 {
-                Settlement::Ack => "settled",
-                Settlement::Release => "released",
-            },
-        );
-        settled
+        crate::trace::delivered(&span, outcome);
+        (tag, settlement)
     }
 
     /// Runs the handler on `msg` and decides its settlement (see [`Self::job`]).
@@ -403,15 +385,19 @@ impl<H: Handler> Session<'_, H> {
         tag: u64,
         msg: &Incoming,
         shutdown: &CancellationToken,
-    ) -> (u64, Settlement) {
+    ) -> (u64, Settlement, &'static str) {
         hot.in_flight.inc();
         let started = Instant::now();
+        let span = crate::trace::handler_span(&self.policy.queue, msg);
         let outcome = std::panic::AssertUnwindSafe(self.handler.handle(msg))
             .catch_unwind()
+            .instrument(span.clone())
             .await
             .unwrap_or_else(|panic| {
                 Outcome::Transient(format!("handler panicked: {}", panic_text(&panic)))
             });
+        crate::trace::handled(&span, &outcome);
+        drop(span);
         hot.handler_seconds.observe(started.elapsed().as_secs_f64());
         hot.in_flight.dec();
         self.breaker.record(&outcome, self.metrics);
@@ -419,7 +405,7 @@ impl<H: Handler> Session<'_, H> {
         let (copy, outcome, reason) = match self.policy.decide(msg, outcome) {
             Decision::Ack => {
                 hot.success.inc();
-                return (tag, Settlement::Ack);
+                return (tag, Settlement::Ack, "success");
             }
             Decision::Forward {
                 copy,
@@ -447,7 +433,7 @@ impl<H: Handler> Session<'_, H> {
                 // per FORWARD_HOLD instead of one per redelivery.
                 error!(%queue, message_id = %id, error = %why, held = ?held_since.elapsed(), "could not forward a failed message; releasing it to the queue");
                 self.metrics.count(queue, "requeued");
-                return (tag, Settlement::Release);
+                return (tag, Settlement::Release, "released");
             }
             let delay = backoff.next_delay();
             warn!(%queue, message_id = %id, error = %why, ?delay, "could not forward a failed message; holding it and trying again");
@@ -462,14 +448,8 @@ impl<H: Handler> Session<'_, H> {
             info!(%queue, message_id = %id, %reason, to = %copy.routing_key, "scheduled retry");
         }
         self.metrics.count(queue, outcome);
-        (tag, Settlement::Ack)
+        (tag, Settlement::Ack, outcome)
     }
-}
-
-/// The trace id (32 hex digits) of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`).
-fn trace_id(traceparent: &str) -> Option<&str> {
-    let id = traceparent.split('-').nth(1)?;
-    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
 }
 
 fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
@@ -478,19 +458,4 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::trace_id;
-
-    #[test]
-    fn the_trace_id_is_read_from_a_w3c_traceparent() {
-        assert_eq!(
-            trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-            Some("4bf92f3577b34da6a3ce929d0e0e4736")
-        );
-        assert_eq!(trace_id("00-short-00f067aa0ba902b7-01"), None);
-        assert_eq!(trace_id("garbage"), None);
-    }
 }

@@ -60,6 +60,40 @@ fn cluster_profile_has_three_rabbitmq_nodes() {
     );
 }
 
+/// The `tracing` profile runs Jaeger with its OTLP/HTTP port, and every worker exports to the
+/// endpoint given where compose runs (none when it is not given).
+#[test]
+fn tracing_profile_runs_jaeger_and_workers_export_where_they_are_told() {
+    let (ok, services, err) = compose(&["--profile", "tracing", "config", "--services"]);
+    assert!(ok, "{err}");
+    assert!(services.lines().any(|l| l == "jaeger"), "jaeger missing");
+    assert_eq!(
+        compose_json()["services"]["jaeger"]["profiles"],
+        serde_json::json!(["tracing"]),
+        "jaeger runs only with the tracing profile"
+    );
+    let endpoint = |value: Option<&str>| {
+        let mut cmd = Command::new("docker-compose");
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["--profile", "tracing", "config"]);
+        match value {
+            Some(v) => cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", v),
+            None => cmd.env_remove("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        };
+        let out = cmd.output().expect("docker-compose");
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let told = endpoint(Some("http://jaeger:4318"));
+    assert!(told.contains("target: 4318"), "{told}");
+    let exporting = told
+        .matches("OTEL_EXPORTER_OTLP_ENDPOINT: http://jaeger:4318")
+        .count();
+    // Every burrow program: the workers and the order service.
+    assert_eq!(exporting, WORKERS.len(), "{told}");
+    assert!(!endpoint(None).contains("http://jaeger:4318"));
+}
+
 #[test]
 fn definitions_file_mounted_by_compose_exists() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/topology/definitions.json");

@@ -27,3 +27,4 @@ mod silent_broker;
 mod status;
 mod supervisor;
 mod topology;
+mod traces;
