@@ -211,6 +211,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let options = burrow::orders::ServeOptions {
                 http,
                 events: !no_events,
+                announce: true,
             };
             burrow::cli::producer::serve(settings, options).await
         }

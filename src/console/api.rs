@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::picture::{topology_svg, TopologyView};
-use super::workers::{find_workers, probe_all, WorkerStatus};
+use super::workers::{find_workers, probe_all, OutboxStatus, WorkerStatus};
 use super::Console;
 use crate::dlq::{self, DeadLetter, Selection};
 use crate::status::{dead_letter_queues, StatusReport};
@@ -76,10 +76,17 @@ struct Overview {
     workers_error: Option<String>,
     /// The dead-letter queues of the topology.
     dead_letter_queues: Vec<String>,
-    // OUTBOX: the order service's outbox (pending and oldest unpublished order) goes here once
-    // the outbox exists (issue 14 part 1, built separately); the page has its panel ready
-    // (`#outbox` in console.html) and shows "not available" while this is null.
-    outbox: Option<serde_json::Value>,
+    /// The order services' outbox, when one of them was found.
+    outbox: Option<OutboxView>,
+}
+
+/// The outbox panel: the order services found and their outbox together.
+#[derive(Debug, Serialize)]
+struct OutboxView {
+    /// Order-service processes found.
+    services: usize,
+    #[serde(flatten)]
+    outbox: OutboxStatus,
 }
 
 async fn overview(State(c): State<Arc<Console>>) -> ApiResult<Overview> {
@@ -95,13 +102,16 @@ async fn overview(State(c): State<Arc<Console>>) -> ApiResult<Overview> {
             Some(crate::settings::redact_url(&e.to_string())),
         ),
     };
+    let services = workers.iter().filter(|w| w.outbox.is_some()).count();
+    let outbox = OutboxStatus::combined(workers.iter().filter_map(|w| w.outbox))
+        .map(|outbox| OutboxView { services, outbox });
     Ok(Json(Overview {
         at: Utc::now(),
         status,
         workers,
         workers_error,
         dead_letter_queues: dead_queues(&c),
-        outbox: None,
+        outbox,
     }))
 }
 

@@ -42,6 +42,10 @@ pub struct ServeOptions {
     pub http: SocketAddr,
     /// Whether each order also gets its `order.placed` activity event.
     pub events: bool,
+    /// Whether the API's address goes into this process's connections for `burrow console`
+    /// to find ([`crate::broker::announce_http`], process-wide: the `producer serve` binary
+    /// announces, a test running services in its own process does not).
+    pub announce: bool,
 }
 
 /// Runs the order service until `shutdown`: the API, the relay, the purge of published outbox
@@ -102,6 +106,11 @@ pub async fn start(
     let router = crate::http::base_router(worker_metrics.clone(), readiness)
         .merge(Api::new(store.clone(), metrics.clone(), wake.clone(), options.events).router());
     let addr = crate::http::serve(options.http, router, shutdown.clone()).await?;
+    if options.announce {
+        // Before the first connection: `burrow console` finds the service (and its outbox)
+        // by it.
+        crate::broker::announce_http(addr);
+    }
     let window = settings.store.retention();
     tokio::spawn(crate::sqlite::run_purges(
         "orders",

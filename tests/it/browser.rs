@@ -189,6 +189,8 @@ async fn in_a_browser_the_overview_shows_the_queues_and_a_dead_letter_is_replaye
     browser
         .text_of(r#"#queues tr[data-queue="orders.dead"] td.ready"#, "1")
         .await;
+    // No order service runs in this vhost: the outbox panel says so (the page rendered it).
+    browser.text_of("#outbox", "No order service found").await;
 
     browser.click(r#"a[data-tab="dead-letters"]"#).await;
     let row = format!(r#"#letters tr[data-id="{id}"]"#);

@@ -128,7 +128,7 @@ async fn overview_lists_the_shops_queues_and_the_workers_with_their_health() {
     assert_eq!(
         overview["outbox"],
         Value::Null,
-        "the outbox is not built yet"
+        "no order service runs in this vhost"
     );
     let fulfillment = overview["status"]["queues"]
         .as_array()
@@ -152,6 +152,55 @@ async fn overview_lists_the_shops_queues_and_the_workers_with_their_health() {
             (!still_healthy).then_some(())
         },
     )
+    .await;
+}
+
+/// The outbox panel reads the order service (`producer serve`, found by the address its
+/// connections announce) and shows what it accepted and relayed.
+#[tokio::test]
+async fn the_overview_shows_the_order_services_outbox() {
+    let t = TestVhost::new("console-outbox")
+        .await
+        .with_fast_topology()
+        .await;
+    let http = burrow::children::free_port().expect("free port");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_producer"));
+    cmd.args(["serve", "--http", &http.to_string()])
+        .envs(t.env())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _service = burrow::children::Process::spawn("orders", cmd).expect("producer serve");
+    let console = TestConsole::start(&t).await;
+    let outbox = wait_for("the order service in the overview", LONG, || async {
+        let (_, overview) = console.get("/api/overview").await;
+        let found = overview["workers"]
+            .as_array()?
+            .iter()
+            .any(|w| w["http"] == http.to_string() && w["service"] == "producer");
+        found.then(|| overview["outbox"].clone())
+    })
+    .await;
+    assert_eq!(outbox["services"], 1, "{outbox}");
+    assert_eq!(outbox["depth"], 0.0, "{outbox}");
+
+    let order = json!({"customer_id": "cus_1", "email": "ann@example.com", "currency": "EUR",
+        "items": [{"sku": "SKU-1", "quantity": 1, "unit_price_cents": 100}]});
+    let placed = console
+        .client
+        .post(format!("http://{http}/orders"))
+        .header("Idempotency-Key", "console-1")
+        .json(&order)
+        .send()
+        .await
+        .expect("POST /orders");
+    assert_eq!(placed.status(), StatusCode::ACCEPTED);
+    // The order and its event, published: the panel counts what the service counts.
+    wait_for("the order relayed", LONG, || async {
+        let (_, overview) = console.get("/api/overview").await;
+        let o = &overview["outbox"];
+        (o["accepted"] == 1.0 && o["relayed"] == 2.0 && o["depth"] == 0.0).then_some(())
+    })
     .await;
 }
 

@@ -29,6 +29,7 @@ impl Service {
             ServeOptions {
                 http: "127.0.0.1:0".parse().unwrap(),
                 events: true,
+                announce: false,
             },
             stop.clone(),
         )

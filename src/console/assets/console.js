@@ -118,8 +118,18 @@ function renderWorkers(workers) {
 }
 
 function renderOutbox(outbox) {
-  // OUTBOX: render the order service's outbox here once /api/overview reports it.
-  $("#outbox").textContent = outbox ? JSON.stringify(outbox) : "Not available yet.";
+  const el = $("#outbox");
+  if (!outbox) {
+    el.className = "hint";
+    el.textContent = "No order service found (producer serve announces itself to the console once it connects).";
+    return;
+  }
+  const waiting = outbox.depth === 0
+    ? "empty: every accepted order is published"
+    : `${outbox.depth} messages waiting, the oldest for ${outbox.oldest_unpublished_seconds.toFixed(1)} s`;
+  el.className = outbox.depth > 0 && outbox.oldest_unpublished_seconds > 10 ? "warn" : "";
+  el.textContent = `${outbox.services} order service${outbox.services === 1 ? "" : "s"}: outbox ${waiting}; `
+    + `${outbox.accepted} orders accepted, ${outbox.relayed} messages relayed since start.`;
 }
 
 function record(overview) {
