@@ -1,6 +1,7 @@
 //! The recommendation model and the stream offset it was built up to, together in
-//! `<store.dir>/recommendations.db` (one transaction per event, so the offset never runs ahead
-//! of or behind the model).
+//! `<store.dir>/recommendations.db` (each event's changes and its offset in one
+//! transaction, so the offset never runs ahead of or behind the model; events queued together
+//! commit together).
 //!
 //! - `interest(user, sku)`: how much a customer cared about a product (view 1, review 2,
 //!   order 3) and the stream offset of the latest interaction (recency).
@@ -14,6 +15,7 @@
 //! byte-identical answers.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
@@ -175,58 +177,81 @@ impl Model {
         offset: i64,
         event: Result<ActivityEvent, String>,
     ) -> anyhow::Result<Applied> {
-        self.db
-            .call(move |conn| {
-                let last: Option<i64> = conn
-                    .prepare_cached("SELECT stream_offset FROM state WHERE id = 0")?
-                    .query_row([], |r| r.get(0))?;
-                if last.is_some_and(|l| offset <= l) {
-                    return Ok(Applied::AlreadyApplied);
+        self.queue_apply(offset, None, Arc::new(event))
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("unreachable: no predecessor to check"))
+    }
+
+    /// Queues the stream message at `offset` for the model now, in call order, and answers
+    /// once its batch is committed (see [`GroupCommit::queue`]): a reader queues message after
+    /// message without waiting, and the database thread commits what is queued together.
+    ///
+    /// `after` is the offset of the message queued just before this one (`None` for the first
+    /// of a session). Unless the model then ends exactly at `after`, nothing is applied and
+    /// the answer is `Ok(None)`: the message before failed, and applying this one would step
+    /// over it. So a failure is never stepped over, and the reader queues again from the first
+    /// message not applied. An offset at or below the model's is `AlreadyApplied` in any case.
+    ///
+    /// # Errors
+    /// The database failed; nothing was applied.
+    pub fn queue_apply(
+        &self,
+        offset: i64,
+        after: Option<i64>,
+        event: Arc<Result<ActivityEvent, String>>,
+    ) -> impl std::future::Future<Output = anyhow::Result<Option<Applied>>> + Send + 'static {
+        self.db.queue(move |conn| {
+            let last: Option<i64> = conn
+                .prepare_cached("SELECT stream_offset FROM state WHERE id = 0")?
+                .query_row([], |r| r.get(0))?;
+            if last.is_some_and(|l| offset <= l) {
+                return Ok(Some(Applied::AlreadyApplied));
+            }
+            if after.is_some() && last != after {
+                return Ok(None);
+            }
+            let applied = match event.as_ref() {
+                Err(_) => {
+                    conn.prepare_cached("UPDATE state SET skipped = skipped + 1 WHERE id = 0")?
+                        .execute([])?;
+                    Applied::Skipped
                 }
-                let applied = match event {
-                    Err(_) => {
-                        conn.execute("UPDATE state SET skipped = skipped + 1 WHERE id = 0", [])?;
-                        Applied::Skipped
-                    }
-                    Ok(e) => {
-                        let new = conn
-                            .prepare_cached(
-                                "INSERT INTO seen (event_id, seen_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-                            )?
-                            .execute(params![&e.event_id, crate::sqlite::now_ms()])?
-                            == 1;
-                        if new {
-                            let w = weight(e.kind);
-                            if w > 0 {
-                                for sku in crate::analytics::store::products_of(&e) {
-                                    touch(conn, &e.user_id, &sku, w, offset)?;
-                                }
+                Ok(e) => {
+                    let new = conn
+                        .prepare_cached(
+                            "INSERT INTO seen (event_id, seen_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                        )?
+                        .execute(params![&e.event_id, crate::sqlite::now_ms()])?
+                        == 1;
+                    if new {
+                        let w = weight(e.kind);
+                        if w > 0 {
+                            for sku in crate::analytics::store::products_of(e) {
+                                touch(conn, &e.user_id, &sku, w, offset)?;
                             }
-                            if e.kind == EventKind::InventoryChanged {
-                                let stock = e.data.get("stock").and_then(serde_json::Value::as_i64);
-                                if let (Some(sku), Some(stock)) = (&e.product_id, stock) {
-                                    conn.execute(
-                                        "INSERT INTO stock (sku, stock) VALUES (?1, ?2)
-                                         ON CONFLICT(sku) DO UPDATE SET stock = ?2",
-                                        params![sku, stock],
-                                    )?;
-                                }
-                            }
-                            conn.prepare_cached(
-                                "UPDATE state SET events = events + 1 WHERE id = 0",
-                            )?
-                            .execute([])?;
-                            Applied::Event
-                        } else {
-                            Applied::Duplicate
                         }
+                        if e.kind == EventKind::InventoryChanged {
+                            let stock = e.data.get("stock").and_then(serde_json::Value::as_i64);
+                            if let (Some(sku), Some(stock)) = (&e.product_id, stock) {
+                                conn.prepare_cached(
+                                    "INSERT INTO stock (sku, stock) VALUES (?1, ?2)
+                                     ON CONFLICT(sku) DO UPDATE SET stock = ?2",
+                                )?
+                                .execute(params![sku, stock])?;
+                            }
+                        }
+                        conn.prepare_cached("UPDATE state SET events = events + 1 WHERE id = 0")?
+                            .execute([])?;
+                        Applied::Event
+                    } else {
+                        Applied::Duplicate
                     }
-                };
-                conn.prepare_cached("UPDATE state SET stream_offset = ?1 WHERE id = 0")?
-                    .execute([offset])?;
-                Ok(applied)
-            })
-            .await
+                }
+            };
+            conn.prepare_cached("UPDATE state SET stream_offset = ?1 WHERE id = 0")?
+                .execute([offset])?;
+            Ok(Some(applied))
+        })
     }
 
     /// Forgets the `event_id`s applied longer than `window` ago (the model stays), in batches;
