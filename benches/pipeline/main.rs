@@ -21,6 +21,7 @@
 //! - [`producer_cli`]: the `producer` binary, start-up included.
 //! - [`latency`], [`memory`], [`report`], [`vhost`]: measuring and printing.
 
+mod amqprs_raw;
 mod latency;
 mod memory;
 mod orders_api;
@@ -156,6 +157,8 @@ enum Mode {
     Baseline,
     /// Raw lapin, `basic.ack(multiple=true)` every 64 deliveries and when idle.
     BaselineTuned,
+    /// Raw amqprs (the other async Rust client) doing the baseline-tuned work.
+    AmqprsTuned,
     /// `BulkPublisher` + `Worker` in-process, decode+validate handler.
     BurrowRuntime,
     /// burrow-runtime with the publisher at half the measured maximum (p99 latency).
@@ -176,9 +179,10 @@ enum Mode {
 
 impl Mode {
     /// Every mode.
-    const ALL: [Mode; 9] = [
+    const ALL: [Mode; 10] = [
         Mode::Baseline,
         Mode::BaselineTuned,
+        Mode::AmqprsTuned,
         Mode::BurrowRuntime,
         Mode::HalfRate,
         Mode::BurrowFull,
@@ -225,6 +229,7 @@ struct Measured {
     errors: Vec<String>,
     baseline: Option<Row>,
     tuned: Option<Row>,
+    amqprs: Option<Row>,
     runtime: Option<Row>,
     half: Option<Row>,
     full: Option<pipeline::PipelineResult>,
@@ -316,7 +321,12 @@ async fn run(settings: &Settings, options: BenchOptions) -> anyhow::Result<ExitC
 }
 
 /// The modes whose ratios are targets: run round-robin, `rounds` times, on fresh queues.
-const HEAD_TO_HEAD: [Mode; 3] = [Mode::Baseline, Mode::BaselineTuned, Mode::BurrowRuntime];
+const HEAD_TO_HEAD: [Mode; 4] = [
+    Mode::Baseline,
+    Mode::BaselineTuned,
+    Mode::AmqprsTuned,
+    Mode::BurrowRuntime,
+];
 
 /// Runs the head-to-head modes interleaved, `options.rounds` times, so that a burst of load
 /// from elsewhere on the machine hits every mode alike; keeps each mode's median round (by
@@ -374,6 +384,7 @@ async fn head_to_head(
         match mode {
             Mode::Baseline => m.baseline = Some(row),
             Mode::BaselineTuned => m.tuned = Some(row),
+            Mode::AmqprsTuned => m.amqprs = Some(row),
             _ => m.runtime = Some(row),
         }
     }
@@ -388,6 +399,7 @@ async fn head_to_head_row(
     let n = options.messages;
     let (w, p) = (options.window, options.prefetch);
     in_vhost(settings, |v| async move {
+        let before = Usage::now();
         let r = match mode {
             Mode::Baseline => {
                 raw::run(&v.settings, "baseline", n, w, p, AckStyle::PerMessage).await
@@ -396,8 +408,15 @@ async fn head_to_head_row(
                 let style = AckStyle::Batched(TUNED_ACK_EVERY);
                 raw::run(&v.settings, "baseline-tuned", n, w, p, style).await
             }
+            Mode::AmqprsTuned => {
+                amqprs_raw::run(&v.settings, "amqprs-tuned", n, w, p, TUNED_ACK_EVERY).await
+            }
             _ => runtime::run(&v.settings, "burrow-runtime", n, params).await,
         };
+        let r = r.map(|mut row| {
+            row.note = format!("{}; {}", row.note, Usage::now().since(&before, n));
+            row
+        });
         (v, r)
     })
     .await
@@ -413,7 +432,7 @@ async fn run_mode(
     let n = options.messages;
     let w = options.window;
     match mode {
-        Mode::Baseline | Mode::BaselineTuned | Mode::BurrowRuntime => {
+        Mode::Baseline | Mode::BaselineTuned | Mode::AmqprsTuned | Mode::BurrowRuntime => {
             unreachable!("head-to-head modes run in head_to_head")
         }
         Mode::HalfRate => {
@@ -537,6 +556,42 @@ async fn run_mode(
     Ok(())
 }
 
+/// What this process (publisher and consumer of an in-process mode, every thread) used so far.
+struct Usage {
+    cpu_us: f64,
+    switches: f64,
+}
+
+impl Usage {
+    fn now() -> Self {
+        use nix::sys::resource::{getrusage, UsageWho};
+        match getrusage(UsageWho::RUSAGE_SELF) {
+            Ok(u) => {
+                let us = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 * 1e6 + t.tv_usec() as f64;
+                Self {
+                    cpu_us: us(u.user_time()) + us(u.system_time()),
+                    switches: (u.voluntary_context_switches() + u.involuntary_context_switches())
+                        as f64,
+                }
+            }
+            Err(_) => Self {
+                cpu_us: f64::NAN,
+                switches: f64::NAN,
+            },
+        }
+    }
+
+    /// Client CPU and context switches per message since `before`.
+    fn since(&self, before: &Self, messages: u64) -> String {
+        let n = messages.max(1) as f64;
+        format!(
+            "client {:.1} us CPU/msg, {:.2} context switches/msg",
+            (self.cpu_us - before.cpu_us) / n,
+            (self.switches - before.switches) / n
+        )
+    }
+}
+
 /// The sustainable rate of a run: the slower of publishing and consuming.
 fn max_rate(row: &Row) -> f64 {
     row.e2e_rate
@@ -560,6 +615,13 @@ fn targets(m: &Measured) -> Vec<String> {
             "{} burrow-runtime e2e >= 1.3x baseline: {:.2}x ({rt:.0} vs {base:.0}/s)",
             verdict(rt >= 1.3 * base),
             rt / base
+        ));
+    }
+    if let (Some(rt), Some(amqprs)) = (e2e(&m.runtime), e2e(&m.amqprs)) {
+        out.push(format!(
+            "{} burrow-runtime e2e >= 0.9x amqprs-tuned: {:.2}x ({rt:.0} vs {amqprs:.0}/s)",
+            verdict(rt >= 0.9 * amqprs),
+            rt / amqprs
         ));
     }
     if let (Some(rt), Some(tuned)) = (e2e(&m.runtime), e2e(&m.tuned)) {
