@@ -164,17 +164,12 @@ impl Recommendations {
         }
     }
 
-    /// Collects the answers that came (with `wait`, every answer): applied ones leave the
-    /// queue; a failure is queued again with everything after it (see [`Self::requeue`]).
-    async fn collect(&self, queued: &mut Queued, wait: bool) {
+    /// Collects the answers that came: applied ones leave the queue; a failure is queued
+    /// again with everything after it (see [`Self::requeue`]).
+    async fn collect(&self, queued: &mut Queued) {
         while let Some(front) = queued.entries.front_mut() {
-            let answer = if wait {
-                (&mut front.answer).await
-            } else {
-                match (&mut front.answer).now_or_never() {
-                    Some(answer) => answer,
-                    None => return,
-                }
+            let Some(answer) = (&mut front.answer).now_or_never() else {
+                return;
             };
             match answer {
                 Ok(Some(applied)) => {
@@ -241,15 +236,30 @@ impl Recommendations {
         }
     }
 
-    /// Waits until every queued message is committed, logging a failure (the next start reads
-    /// the stream again from the stored offset). Called once the worker stopped, so that a
-    /// clean stop leaves nothing to read again.
+    /// Waits for the answer of every queued message and forgets them; what failed is logged
+    /// and read again from the stream, after the stored offset, by the next session or start.
+    /// Called before a session reads where to start, and once the worker stopped (so that a
+    /// clean stop leaves nothing to read again).
     pub async fn flush(&self) {
         let mut queued = self.queued.lock().await;
+        queued.last = None;
+        let mut failed = None;
         for entry in queued.entries.drain(..) {
-            if let Err(e) = entry.answer.await {
-                error!(offset = entry.offset, error = %format!("{e:#}"), "recommendations model failed at shutdown; the next start reads the stream again from the stored offset");
+            match entry.answer.await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    failed.get_or_insert((
+                        entry.offset,
+                        "an earlier message was not applied".to_owned(),
+                    ));
+                }
+                Err(e) => {
+                    failed.get_or_insert((entry.offset, format!("{e:#}")));
+                }
             }
+        }
+        if let Some((offset, reason)) = failed {
+            error!(offset, error = %reason, "recommendations model failed; the stream is read again from the stored offset");
         }
     }
 }
@@ -331,14 +341,14 @@ impl Handler for Recommendations {
         }
         let mut queued = self.queued.lock().await;
         // Earlier answers first: a failure is applied again before anything new.
-        self.collect(&mut queued, false).await;
+        self.collect(&mut queued).await;
         if queued.entries.len() >= MAX_QUEUED {
             // Wait for the oldest one's batch.
             if let Some(front) = queued.entries.front_mut() {
                 let answer = (&mut front.answer).await;
                 front.answer = Box::pin(std::future::ready(answer));
             }
-            self.collect(&mut queued, false).await;
+            self.collect(&mut queued).await;
         }
         let event = Arc::new(event);
         let answer = self.model.queue_apply(offset, queued.last, event.clone());
@@ -352,13 +362,9 @@ impl Handler for Recommendations {
     }
 
     async fn consume_arguments(&self) -> anyhow::Result<Option<FieldTable>> {
-        // What an earlier session queued is committed (or applied again) before the stored
-        // offset is read; the new session's first message follows that offset.
-        {
-            let mut queued = self.queued.lock().await;
-            self.collect(&mut queued, true).await;
-            queued.last = None;
-        }
+        // What an earlier session queued is committed (or failed, and is read again) before
+        // the stored offset is read; the new session's first message follows that offset.
+        self.flush().await;
         let start = self.start().await?;
         info!(?start, "reading the stream");
         Ok(Some(start.consume_arguments()))

@@ -376,6 +376,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn queued_changes_commit_in_order_and_never_step_over_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Model::open(dir.path(), false).await.unwrap();
+        let ok = |user: &str| Arc::new(Ok(ev(EventKind::ProductViewed, user, "A")));
+        // Queued one after the other without waiting: applied in that order.
+        let first = m.queue_apply(10, None, ok("u1"));
+        let second = m.queue_apply(11, Some(10), ok("u2"));
+        // Its predecessor (12) was never applied: refused, nothing written.
+        let gap = m.queue_apply(13, Some(12), ok("u3"));
+        assert_eq!(first.await.unwrap(), Some(Applied::Event));
+        assert_eq!(second.await.unwrap(), Some(Applied::Event));
+        assert_eq!(gap.await.unwrap(), None);
+        let state = m.state().await.unwrap();
+        assert_eq!((state.offset, state.events, state.users), (Some(11), 2, 2));
+        // Queued again after its predecessor: applied; an offset already in the model is not.
+        assert_eq!(
+            m.queue_apply(12, Some(11), ok("u4")).await.unwrap(),
+            Some(Applied::Event)
+        );
+        assert_eq!(
+            m.queue_apply(13, Some(12), ok("u3")).await.unwrap(),
+            Some(Applied::Event)
+        );
+        assert_eq!(
+            m.queue_apply(11, None, ok("u2")).await.unwrap(),
+            Some(Applied::AlreadyApplied)
+        );
+        let state = m.state().await.unwrap();
+        assert_eq!((state.offset, state.events, state.users), (Some(13), 4, 4));
+    }
+
+    #[tokio::test]
     async fn co_occurrence_recommends_and_stock_zero_excludes() {
         let dir = tempfile::tempdir().unwrap();
         let m = Model::open(dir.path(), false).await.unwrap();
