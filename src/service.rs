@@ -232,15 +232,21 @@ pub async fn run(
                 "recommendations model loaded"
             );
             let handler = Recommendations::new(model, options.since);
+            let queued = handler.clone();
             let mut config = ctx.queue_config_with(recommendations::settle_policy());
-            // One handler at a time: the model applies events in stream order. Streams require
+            // One handler at a time: the model applies events in stream order (each handler queues
+            // its change and returns, so consecutive events still commit together). Streams require
             // a prefetch; acks only release the broker's credit. The start offset is asked of
             // the model before every session (`Handler::consume_arguments`), not fixed here.
             config.concurrency = 1;
             config.stream = true;
             let router = ctx.router(|r| r);
-            ctx.serve_and_run(router.merge(handler.router()), handler, config)
-                .await
+            let result = ctx
+                .serve_and_run(router.merge(handler.router()), handler, config)
+                .await;
+            // The handler returns before its change is committed: commit the rest before exit.
+            queued.flush().await;
+            result
         }
     }
 }

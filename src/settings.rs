@@ -440,8 +440,8 @@ connect_timeout_ms = 5000
 url = ""
 
 [worker]
-concurrency = 16
-prefetch = 64
+concurrency = 64
+prefetch = 256
 grace_ms = 10000
 breaker_window = 20
 breaker_threshold = 11
@@ -625,7 +625,7 @@ mod tests {
     #[test]
     fn defaults_load() {
         let s = Settings::load().expect("defaults parse");
-        assert_eq!(s.worker.prefetch, 64);
+        assert_eq!(s.worker.prefetch, 256);
         assert!(!format!("{s:?}").contains(":guest@"));
     }
 }

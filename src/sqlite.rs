@@ -11,6 +11,7 @@
 //! writes), and answers the calls once the transaction is committed. A call is atomic and its
 //! answer means it is durable, as with a transaction per call, at one commit per batch.
 
+use std::future::Future;
 use std::path::Path;
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
@@ -224,6 +225,27 @@ impl GroupCommit {
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         self.submit(f, true).await
+    }
+
+    /// [`GroupCommit::call`], but queued for the database thread now, when this is called,
+    /// rather than when the returned future is first polled: calls queued one after the other
+    /// run (and commit) in that order, and the caller may go on before the answer comes. The
+    /// future answers once the call's batch is committed.
+    pub fn queue<T, F>(&self, f: F) -> impl Future<Output = anyhow::Result<T>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.jobs.send(Box::new(Pending {
+            f,
+            one_statement: false,
+            reply,
+        }));
+        async move {
+            sent.map_err(|_| anyhow::anyhow!("database thread stopped"))?;
+            rx.await.context("database thread stopped")?
+        }
     }
 
     async fn submit<T, F>(&self, f: F, one_statement: bool) -> anyhow::Result<T>

@@ -57,6 +57,8 @@ pub struct PipelineResult {
     pub kept_up: bool,
     /// The activity services started (empty when `worker` knows none yet).
     pub activity_services: Vec<&'static str>,
+    /// CPU microseconds per order of each service (all its processes), in start order.
+    pub cpu_us_per_order: Vec<(Service, f64)>,
 }
 
 /// The activity services `worker` can run (every service but fulfillment).
@@ -389,6 +391,10 @@ async fn measure(
             per_order(deliveries)
         ));
     }
+    let cpu_us_per_order: Vec<(Service, f64)> = cpu
+        .iter()
+        .map(|(s, secs)| (*s, 1e6 * secs / orders.max(1) as f64))
+        .collect();
     let cpu: Vec<String> = cpu
         .iter()
         .map(|(s, secs)| format!("{} {:.0}", s.name(), 1e6 * secs / orders.max(1) as f64))
@@ -410,6 +416,7 @@ async fn measure(
         fulfillment_peak_mib: peak,
         kept_up,
         activity_services: activity.iter().map(|s| s.name()).collect(),
+        cpu_us_per_order,
     })
 }
 

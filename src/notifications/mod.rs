@@ -3,7 +3,7 @@
 //! is acked without mail. Each event's mail is sent at most once per claim (see [`store`]): a
 //! redelivery or a duplicate publish with the same `event_id` sends nothing.
 //!
-//! The claim is renewed before every attempt and every third of a lease while a send runs, so
+//! The claim is renewed before every retry and every third of a lease while a send runs, so
 //! a send slower than the lease is not sent again by another worker; a worker that finds its
 //! claim taken over does not send. A worker that finds the event claimed by a live worker
 //! waits for that worker's outcome (sent, released, or its process gone), checking every
@@ -196,8 +196,8 @@ impl Notifications {
             attempt += 1;
             // Fenced: another worker took the claim over (this one was judged gone or stopped
             // renewing); that worker sends the mail, and its own delivery stays unacked until
-            // it does.
-            if !self.still_mine(event, &owner).await {
+            // it does. Not before the first attempt: the claim was won (stamped) just now.
+            if attempt > 1 && !self.still_mine(event, &owner).await {
                 warn!(event_id = %event.event_id, "claim taken over by another worker; not sending");
                 return Outcome::Success;
             }

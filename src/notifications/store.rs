@@ -5,7 +5,7 @@
 //!
 //! A claim names its owner: the process (pid, its start time, its pid namespace and the boot
 //! id, so a reused pid or another container is never mistaken for it) and a token unique to
-//! the claim. The owner renews the claim ([`NotificationStore::renew`]) before every attempt and
+//! the claim. The owner renews the claim ([`NotificationStore::renew`]) before every retry and
 //! while a send runs, so a slow send never outlasts its lease; renewing, marking sent and
 //! releasing all require the exact owner, so an owner that lost its claim (fenced) learns it
 //! before it sends again. A claim is taken over when its owner is a process of this host that

@@ -15,7 +15,8 @@
 //!
 //! Stream consumers do not compete: every instance gets every message, so each replica holds the
 //! full model, and scaling out means more replicas answering HTTP, not shared work. Handlers run
-//! one at a time so the model applies events in stream order.
+//! one at a time so the model applies events in stream order; each queues its change and returns
+//! before the commit, so consecutive messages commit together (see [`Recommendations`]).
 //!
 //! A stream has no dead-letter exchange: an invalid event is logged and skipped (counted in
 //! `GET /state` as `skipped`); it was already dead-lettered with its reason by the queue-based
@@ -24,6 +25,9 @@
 
 pub mod model;
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -32,6 +36,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use lapin::types::{AMQPValue, FieldTable};
 use serde::Deserialize;
 use tracing::{error, info, warn};
@@ -105,18 +110,161 @@ pub fn stream_offset(msg: &Incoming) -> Option<i64> {
 }
 
 /// The recommendations handler.
-#[derive(Debug, Clone)]
+///
+/// Messages are handled one at a time, in stream order, but not one commit each: the handler
+/// queues a message's change for the model ([`Model::queue_apply`]) and returns without
+/// waiting for the commit, so the model's database thread commits whatever is queued in one
+/// transaction (group commit). On a stream an ack only returns credit: what is acked but not
+/// yet committed when the process dies is read again from the stored offset at the next
+/// start. The answers are collected before the next message is queued; a failed one (and every
+/// one after it, which the model refuses so as not to step over it) is queued again, with
+/// back-off, before anything new. At most [`MAX_QUEUED`] are in the air.
+#[derive(Clone)]
 pub struct Recommendations {
     model: Arc<Model>,
     since: Option<DateTime<Utc>>,
+    queued: Arc<tokio::sync::Mutex<Queued>>,
+}
+
+impl std::fmt::Debug for Recommendations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recommendations")
+            .field("since", &self.since)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Messages queued for the model and not yet answered, at most this many.
+pub const MAX_QUEUED: usize = 512;
+
+type Answer = Pin<Box<dyn Future<Output = anyhow::Result<Option<Applied>>> + Send>>;
+
+/// One message queued for the model, with what it takes to queue it again.
+struct Entry {
+    offset: i64,
+    event: Arc<Result<ActivityEvent, String>>,
+    answer: Answer,
+}
+
+/// The messages in the air, in stream order.
+#[derive(Default)]
+struct Queued {
+    entries: VecDeque<Entry>,
+    /// The offset of the message queued last in this session.
+    last: Option<i64>,
 }
 
 impl Recommendations {
     /// Feeds `model`; while the model holds no offset yet, reads from `since` (else `first`).
     pub fn new(model: Arc<Model>, since: Option<DateTime<Utc>>) -> Self {
-        Self { model, since }
+        Self {
+            model,
+            since,
+            queued: Arc::default(),
+        }
     }
 
+    /// Collects the answers that came: applied ones leave the queue; a failure is queued
+    /// again with everything after it (see [`Self::requeue`]).
+    async fn collect(&self, queued: &mut Queued) {
+        while let Some(front) = queued.entries.front_mut() {
+            let Some(answer) = (&mut front.answer).now_or_never() else {
+                return;
+            };
+            match answer {
+                Ok(Some(applied)) => {
+                    if applied == Applied::AlreadyApplied {
+                        info!(
+                            offset = front.offset,
+                            "skipping an offset already in the model"
+                        );
+                    }
+                    queued.entries.pop_front();
+                }
+                Ok(None) => return self.requeue(queued, None).await,
+                Err(e) => return self.requeue(queued, Some(e)).await,
+            }
+        }
+    }
+
+    /// After a failure at the front: waits until everything queued after it is answered (the
+    /// model refuses what follows a failure), then queues it all again, in order, with
+    /// back-off, until every message is applied. The model store is a local file: a failure (a
+    /// full disk, a lock held too long) is waited out, since the model may not skip a message.
+    /// On shutdown the runtime gives up after its grace period; the rest is read again from the
+    /// stored offset by the next start.
+    async fn requeue(&self, queued: &mut Queued, mut error: Option<anyhow::Error>) {
+        let mut backoff = Backoff::default();
+        loop {
+            for entry in queued.entries.iter_mut().skip(1) {
+                if let (None, Err(e)) = (&error, (&mut entry.answer).await) {
+                    error = Some(e);
+                }
+            }
+            let delay = backoff.next_delay();
+            let offset = queued.entries.front().map(|e| e.offset);
+            let reason = error.take().map_or_else(
+                || "an earlier message was not applied".to_owned(),
+                |e| format!("{e:#}"),
+            );
+            error!(offset, error = %reason, ?delay, "recommendations model failed; trying again");
+            tokio::time::sleep(delay).await;
+            let mut after = None;
+            for entry in &mut queued.entries {
+                entry.answer = Box::pin(self.model.queue_apply(
+                    entry.offset,
+                    after,
+                    entry.event.clone(),
+                ));
+                after = Some(entry.offset);
+            }
+            loop {
+                let Some(front) = queued.entries.front_mut() else {
+                    return;
+                };
+                match (&mut front.answer).await {
+                    Ok(Some(_)) => {
+                        queued.entries.pop_front();
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        error = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for the answer of every queued message and forgets them; what failed is logged
+    /// and read again from the stream, after the stored offset, by the next session or start.
+    /// Called before a session reads where to start, and once the worker stopped (so that a
+    /// clean stop leaves nothing to read again).
+    pub async fn flush(&self) {
+        let mut queued = self.queued.lock().await;
+        queued.last = None;
+        let mut failed = None;
+        for entry in queued.entries.drain(..) {
+            match entry.answer.await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    failed.get_or_insert((
+                        entry.offset,
+                        "an earlier message was not applied".to_owned(),
+                    ));
+                }
+                Err(e) => {
+                    failed.get_or_insert((entry.offset, format!("{e:#}")));
+                }
+            }
+        }
+        if let Some((offset, reason)) = failed {
+            error!(offset, error = %reason, "recommendations model failed; the stream is read again from the stored offset");
+        }
+    }
+}
+
+impl Recommendations {
     /// Where the next session starts: right after the offset stored in the model.
     ///
     /// # Errors
@@ -191,28 +339,32 @@ impl Handler for Recommendations {
         if let Err(reason) = &event {
             warn!(offset, message_id = msg.message_id().unwrap_or("-"), %reason, "invalid event in the stream; skipped");
         }
-        // The model store is a local file: a failure (a full disk, a lock held too long) is
-        // waited out, since a stream cannot be requeued and the model may not skip a message.
-        // On shutdown the runtime gives up after its grace period; the message is then read
-        // again from the stored offset by the next start.
-        let mut backoff = Backoff::default();
-        loop {
-            match self.model.apply(offset, event.clone()).await {
-                Ok(Applied::AlreadyApplied) => {
-                    info!(offset, "skipping an offset already in the model");
-                    return Outcome::Success;
-                }
-                Ok(_) => return Outcome::Success,
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    error!(offset, error = %format!("{e:#}"), ?delay, "recommendations model failed; trying again");
-                    tokio::time::sleep(delay).await;
-                }
+        let mut queued = self.queued.lock().await;
+        // Earlier answers first: a failure is applied again before anything new.
+        self.collect(&mut queued).await;
+        if queued.entries.len() >= MAX_QUEUED {
+            // Wait for the oldest one's batch.
+            if let Some(front) = queued.entries.front_mut() {
+                let answer = (&mut front.answer).await;
+                front.answer = Box::pin(std::future::ready(answer));
             }
+            self.collect(&mut queued).await;
         }
+        let event = Arc::new(event);
+        let answer = self.model.queue_apply(offset, queued.last, event.clone());
+        queued.last = Some(offset);
+        queued.entries.push_back(Entry {
+            offset,
+            event,
+            answer: Box::pin(answer),
+        });
+        Outcome::Success
     }
 
     async fn consume_arguments(&self) -> anyhow::Result<Option<FieldTable>> {
+        // What an earlier session queued is committed (or failed, and is read again) before
+        // the stored offset is read; the new session's first message follows that offset.
+        self.flush().await;
         let start = self.start().await?;
         info!(?start, "reading the stream");
         Ok(Some(start.consume_arguments()))

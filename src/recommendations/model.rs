@@ -1,6 +1,7 @@
 //! The recommendation model and the stream offset it was built up to, together in
-//! `<store.dir>/recommendations.db` (one transaction per event, so the offset never runs ahead
-//! of or behind the model).
+//! `<store.dir>/recommendations.db` (each event's changes and its offset in one
+//! transaction, so the offset never runs ahead of or behind the model; events queued together
+//! commit together).
 //!
 //! - `interest(user, sku)`: how much a customer cared about a product (view 1, review 2,
 //!   order 3) and the stream offset of the latest interaction (recency).
@@ -14,6 +15,7 @@
 //! byte-identical answers.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
@@ -175,58 +177,81 @@ impl Model {
         offset: i64,
         event: Result<ActivityEvent, String>,
     ) -> anyhow::Result<Applied> {
-        self.db
-            .call(move |conn| {
-                let last: Option<i64> = conn
-                    .prepare_cached("SELECT stream_offset FROM state WHERE id = 0")?
-                    .query_row([], |r| r.get(0))?;
-                if last.is_some_and(|l| offset <= l) {
-                    return Ok(Applied::AlreadyApplied);
+        self.queue_apply(offset, None, Arc::new(event))
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("unreachable: no predecessor to check"))
+    }
+
+    /// Queues the stream message at `offset` for the model now, in call order, and answers
+    /// once its batch is committed (see [`GroupCommit::queue`]): a reader queues message after
+    /// message without waiting, and the database thread commits what is queued together.
+    ///
+    /// `after` is the offset of the message queued just before this one (`None` for the first
+    /// of a session). Unless the model then ends exactly at `after`, nothing is applied and
+    /// the answer is `Ok(None)`: the message before failed, and applying this one would step
+    /// over it. So a failure is never stepped over, and the reader queues again from the first
+    /// message not applied. An offset at or below the model's is `AlreadyApplied` in any case.
+    ///
+    /// # Errors
+    /// The database failed; nothing was applied.
+    pub fn queue_apply(
+        &self,
+        offset: i64,
+        after: Option<i64>,
+        event: Arc<Result<ActivityEvent, String>>,
+    ) -> impl std::future::Future<Output = anyhow::Result<Option<Applied>>> + Send + 'static {
+        self.db.queue(move |conn| {
+            let last: Option<i64> = conn
+                .prepare_cached("SELECT stream_offset FROM state WHERE id = 0")?
+                .query_row([], |r| r.get(0))?;
+            if last.is_some_and(|l| offset <= l) {
+                return Ok(Some(Applied::AlreadyApplied));
+            }
+            if after.is_some() && last != after {
+                return Ok(None);
+            }
+            let applied = match event.as_ref() {
+                Err(_) => {
+                    conn.prepare_cached("UPDATE state SET skipped = skipped + 1 WHERE id = 0")?
+                        .execute([])?;
+                    Applied::Skipped
                 }
-                let applied = match event {
-                    Err(_) => {
-                        conn.execute("UPDATE state SET skipped = skipped + 1 WHERE id = 0", [])?;
-                        Applied::Skipped
-                    }
-                    Ok(e) => {
-                        let new = conn
-                            .prepare_cached(
-                                "INSERT INTO seen (event_id, seen_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-                            )?
-                            .execute(params![&e.event_id, crate::sqlite::now_ms()])?
-                            == 1;
-                        if new {
-                            let w = weight(e.kind);
-                            if w > 0 {
-                                for sku in crate::analytics::store::products_of(&e) {
-                                    touch(conn, &e.user_id, &sku, w, offset)?;
-                                }
+                Ok(e) => {
+                    let new = conn
+                        .prepare_cached(
+                            "INSERT INTO seen (event_id, seen_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                        )?
+                        .execute(params![&e.event_id, crate::sqlite::now_ms()])?
+                        == 1;
+                    if new {
+                        let w = weight(e.kind);
+                        if w > 0 {
+                            for sku in crate::analytics::store::products_of(e) {
+                                touch(conn, &e.user_id, &sku, w, offset)?;
                             }
-                            if e.kind == EventKind::InventoryChanged {
-                                let stock = e.data.get("stock").and_then(serde_json::Value::as_i64);
-                                if let (Some(sku), Some(stock)) = (&e.product_id, stock) {
-                                    conn.execute(
-                                        "INSERT INTO stock (sku, stock) VALUES (?1, ?2)
-                                         ON CONFLICT(sku) DO UPDATE SET stock = ?2",
-                                        params![sku, stock],
-                                    )?;
-                                }
-                            }
-                            conn.prepare_cached(
-                                "UPDATE state SET events = events + 1 WHERE id = 0",
-                            )?
-                            .execute([])?;
-                            Applied::Event
-                        } else {
-                            Applied::Duplicate
                         }
+                        if e.kind == EventKind::InventoryChanged {
+                            let stock = e.data.get("stock").and_then(serde_json::Value::as_i64);
+                            if let (Some(sku), Some(stock)) = (&e.product_id, stock) {
+                                conn.prepare_cached(
+                                    "INSERT INTO stock (sku, stock) VALUES (?1, ?2)
+                                     ON CONFLICT(sku) DO UPDATE SET stock = ?2",
+                                )?
+                                .execute(params![sku, stock])?;
+                            }
+                        }
+                        conn.prepare_cached("UPDATE state SET events = events + 1 WHERE id = 0")?
+                            .execute([])?;
+                        Applied::Event
+                    } else {
+                        Applied::Duplicate
                     }
-                };
-                conn.prepare_cached("UPDATE state SET stream_offset = ?1 WHERE id = 0")?
-                    .execute([offset])?;
-                Ok(applied)
-            })
-            .await
+                }
+            };
+            conn.prepare_cached("UPDATE state SET stream_offset = ?1 WHERE id = 0")?
+                .execute([offset])?;
+            Ok(Some(applied))
+        })
     }
 
     /// Forgets the `event_id`s applied longer than `window` ago (the model stays), in batches;
@@ -348,6 +373,38 @@ mod tests {
             e.order_id = Some("ord_1".into());
         }
         e
+    }
+
+    #[tokio::test]
+    async fn queued_changes_commit_in_order_and_never_step_over_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Model::open(dir.path(), false).await.unwrap();
+        let ok = |user: &str| Arc::new(Ok(ev(EventKind::ProductViewed, user, "A")));
+        // Queued one after the other without waiting: applied in that order.
+        let first = m.queue_apply(10, None, ok("u1"));
+        let second = m.queue_apply(11, Some(10), ok("u2"));
+        // Its predecessor (12) was never applied: refused, nothing written.
+        let gap = m.queue_apply(13, Some(12), ok("u3"));
+        assert_eq!(first.await.unwrap(), Some(Applied::Event));
+        assert_eq!(second.await.unwrap(), Some(Applied::Event));
+        assert_eq!(gap.await.unwrap(), None);
+        let state = m.state().await.unwrap();
+        assert_eq!((state.offset, state.events, state.users), (Some(11), 2, 2));
+        // Queued again after its predecessor: applied; an offset already in the model is not.
+        assert_eq!(
+            m.queue_apply(12, Some(11), ok("u4")).await.unwrap(),
+            Some(Applied::Event)
+        );
+        assert_eq!(
+            m.queue_apply(13, Some(12), ok("u3")).await.unwrap(),
+            Some(Applied::Event)
+        );
+        assert_eq!(
+            m.queue_apply(11, None, ok("u2")).await.unwrap(),
+            Some(Applied::AlreadyApplied)
+        );
+        let state = m.state().await.unwrap();
+        assert_eq!((state.offset, state.events, state.users), (Some(13), 4, 4));
     }
 
     #[tokio::test]
