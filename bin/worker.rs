@@ -17,7 +17,8 @@ struct Cli {
     /// Handlers running at once in this process (default: the worker.concurrency setting).
     #[arg(long)]
     concurrency: Option<usize>,
-    /// Deliveries the broker may send ahead of acks (default: the worker.prefetch setting).
+    /// Deliveries the broker may send ahead of acks (default: the worker.prefetch setting, else
+    /// 4 per handler).
     #[arg(long)]
     prefetch: Option<u16>,
     /// Serve /healthz and /metrics (and the service's routes) on this address, e.g. 127.0.0.1:9101.
@@ -70,7 +71,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         settings.worker.concurrency = n;
     }
     if let Some(n) = cli.prefetch {
-        settings.worker.prefetch = n;
+        settings.worker.prefetch = Some(n);
     }
     if let Some(ms) = cli.carrier_latency_ms {
         settings.carrier.latency_ms = ms;

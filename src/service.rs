@@ -281,7 +281,7 @@ impl Runner<'_> {
         WorkerConfig {
             policy,
             concurrency: self.settings.worker.concurrency,
-            prefetch: self.settings.worker.prefetch,
+            prefetch: self.settings.worker.prefetch(),
             grace: self.settings.worker.grace(),
             confirm_timeout: Duration::from_millis(self.settings.producer.confirm_timeout_ms),
             consume_arguments: lapin::types::FieldTable::default(),

@@ -231,13 +231,19 @@ pub struct ManagementSettings {
     pub url: SecretUrl,
 }
 
+/// Deliveries prefetched per handler when `worker.prefetch` is unset: enough to keep every
+/// handler busy between acks, few enough that competing workers share a backlog and a stopping
+/// worker drains its window within the grace period.
+pub const PREFETCH_PER_HANDLER: usize = 4;
+
 /// The worker runtime.
 #[derive(Debug, Clone, Deserialize)]
 pub struct WorkerSettings {
     /// Handlers running at once in one process.
     pub concurrency: usize,
-    /// Deliveries the broker may send ahead of acks.
-    pub prefetch: u16,
+    /// Deliveries the broker may send ahead of acks; unset: [`PREFETCH_PER_HANDLER`] per
+    /// handler (see [`WorkerSettings::prefetch`]).
+    pub prefetch: Option<u16>,
     /// How long a worker may keep handling (in flight and already prefetched) after a shutdown
     /// signal; what is unstarted when it ends is requeued.
     pub grace_ms: u64,
@@ -253,6 +259,14 @@ pub struct WorkerSettings {
 }
 
 impl WorkerSettings {
+    /// The prefetch window: `prefetch` when set, else [`PREFETCH_PER_HANDLER`] per handler (256
+    /// at the default 64 handlers; 16 for a worker started with `--concurrency 4`).
+    pub fn prefetch(&self) -> u16 {
+        self.prefetch.unwrap_or_else(|| {
+            u16::try_from(self.concurrency.saturating_mul(PREFETCH_PER_HANDLER)).unwrap_or(u16::MAX)
+        })
+    }
+
     /// The grace period as a duration.
     pub fn grace(&self) -> Duration {
         Duration::from_millis(self.grace_ms)
@@ -441,7 +455,6 @@ url = ""
 
 [worker]
 concurrency = 64
-prefetch = 256
 grace_ms = 10000
 breaker_window = 20
 breaker_threshold = 11
@@ -625,7 +638,17 @@ mod tests {
     #[test]
     fn defaults_load() {
         let s = Settings::load().expect("defaults parse");
-        assert_eq!(s.worker.prefetch, 256);
+        assert_eq!(s.worker.prefetch(), 256);
+        let four = WorkerSettings {
+            concurrency: 4,
+            ..s.worker.clone()
+        };
+        assert_eq!(four.prefetch(), 16, "the window follows the handlers");
+        let set = WorkerSettings {
+            prefetch: Some(10),
+            ..four
+        };
+        assert_eq!(set.prefetch(), 10, "unless it is set");
         assert!(!format!("{s:?}").contains(":guest@"));
     }
 }

@@ -160,7 +160,7 @@ pub async fn start(
         let config = crate::worker::WorkerConfig {
             policy: crate::service::settle_policy(&topology, queue)?,
             concurrency: settings.worker.concurrency,
-            prefetch: settings.worker.prefetch,
+            prefetch: settings.worker.prefetch(),
             grace: settings.worker.grace(),
             confirm_timeout: Duration::from_millis(settings.producer.confirm_timeout_ms),
             consume_arguments: lapin::types::FieldTable::default(),
