@@ -356,6 +356,43 @@ impl Pool {
     }
 }
 
+/// Takes `conn` out of its pool and closes it: a connection on which opening a channel failed
+/// or got no answer may still look connected to lapin (its socket died unnoticed), and the pool
+/// would hand it out again and again; the next caller gets a fresh one instead.
+pub fn discard(conn: PooledConnection) {
+    let conn = managed::Object::take(conn);
+    tokio::spawn(async move { close(&conn, "discarded").await });
+}
+
+/// A channel in confirm mode on a connection of `pool`, within the connect timeout, with that
+/// connection (back to the pool when dropped); a connection that cannot give one is
+/// [`discard`]ed.
+///
+/// # Errors
+/// No connection, or the channel could not be opened in time.
+pub async fn confirm_channel(
+    pool: &Pool,
+) -> Result<(lapin::Channel, PooledConnection), BrokerError> {
+    let conn = pool.connection().await?;
+    let url = &pool.settings().url;
+    let limit = Duration::from_millis(pool.settings().connect_timeout_ms.max(1000));
+    match tokio::time::timeout(limit, crate::publisher::confirm_channel(&conn)).await {
+        Ok(Ok(channel)) => Ok((channel, conn)),
+        Ok(Err(e)) => {
+            let error = BrokerError::from_lapin(url, &e);
+            discard(conn);
+            Err(error)
+        }
+        Err(_) => {
+            discard(conn);
+            Err(BrokerError::Unreachable {
+                url: url.redacted(),
+                reason: format!("no channel within {limit:?}"),
+            })
+        }
+    }
+}
+
 async fn pooled(
     pool: &managed::Pool<Node>,
     url: &SecretUrl,

@@ -411,10 +411,7 @@ impl BulkPublisher {
         let mut backoff = Backoff::default();
         loop {
             let attempt = async {
-                let conn = self.pool.connection().await?;
-                let ch = confirm_channel(&conn)
-                    .await
-                    .map_err(|e| BrokerError::from_lapin(&self.pool.settings().url, &e))?;
+                let (ch, conn) = crate::broker::confirm_channel(&self.pool).await?;
                 watch_blocked(&conn, blocked.clone());
                 Ok::<_, BrokerError>(ch)
             };

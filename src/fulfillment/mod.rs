@@ -56,8 +56,7 @@ impl Announcer {
         if let Some(ch) = guard.as_ref().filter(|c| c.status().connected()) {
             return Ok(ch.clone());
         }
-        let conn = self.pool.connection().await?;
-        let ch = publisher::confirm_channel(&conn).await?;
+        let (ch, _) = crate::broker::confirm_channel(&self.pool).await?;
         *guard = Some(ch.clone());
         Ok(ch)
     }

@@ -157,12 +157,20 @@ impl<H: Handler> Worker<H> {
                         warn!(%queue, drift = %drift.describe("the topology file"), "topology drift");
                     }
                 }
-                Err(e) => return lost("declaring the topology", &e),
+                Err(e) => {
+                    // A connection that failed here goes, so the next session gets a fresh one
+                    // rather than the same (perhaps dead) one from the pool.
+                    crate::broker::discard(conn);
+                    return lost("declaring the topology", &e);
+                }
             }
         }
         let consume_channel = match conn.create_channel().await {
             Ok(c) => c,
-            Err(e) => return lost("opening a channel", &e),
+            Err(e) => {
+                crate::broker::discard(conn);
+                return lost("opening a channel", &e);
+            }
         };
         let forwarder = Forwarder::new(&conn, self.config.confirm_timeout);
         if let Err(e) = consume_channel
