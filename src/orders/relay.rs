@@ -46,31 +46,10 @@ pub struct Relay {
 }
 
 /// What one round did.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 struct Round {
-    /// Rows claimed.
     taken: usize,
-    /// The rows the broker confirmed.
-    confirmed: Vec<i64>,
-    /// The orders whose order message was among them.
-    orders: Vec<String>,
-    /// The largest id claimed.
-    last_id: i64,
-    /// Why the publisher stopped early, if it did (what it confirmed still counts).
-    failure: Option<anyhow::Error>,
-}
-
-impl Round {
-    fn complete(&self) -> bool {
-        self.taken > 0 && self.confirmed.len() == self.taken && self.failure.is_none()
-    }
-}
-
-/// The recording of a round's confirms, running while the next round publishes; the id is
-/// the round's largest, which the next claim starts after.
-struct Marking {
-    task: tokio::task::JoinHandle<bool>,
-    last_id: i64,
+    confirmed: usize,
 }
 
 impl Relay {
@@ -95,111 +74,59 @@ impl Relay {
     /// Relays until `shutdown`; a round in progress gets `grace` to finish (its confirms are
     /// awaited and recorded). A round cut short leaves its rows unpublished: the next relay
     /// sends them again, with the same message ids.
-    ///
-    /// Rounds are pipelined: a complete round's rows are marked published while the next
-    /// round, which claims only rows after them, publishes. At most one marking runs; a round
-    /// that was not complete waits for it, records what was confirmed, and the next claim
-    /// starts from the oldest unpublished row again.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-        let mut marking: Option<Marking> = None;
         loop {
             if shutdown.is_cancelled() {
-                finish(marking.take()).await;
                 return;
             }
-            let after = marking.as_ref().map_or(0, |m| m.last_id);
-            let round = self.round(after);
+            let round = self.round();
             tokio::pin!(round);
             let outcome = tokio::select! {
                 outcome = &mut round => outcome,
                 () = shutdown.cancelled() => {
-                    match tokio::time::timeout(self.config.grace, &mut round).await {
-                        Ok(Ok(round)) => {
-                            finish(marking.take()).await;
-                            self.mark(round.confirmed, round.orders).await;
-                        }
-                        Ok(Err(_)) => {
-                            finish(marking.take()).await;
-                        }
-                        Err(_) => {
-                            finish(marking.take()).await;
-                            warn!(grace = ?self.config.grace, "relay round cut short at shutdown; its rows are sent again by the next relay");
-                        }
+                    if tokio::time::timeout(self.config.grace, &mut round).await.is_err() {
+                        warn!(grace = ?self.config.grace, "relay round cut short at shutdown; its rows are sent again by the next relay");
                     }
                     return;
                 }
             };
-            let round = match outcome {
-                Ok(round) => round,
-                Err(e) => {
-                    finish(marking.take()).await;
-                    warn!(error = %format!("{e:#}"), "relaying the outbox failed; trying again");
-                    self.pause(&shutdown, backoff.next_delay()).await;
+            match outcome {
+                Ok(round) if round.taken > 0 && round.confirmed == round.taken => {
+                    backoff.reset();
                     continue;
                 }
-            };
-            if round.complete() {
-                backoff.reset();
-                // When the previous marking failed, its rows are below this round's: the next
-                // claim starts from the oldest unpublished row again.
-                let recorded = finish(marking.take()).await;
-                let (store, metrics) = (self.store.clone(), self.metrics.clone());
-                let last_id = if recorded { round.last_id } else { 0 };
-                let task = tokio::spawn(async move {
-                    mark(&store, &metrics, round.confirmed, round.orders).await
-                });
-                marking = Some(Marking { task, last_id });
-                continue;
-            }
-            finish(marking.take()).await;
-            if round.taken == 0 {
-                backoff.reset();
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = self.wake.notified() => {}
-                    () = tokio::time::sleep(self.config.poll) => {}
+                Ok(round) if round.taken == 0 => {
+                    backoff.reset();
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = self.wake.notified() => {}
+                        () = tokio::time::sleep(self.config.poll) => {}
+                    }
+                    continue;
                 }
-                continue;
-            }
-            // Whatever was confirmed is recorded, even when the broker went away part-way.
-            let (taken, confirmed) = (round.taken, round.confirmed.len());
-            self.mark(round.confirmed, round.orders).await;
-            match round.failure {
-                Some(e) => {
-                    warn!(error = %format!("{e:#}"), "relaying the outbox failed; trying again")
-                }
-                None => warn!(
-                    taken,
-                    confirmed,
+                Ok(round) => warn!(
+                    taken = round.taken,
+                    confirmed = round.confirmed,
                     "outbox messages not confirmed (nacked or unroutable); sending them again"
                 ),
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "relaying the outbox failed; trying again")
+                }
             }
-            self.pause(&shutdown, backoff.next_delay()).await;
+            let delay = backoff.next_delay();
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
         }
     }
 
-    async fn pause(&self, shutdown: &CancellationToken, delay: Duration) {
-        tokio::select! {
-            () = shutdown.cancelled() => {}
-            () = tokio::time::sleep(delay) => {}
-        }
-    }
-
-    async fn mark(&self, ids: Vec<i64>, orders: Vec<String>) {
-        mark(&self.store, &self.metrics, ids, orders).await;
-    }
-
-    /// Publishes one batch of rows after `after` and reports which were confirmed.
-    async fn round(&self, after: i64) -> anyhow::Result<Round> {
+    /// Publishes one batch of rows and records which were confirmed.
+    async fn round(&self) -> anyhow::Result<Round> {
         let rows = self
             .store
-            .claim(
-                &self.config.owner,
-                after,
-                self.config.batch,
-                self.config.lease,
-            )
+            .claim(&self.config.owner, self.config.batch, self.config.lease)
             .await?;
         if rows.is_empty() {
             return Ok(Round::default());
@@ -215,15 +142,12 @@ impl Relay {
                 )
             })
             .collect();
-        let mut round = Round {
-            taken: rows.len(),
-            last_id: rows.iter().map(|r| r.id).max().unwrap_or(after),
-            ..Round::default()
-        };
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut orders = Vec::new();
         let publisher = BulkPublisher::new(self.pool.clone(), self.config.window, None)
             .confirm_timeout(self.config.confirm_timeout);
+        let taken = rows.len();
         let outgoing: Vec<_> = rows.iter().map(OutboxMessage::to_outgoing).collect();
-        let (ids, orders) = (&mut round.confirmed, &mut round.orders);
         let report = publisher
             .run(outgoing, |msg, fate| {
                 let id = msg.properties.message_id().as_ref().map(|m| m.to_string());
@@ -242,52 +166,21 @@ impl Relay {
                 }
             })
             .await;
+        let confirmed = ids.len();
+        // Whatever was confirmed is recorded, even when the broker went away part-way.
+        if confirmed > 0 {
+            self.store.published(ids, orders).await?;
+            self.metrics.relayed.inc_by(confirmed as u64);
+        }
         match report {
             Ok(r) if r.resent > 0 => info!(
                 resent = r.resent,
                 "relay re-sent messages after a lost connection"
             ),
             Ok(_) => {}
-            Err(e) => round.failure = Some(e.into()),
+            Err(e) => return Err(e.into()),
         }
-        Ok(round)
-    }
-}
-
-/// Records `ids` published (and `orders` with them); a failure leaves the rows unpublished, and
-/// they are sent again (the same message ids) once the relay claims from the oldest again.
-/// Returns whether they were recorded.
-async fn mark(
-    store: &OrderStore,
-    metrics: &OrderMetrics,
-    ids: Vec<i64>,
-    orders: Vec<String>,
-) -> bool {
-    let confirmed = ids.len();
-    if confirmed == 0 {
-        return true;
-    }
-    match store.published(ids, orders).await {
-        Ok(()) => {
-            metrics.relayed.inc_by(confirmed as u64);
-            true
-        }
-        Err(e) => {
-            warn!(
-                error = %format!("{e:#}"),
-                confirmed, "recording published outbox rows failed; they are sent again"
-            );
-            false
-        }
-    }
-}
-
-/// Waits for a round's marking to end; returns whether it recorded its rows (true without
-/// one).
-async fn finish(marking: Option<Marking>) -> bool {
-    match marking {
-        Some(m) => m.task.await.unwrap_or(false),
-        None => true,
+        Ok(Round { taken, confirmed })
     }
 }
 

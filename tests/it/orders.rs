@@ -457,18 +457,10 @@ async fn purge_keeps_unpublished_rows(store: burrow::orders::OrderStore) {
     }
     // The first two orders' rows (an order and its event each).
     let claimed = store
-        .claim("purge-test", 0, 4, Duration::from_secs(10))
+        .claim("purge-test", 4, Duration::from_secs(10))
         .await
         .expect("claim");
     assert_eq!(claimed.len(), 4);
-    // A relay whose last round is still being recorded claims only the rows after it.
-    let last = claimed.iter().map(|m| m.id).max().expect("ids");
-    let after = store
-        .claim("purge-test", last, 10, Duration::from_secs(10))
-        .await
-        .expect("claim after");
-    assert_eq!(after.len(), 2, "the third order and its event");
-    assert!(after.iter().all(|m| m.id > last && m.order_id == ids[2]));
     store
         .published(claimed.iter().map(|m| m.id).collect(), ids[..2].to_vec())
         .await

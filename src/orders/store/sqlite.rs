@@ -146,7 +146,6 @@ impl SqliteOrders {
     pub(super) async fn claim(
         &self,
         owner: &str,
-        after: i64,
         limit: usize,
         lease: Duration,
     ) -> anyhow::Result<Vec<OutboxMessage>> {
@@ -170,10 +169,10 @@ impl SqliteOrders {
                 }
                 let mut q = c.prepare_cached(
                     "SELECT id, order_id, exchange, routing_key, kind, message_id, traceparent, body
-                     FROM outbox WHERE published_at IS NULL AND id > ?2 ORDER BY id LIMIT ?1",
+                     FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT ?1",
                 )?;
                 let rows = q
-                    .query_map([limit, after], |r| {
+                    .query_map([limit], |r| {
                         Ok(OutboxMessage {
                             id: r.get(0)?,
                             order_id: r.get(1)?,
