@@ -37,6 +37,11 @@ use crate::broker::BrokerError;
 use crate::metrics::{QueueLabels, WorkerMetrics};
 use crate::topology::Topology;
 
+/// How long a session's set-up (declaring the topology, opening its channel) may wait for the
+/// broker: a connection that gets no answer is taken for dead, dropped from the pool, and the
+/// next session connects afresh.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How one worker process consumes.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -151,7 +156,12 @@ impl<H: Handler> Worker<H> {
         let lost =
             |what: &str, e: &dyn std::fmt::Display| Ok(SessionEnd::Lost(format!("{what}: {e}")));
         if let Some(topology) = &self.topology {
-            match crate::topology::apply(&conn, topology).await {
+            let applied =
+                tokio::time::timeout(SETUP_TIMEOUT, crate::topology::apply(&conn, topology))
+                    .await
+                    .map_err(|_| format!("no answer within {SETUP_TIMEOUT:?}"))
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+            match applied {
                 Ok(report) => {
                     for drift in &report.drift {
                         warn!(%queue, drift = %drift.describe("the topology file"), "topology drift");
@@ -165,7 +175,11 @@ impl<H: Handler> Worker<H> {
                 }
             }
         }
-        let consume_channel = match conn.create_channel().await {
+        let opened = tokio::time::timeout(SETUP_TIMEOUT, conn.create_channel())
+            .await
+            .map_err(|_| format!("no answer within {SETUP_TIMEOUT:?}"))
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        let consume_channel = match opened {
             Ok(c) => c,
             Err(e) => {
                 crate::broker::discard(conn);
