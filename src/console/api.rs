@@ -21,9 +21,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::picture::{topology_svg, TopologyView};
-use super::workers::{find_workers, probe_all, OutboxStatus, WorkerStatus};
+use super::workers::{find_workers, probe_all, WorkerStatus};
 use super::Console;
 use crate::dlq::{self, DeadLetter, Selection};
+use crate::orders::metrics::OutboxStatus;
 use crate::status::{dead_letter_queues, StatusReport};
 use crate::topology::verify;
 

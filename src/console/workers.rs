@@ -13,6 +13,7 @@ use crate::broker::CLIENT_PROPERTY_HTTP;
 use crate::children::metric_sum;
 use crate::management::{ConnectionInfo, Management, ManagementError};
 use crate::metrics::{HANDLER_SECONDS, MESSAGES_TOTAL};
+use crate::orders::metrics::OutboxStatus;
 
 /// How long one probe of a worker may take.
 pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -52,54 +53,6 @@ pub struct WorkerStatus {
     /// The outbox, when this is an order service (`producer serve`).
     pub outbox: Option<OutboxStatus>,
 }
-
-/// An order service's outbox as its `/metrics` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct OutboxStatus {
-    /// Messages not yet published (the whole store's: processes sharing a store agree).
-    pub depth: f64,
-    /// Age of the oldest of them, in seconds.
-    pub oldest_unpublished_seconds: f64,
-    /// Orders this process accepted.
-    pub accepted: f64,
-    /// Messages this process's relay published.
-    pub relayed: f64,
-}
-
-impl OutboxStatus {
-    /// The outbox of a process whose metrics are `metrics`, if it has one.
-    fn from_metrics(metrics: &str) -> Option<Self> {
-        metrics
-            .lines()
-            .any(|l| l.starts_with(&format!("{OUTBOX_DEPTH} ")))
-            .then(|| Self {
-                depth: metric_sum(metrics, OUTBOX_DEPTH, &[]),
-                oldest_unpublished_seconds: metric_sum(
-                    metrics,
-                    "burrow_outbox_oldest_unpublished_seconds",
-                    &[],
-                ),
-                accepted: metric_sum(metrics, "burrow_orders_accepted_total", &[]),
-                relayed: metric_sum(metrics, "burrow_outbox_relayed_total", &[]),
-            })
-    }
-
-    /// The order services' outboxes together: the deepest and oldest (processes sharing a
-    /// store report the same rows), the counts summed.
-    pub fn combined(all: impl IntoIterator<Item = Self>) -> Option<Self> {
-        all.into_iter().reduce(|a, b| Self {
-            depth: a.depth.max(b.depth),
-            oldest_unpublished_seconds: a
-                .oldest_unpublished_seconds
-                .max(b.oldest_unpublished_seconds),
-            accepted: a.accepted + b.accepted,
-            relayed: a.relayed + b.relayed,
-        })
-    }
-}
-
-/// The order service's outbox depth metric.
-const OUTBOX_DEPTH: &str = "burrow_outbox_depth";
 
 /// The workers connected to `vhost` that announce an HTTP address, and the `extra` addresses
 /// (`console.workers`), one entry per address.

@@ -710,9 +710,7 @@ async fn watch_ready(
 /// The order service's outbox depth, from its `/metrics`.
 async fn outbox_depth(client: &reqwest::Client, base: &str) -> Option<u64> {
     let text = get_text(client, &format!("{base}/metrics")).await?;
-    text.lines()
-        .any(|l| l.starts_with("burrow_outbox_depth "))
-        .then(|| metric_sum(&text, "burrow_outbox_depth", &[]) as u64)
+    crate::orders::metrics::OutboxStatus::from_metrics(&text).map(|o| o.depth as u64)
 }
 
 /// The accepted orders by status, once every one is `fulfilled` or `dead_lettered` (or after

@@ -6,7 +6,10 @@ use std::sync::atomic::AtomicU64;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
+use serde::Serialize;
+
 use super::store::OutboxStats;
+use crate::children::metric_sum;
 use crate::metrics::WorkerMetrics;
 
 /// The order service's metrics.
@@ -58,3 +61,50 @@ impl OrderMetrics {
         self.oldest_unpublished.set(stats.oldest_age_secs);
     }
 }
+
+/// An order service's outbox as its `/metrics` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct OutboxStatus {
+    /// Messages not yet published (the whole store's: processes sharing a store agree).
+    pub depth: f64,
+    /// Age of the oldest of them, in seconds.
+    pub oldest_unpublished_seconds: f64,
+    /// Orders this process accepted.
+    pub accepted: f64,
+    /// Messages this process's relay published.
+    pub relayed: f64,
+}
+
+impl OutboxStatus {
+    /// The outbox of a process whose metrics are `metrics`, if it has one.
+    pub fn from_metrics(metrics: &str) -> Option<Self> {
+        metrics
+            .lines()
+            .any(|l| l.starts_with(&format!("{OUTBOX_DEPTH} ")))
+            .then(|| Self {
+                depth: metric_sum(metrics, OUTBOX_DEPTH, &[]),
+                oldest_unpublished_seconds: metric_sum(metrics, OUTBOX_OLDEST, &[]),
+                accepted: metric_sum(metrics, ORDERS_ACCEPTED, &[]),
+                relayed: metric_sum(metrics, OUTBOX_RELAYED, &[]),
+            })
+    }
+
+    /// The order services' outboxes together: the deepest and oldest (processes sharing a
+    /// store report the same rows), the counts summed.
+    pub fn combined(all: impl IntoIterator<Item = Self>) -> Option<Self> {
+        all.into_iter().reduce(|a, b| Self {
+            depth: a.depth.max(b.depth),
+            oldest_unpublished_seconds: a
+                .oldest_unpublished_seconds
+                .max(b.oldest_unpublished_seconds),
+            accepted: a.accepted + b.accepted,
+            relayed: a.relayed + b.relayed,
+        })
+    }
+}
+
+/// The outbox depth as `/metrics` names it.
+const OUTBOX_DEPTH: &str = "burrow_outbox_depth";
+const OUTBOX_OLDEST: &str = "burrow_outbox_oldest_unpublished_seconds";
+const ORDERS_ACCEPTED: &str = "burrow_orders_accepted_total";
+const OUTBOX_RELAYED: &str = "burrow_outbox_relayed_total";

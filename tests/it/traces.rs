@@ -391,6 +391,17 @@ async fn one_order_is_one_trace_from_the_order_service_through_fulfillment_to_it
     );
 }
 
+/// The one order `producer order` left in `orders.fulfillment`, peeked (handed back).
+async fn the_queued_order(t: &TestVhost) -> burrow::dlq::DeadLetter {
+    let conn = t.connect().await;
+    let mut queued = burrow::dlq::list(&conn, "orders.fulfillment", 10)
+        .await
+        .expect("peek");
+    let _ = conn.close(200, "done".into()).await;
+    assert_eq!(queued.len(), 1, "one order queued");
+    queued.remove(0)
+}
+
 #[tokio::test]
 async fn a_producer_command_exports_its_spans_before_it_exits() {
     let t = TestVhost::new("traces-cli")
@@ -408,15 +419,10 @@ async fn a_producer_command_exports_its_spans_before_it_exits() {
     );
     let status = command.wait_exit(LONG).await.expect("producer order exits");
     assert!(status.success());
-    let conn = t.connect().await;
-    let queued = burrow::dlq::list(&conn, "orders.fulfillment", 10)
-        .await
-        .expect("peek");
-    let _ = conn.close(200, "done".into()).await;
-    assert_eq!(queued.len(), 1);
-    let order_id = queued[0].id.clone();
-    let traceparent = header_str(queued[0].properties.headers().as_ref(), HEADER_TRACEPARENT)
-        .expect("traceparent");
+    let queued = the_queued_order(&t).await;
+    let order_id = queued.id.clone();
+    let traceparent =
+        header_str(queued.properties.headers().as_ref(), HEADER_TRACEPARENT).expect("traceparent");
 
     // Already there: the process exported before it exited.
     let spans = receiver.spans();
@@ -455,13 +461,8 @@ async fn with_the_sdk_disabled_nothing_is_exported_and_messages_still_carry_a_tr
     );
     let status = command.wait_exit(LONG).await.expect("producer order exits");
     assert!(status.success());
-    let conn = t.connect().await;
-    let queued = burrow::dlq::list(&conn, "orders.fulfillment", 10)
-        .await
-        .expect("peek");
-    let _ = conn.close(200, "done".into()).await;
-    assert_eq!(queued.len(), 1);
-    assert!(header_str(queued[0].properties.headers().as_ref(), HEADER_TRACEPARENT).is_some());
+    let queued = the_queued_order(&t).await;
+    assert!(header_str(queued.properties.headers().as_ref(), HEADER_TRACEPARENT).is_some());
     // The process has exited, so whatever it would have exported has been sent.
     assert!(receiver.spans().is_empty(), "{:#?}", receiver.spans());
 }

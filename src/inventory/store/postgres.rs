@@ -195,13 +195,7 @@ async fn reserve_in(
     skus.sort_unstable();
     skus.dedup();
     let tx = client.transaction().await?;
-    let new = tx
-        .execute(
-            "INSERT INTO inventory_seen (kind, id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            &[&ORDER, &order_id],
-        )
-        .await?
-        == 1;
+    let new = mark_seen(&tx, ORDER, order_id).await?;
     let rows = tx
         .query(
             "SELECT sku, stock FROM inventory_stock WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
@@ -256,13 +250,7 @@ async fn restock_in(
     stock: i64,
 ) -> Result<bool, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    let new = tx
-        .execute(
-            "INSERT INTO inventory_seen (kind, id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            &[&RESTOCK, &event_id],
-        )
-        .await?
-        == 1;
+    let new = mark_seen(&tx, RESTOCK, event_id).await?;
     if new {
         // A new SKU starts at version 1, not yet announced; a level that stays the same is no
         // change.
@@ -277,4 +265,19 @@ async fn restock_in(
     }
     tx.commit().await?;
     Ok(new)
+}
+
+/// Records `id` of `kind` as seen, in `tx`; returns whether it was new.
+async fn mark_seen(
+    tx: &deadpool_postgres::Transaction<'_>,
+    kind: &str,
+    id: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(tx
+        .execute(
+            "INSERT INTO inventory_seen (kind, id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&kind, &id],
+        )
+        .await?
+        == 1)
 }

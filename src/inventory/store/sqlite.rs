@@ -60,13 +60,7 @@ impl SqliteInventory {
         let order_id = order_id.to_owned();
         self.db
             .call(move |conn| {
-                let new = conn
-                    .prepare_cached(
-                        "INSERT INTO seen (kind, id, seen_at) VALUES (?1, ?2, ?3)
-                         ON CONFLICT DO NOTHING",
-                    )?
-                    .execute(params![ORDER, order_id, now_ms()])?
-                    == 1;
+                let new = mark_seen(conn, ORDER, &order_id)?;
                 let mut level = conn.prepare_cached("SELECT stock FROM stock WHERE sku = ?1")?;
                 if !new {
                     let mut skus = Vec::new();
@@ -123,13 +117,7 @@ impl SqliteInventory {
         let (event_id, sku) = (event_id.to_owned(), sku.to_owned());
         self.db
             .call(move |conn| {
-                let new = conn
-                    .prepare_cached(
-                        "INSERT INTO seen (kind, id, seen_at) VALUES (?1, ?2, ?3)
-                         ON CONFLICT DO NOTHING",
-                    )?
-                    .execute(params![RESTOCK, event_id, now_ms()])?
-                    == 1;
+                let new = mark_seen(conn, RESTOCK, &event_id)?;
                 if new {
                     // A new SKU starts at version 1, not yet announced; a level that stays
                     // the same is no change.
@@ -248,4 +236,14 @@ impl SqliteInventory {
             .purge_older("seen", "seen_at", cutoff, crate::sqlite::PURGE_BATCH)
             .await
     }
+}
+
+/// Records `id` of `kind` as seen, in the caller's transaction; returns whether it was new.
+fn mark_seen(conn: &rusqlite::Connection, kind: &str, id: &str) -> rusqlite::Result<bool> {
+    Ok(conn
+        .prepare_cached(
+            "INSERT INTO seen (kind, id, seen_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![kind, id, now_ms()])?
+        == 1)
 }
