@@ -360,7 +360,9 @@ pub struct ProducerSettings {
 /// The order service (`producer serve`): its outbox relay.
 #[derive(Debug, Clone, Deserialize)]
 pub struct OrdersSettings {
-    /// Outbox rows the relay takes per round.
+    /// Outbox rows the relay takes per round. Several confirm windows (`producer.confirm_window`)
+    /// per round keep the channel full: a round waits for its last confirms, with nothing in
+    /// flight, once per batch.
     pub relay_batch: usize,
     /// How long the relay's lease (SQLite: one relay per file) or claim on rows (PostgreSQL)
     /// lasts without renewal: the time another process waits before it takes over from a
@@ -482,7 +484,7 @@ confirm_window = 512
 confirm_timeout_ms = 30000
 
 [orders]
-relay_batch = 512
+relay_batch = 4096
 relay_lease_ms = 10000
 relay_poll_ms = 200
 [supervisor]
