@@ -572,8 +572,10 @@ impl Topology {
     ///
     /// # Errors
     /// A [`TopologyError`] naming the first entry at fault: unknown fields, bad types,
-    /// duplicates, bindings or dead-letter exchanges naming undeclared entities, retry steps
-    /// without a delay, unbounded streams.
+    /// duplicates, bindings or dead-letter exchanges naming undeclared entities, a binding
+    /// destination that is neither a declared queue nor exchange (or both, without
+    /// `destination_type`), a removed binding that is still declared, retry steps without a
+    /// delay, unbounded streams.
     pub fn parse(text: &str) -> Result<Self, TopologyError> {
         let raw: RawTopology = toml::from_str(text)?;
 
@@ -706,6 +708,44 @@ impl Topology {
             .collect()
     }
 
+    /// The queues a message published to `exchange` with `routing_key` reaches, as RabbitMQ
+    /// routes it: a fanout exchange to every binding, a direct one to the bindings of that key,
+    /// a topic one to the bindings whose pattern matches it (`*` one word, `#` any number), and
+    /// on through exchange-to-exchange bindings with the same routing key. A headers exchange
+    /// routes on headers this does not know: every one of its bindings counts.
+    pub fn route(&self, exchange: &str, routing_key: &str) -> BTreeSet<String> {
+        let mut queues = BTreeSet::new();
+        let mut seen = HashSet::from([exchange]);
+        let mut next = vec![exchange];
+        while let Some(x) = next.pop() {
+            let Some(kind) = self.exchange(x).map(|e| e.kind) else {
+                continue;
+            };
+            let matches = |key: &str| match kind {
+                ExchangeType::Fanout | ExchangeType::Headers => true,
+                ExchangeType::Direct => key == routing_key,
+                ExchangeType::Topic => topic_matches(key, routing_key),
+            };
+            for b in self
+                .bindings
+                .iter()
+                .filter(|b| b.source == x && matches(&b.routing_key))
+            {
+                match b.destination_type {
+                    DestinationType::Queue => {
+                        queues.insert(b.destination.clone());
+                    }
+                    DestinationType::Exchange => {
+                        if seen.insert(b.destination.as_str()) {
+                            next.push(b.destination.as_str());
+                        }
+                    }
+                }
+            }
+        }
+        queues
+    }
+
     /// Every queue a message published to `exchange` may reach, whatever its routing key:
     /// the queues bound to it and, through exchange-to-exchange bindings, to the exchanges it
     /// feeds.
@@ -743,6 +783,23 @@ fn reachable_queues(bindings: &[BindingDefinition], exchange: &str) -> BTreeSet<
         }
     }
     queues
+}
+
+/// Whether a topic exchange's binding `pattern` matches `key`: words are separated by dots, `*`
+/// stands for exactly one word and `#` for zero or more.
+fn topic_matches(pattern: &str, key: &str) -> bool {
+    fn words(p: &[&str], k: &[&str]) -> bool {
+        match (p.split_first(), k.split_first()) {
+            (None, None) => true,
+            (Some((&"#", rest)), _) => words(rest, k) || (!k.is_empty() && words(p, &k[1..])),
+            (Some((&"*", rest)), Some((_, k_rest))) => words(rest, k_rest),
+            (Some((w, rest)), Some((kw, k_rest))) => w == kw && words(rest, k_rest),
+            _ => false,
+        }
+    }
+    let p: Vec<&str> = pattern.split('.').collect();
+    let k: Vec<&str> = key.split('.').collect();
+    words(&p, &k)
 }
 
 /// Whether the endpoints of a binding must be declared in the file.
@@ -1312,6 +1369,53 @@ mod tests {
             .iter()
             .all(|b| b.source == "activity" && b.destination_type == DestinationType::Queue));
         assert_eq!(t.removed_bindings.len(), 2);
+    }
+
+    #[test]
+    fn topic_patterns_match_as_rabbitmq_matches_them() {
+        for (pattern, key, hit) in [
+            ("inventory.changed", "inventory.changed", true),
+            ("inventory.changed", "order.placed", false),
+            ("order.*", "order.placed", true),
+            ("order.*", "order.placed.late", false),
+            ("order.#", "order", true),
+            ("order.#", "order.placed.late", true),
+            ("#", "anything.at.all", true),
+            ("#.late", "order.placed.late", true),
+            ("*.placed", "placed", false),
+            ("", "", true),
+        ] {
+            assert_eq!(topic_matches(pattern, key), hit, "{pattern} ~ {key}");
+        }
+    }
+
+    #[test]
+    fn the_shop_routes_each_activity_event_by_its_kind() {
+        let t = Topology::parse(SHOP).expect("valid");
+        let everyone = [
+            "activity.analytics",
+            "activity.log",
+            "activity.notifications",
+            "activity.recommendations",
+        ];
+        for (kind, also) in [
+            ("product.viewed", None),
+            ("order.placed", None),
+            ("inventory.changed", Some("orders.inventory")),
+            ("order.fulfilled", Some("orders.status")),
+        ] {
+            let mut expected: BTreeSet<String> = everyone.map(str::to_owned).into();
+            expected.extend(also.map(str::to_owned));
+            assert_eq!(t.route("activity", kind), expected, "{kind}");
+        }
+        assert_eq!(
+            t.route("orders", "order.placed"),
+            BTreeSet::from([
+                "orders.fulfillment".to_owned(),
+                "orders.inventory".to_owned()
+            ])
+        );
+        assert!(t.route("nowhere", "order.placed").is_empty());
     }
 
     #[test]
