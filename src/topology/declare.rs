@@ -153,11 +153,17 @@ pub async fn apply(
         }
     }
 
-    // Obsolete bindings go last, after the bindings that replace them: while both exist a
-    // message may arrive twice (the consumers are idempotent), whereas the other order would
-    // leave a moment in which it arrives not at all. Only what the file lists is removed: a
-    // binding the file does not mention may be another application's (and AMQP cannot list
-    // bindings anyway); `verify` reports those between the file's own entities.
+    // Obsolete bindings go last, after the bindings that replace them: while both exist an
+    // event may arrive twice (the consumers are idempotent); the other order would leave a
+    // moment in which it reaches neither.
+    //
+    // Only what the file lists under [[removed_bindings]] is removed, never "every binding the
+    // file does not mention": a binding on the shop's exchanges may be another application's
+    // (an audit queue on `activity`), AMQP cannot list bindings (pruning would need the
+    // management API, here and in every worker that re-declares on connect), and removing a
+    // binding changes where messages go, so it should be a reviewed line in the file rather
+    // than a side effect. `verify` reports the others between the file's own entities, with how
+    // to remove them.
     for binding in &topology.removed_bindings {
         let entity = binding.entity();
         let ch = match channel.take() {
@@ -173,8 +179,7 @@ pub async fn apply(
                 report.unbound += 1;
                 channel = Some(ch);
             }
-            // RabbitMQ answers 404 when an endpoint (or, on some versions, the binding) is
-            // gone: nothing left to remove.
+            // 404: the queue or an exchange is gone, and the binding with it.
             Err(e) if matches!(reply(&e), Some((NOT_FOUND, _))) => {
                 debug!(%entity, "already gone");
                 report.unbound += 1;

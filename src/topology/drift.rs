@@ -1,6 +1,7 @@
 //! Drift: a difference between the topology file and what the broker has. Drift is reported,
 //! never "fixed": changing a queue's arguments means deleting it and its messages, which is an
-//! operator's decision.
+//! operator's decision. The one removal `apply` makes is the operator's decision written down:
+//! the bindings the file lists under `[[removed_bindings]]`.
 
 use std::fmt;
 

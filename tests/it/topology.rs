@@ -596,6 +596,42 @@ async fn apply_over_the_old_fanout_bindings_leaves_one_copy_of_each_event() {
 }
 
 #[tokio::test]
+async fn a_removed_binding_whose_queue_is_gone_is_no_error() {
+    let tiny = Topology::parse(
+        r#"
+        [[exchanges]]
+        name = "events"
+        type = "fanout"
+
+        [[removed_bindings]]
+        source = "events"
+        destination = "deleted.queue"
+        destination_type = "queue"
+
+        [[removed_bindings]]
+        source = "events.gone"
+        destination = "events"
+        "#,
+    )
+    .expect("tiny topology");
+    let vhost = TestVhost::new("topo-removed-gone").await;
+    let conn = connect(&vhost).await;
+    let report = topology::apply(&conn, &tiny).await.expect("apply");
+    assert_eq!(report.unbound, 2, "{report:?}");
+    assert!(
+        report.refused.is_empty() && report.drift.is_empty(),
+        "{report:?}"
+    );
+    assert_eq!(
+        verify::verify(&management(&vhost), &vhost.name, &tiny)
+            .await
+            .expect("verify"),
+        []
+    );
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test]
 async fn management_client_creates_and_deletes_a_vhost_the_user_can_connect_to() {
     let settings = burrow::settings::Settings::load().expect("settings");
     let m = Management::new(&settings.management, &settings.amqp).expect("management client");
