@@ -131,7 +131,8 @@ impl StatusProbe {
 }
 
 /// The queues that collect dead letters: those bound to an exchange that some queue of the
-/// topology names as its `x-dead-letter-exchange`.
+/// topology names as its `x-dead-letter-exchange` (directly or through exchange-to-exchange
+/// bindings).
 pub fn dead_letter_queues(topology: &Topology) -> HashSet<String> {
     let dlx: HashSet<&str> = topology
         .queues
@@ -139,17 +140,12 @@ pub fn dead_letter_queues(topology: &Topology) -> HashSet<String> {
         .filter_map(|q| q.arguments.get("x-dead-letter-exchange")?.as_str())
         .filter(|x| !x.is_empty())
         .collect();
-    topology
-        .bindings
-        .iter()
+    dlx.into_iter()
+        .flat_map(|x| topology.reachable_queues(x))
         // A queue with a dead-letter exchange of its own is a consumer's queue fed by a
         // dead-letter exchange (the order service's `orders.status.dead-letters`), not a
         // dead-letter queue.
-        .filter(|b| {
-            dlx.contains(b.source.as_str())
-                && topology.dead_letter_exchange(&b.destination).is_none()
-        })
-        .map(|b| b.destination.clone())
+        .filter(|q| topology.dead_letter_exchange(q).is_none())
         .collect()
 }
 

@@ -246,6 +246,10 @@ pub async fn run(vhost: &BenchVhost, spec: &PipelineSpec) -> anyhow::Result<Pipe
     for s in &activity {
         fleet.spawn(settings, &store, *s, 1, &[])?;
     }
+    let activity: Vec<(Service, u64)> = activity
+        .into_iter()
+        .map(|s| (s, messages_per_order(&topology, s.queue())))
+        .collect();
     let result = measure(vhost, spec, &mut fleet, &store, &activity).await;
     fleet.stop().await;
     if result.is_ok() {
@@ -254,12 +258,35 @@ pub async fn run(vhost: &BenchVhost, spec: &PipelineSpec) -> anyhow::Result<Pipe
     result
 }
 
+/// How many messages of one order reach `queue` through `topology`: the order itself, and
+/// its `order.placed` and `order.fulfilled` events, each where the topology routes it (every
+/// event reaches the fanout's queues and the stream; orders.inventory gets the order but
+/// neither event, since activity.by-kind sends it only `inventory.changed`).
+fn messages_per_order(topology: &Topology, queue: &str) -> u64 {
+    use burrow::message::EventKind;
+    use burrow::producer::{ACTIVITY_EXCHANGE, ORDERS_EXCHANGE};
+    let order = topology
+        .route(ORDERS_EXCHANGE, burrow::message::ORDER_PLACED)
+        .contains(queue);
+    let events = [EventKind::OrderPlaced, EventKind::OrderFulfilled]
+        .into_iter()
+        .filter(|k| {
+            topology
+                .route(ACTIVITY_EXCHANGE, k.as_str())
+                .contains(queue)
+        })
+        .count();
+    u64::from(order) + events as u64
+}
+
+/// Runs the orders through the started `fleet`; `activity` holds each activity service with the
+/// messages per order its queue gets ([`messages_per_order`]).
 async fn measure(
     vhost: &BenchVhost,
     spec: &PipelineSpec,
     fleet: &mut Fleet,
     store: &Path,
-    activity: &[Service],
+    activity: &[(Service, u64)],
 ) -> anyhow::Result<PipelineResult> {
     let settings = &vhost.settings;
     fleet.ready(settings).await?;
@@ -300,8 +327,6 @@ async fn measure(
         .await?;
     let publish_secs = started.elapsed().as_secs_f64();
 
-    // Each activity queue gets every order.placed and every order.fulfilled.
-    let events_each = if spec.events { 2 * orders } else { 0 };
     let fulfillments = FulfillmentStore::open(&StoreSettings {
         dir: store.to_owned(),
         url: None,
@@ -314,8 +339,8 @@ async fn measure(
         let stored = fulfillments.counts().await?.fulfilled;
         let mut done = stored >= orders;
         if done {
-            for s in activity {
-                done &= fleet.settled(*s).await >= events_each as f64;
+            for (s, per_order) in activity {
+                done &= fleet.settled(*s).await >= (per_order * orders) as f64;
             }
         }
         if done {
@@ -371,7 +396,7 @@ async fn measure(
         spec.fulfillment_args.join(" ")
     )];
     if spec.events {
-        let services: Vec<_> = activity.iter().map(|s| s.name()).collect();
+        let services: Vec<_> = activity.iter().map(|(s, _)| s.name()).collect();
         notes.push(if services.is_empty() {
             "no activity services in `worker` yet".to_owned()
         } else {
@@ -381,7 +406,7 @@ async fn measure(
         // (one per announced order). Deliveries: every message settled by any worker.
         let announced = records.iter().filter(|r| r.announced).count() as u64;
         let mut deliveries = 0.0;
-        for s in std::iter::once(Service::Fulfillment).chain(activity.iter().copied()) {
+        for s in std::iter::once(Service::Fulfillment).chain(activity.iter().map(|(s, _)| *s)) {
             deliveries += fleet.settled(s).await;
         }
         let per_order = |x: f64| x / orders.max(1) as f64;
@@ -415,7 +440,7 @@ async fn measure(
         row,
         fulfillment_peak_mib: peak,
         kept_up,
-        activity_services: activity.iter().map(|s| s.name()).collect(),
+        activity_services: activity.iter().map(|(s, _)| s.name()).collect(),
         cpu_us_per_order,
     })
 }

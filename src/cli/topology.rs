@@ -34,10 +34,16 @@ pub async fn apply(settings: &Settings, file: &Path, users: bool) -> anyhow::Res
 /// The summary line of `topology apply`.
 pub fn applied_line(report: &ApplyReport) -> String {
     format!(
-        "topology applied: {} created, {} unchanged, {} drifted{}",
+        "topology applied: {} created, {} unchanged, {} drifted{}{}",
         report.created.len(),
         report.unchanged.len(),
         report.drift.len(),
+        // Unbinding is idempotent: the broker does not say whether the binding was there.
+        if report.unbound == 0 {
+            String::new()
+        } else {
+            format!(", {} removed binding(s) gone", report.unbound)
+        },
         if report.refused.is_empty() {
             String::new()
         } else {
@@ -92,5 +98,30 @@ fn print_drift(drift: &[Drift], file: &Path) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::Entity;
+
+    #[test]
+    fn the_summary_names_removed_bindings_and_refusals_only_when_there_are_some() {
+        let mut report = ApplyReport {
+            unchanged: vec![Entity::Queue("q".into())],
+            ..ApplyReport::default()
+        };
+        assert_eq!(
+            applied_line(&report),
+            "topology applied: 0 created, 1 unchanged, 0 drifted"
+        );
+        report.unbound = 2;
+        report.refused.push(Entity::Exchange("x".into()));
+        assert_eq!(
+            applied_line(&report),
+            "topology applied: 0 created, 1 unchanged, 0 drifted, 2 removed binding(s) gone, \
+             1 not permitted (left as they are)"
+        );
     }
 }

@@ -1,13 +1,15 @@
 //! The topology as a picture: every exchange (left) and queue (right) of the topology file,
-//! bindings as solid lines from exchange to queue, each queue's dead-letter exchange as a
-//! dashed line back, and everything that drifted from the file drawn in red with its drift
-//! lines as a tooltip. The data comes from [`crate::topology::verify`]; this only draws it.
+//! bindings as solid lines from exchange to queue, exchange-to-exchange bindings as arcs on the
+//! left from one exchange to the other, each queue's dead-letter exchange as a dashed line
+//! back, and everything that drifted from the file drawn in red with its drift lines as a
+//! tooltip (bindings the broker has and the file does not want included). The data comes from
+//! [`crate::topology::verify`]; this only draws it.
 
 use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::topology::{Drift, Entity, Topology};
+use crate::topology::{DestinationType, Drift, Entity, Topology};
 
 /// One exchange or queue of the picture.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -28,11 +30,14 @@ pub struct NodeView {
 pub struct BindingView {
     /// The exchange.
     pub source: String,
-    /// The queue.
+    /// The queue or exchange.
     pub destination: String,
+    /// `queue` or `exchange`.
+    pub destination_type: DestinationType,
     /// The binding key.
     pub routing_key: String,
-    /// How it differs from the file (missing on the broker).
+    /// How it differs from the file (missing on the broker, or on the broker and not wanted by
+    /// the file).
     pub drift: Vec<String>,
 }
 
@@ -86,15 +91,32 @@ impl TopologyView {
             bindings: topology
                 .bindings
                 .iter()
-                .map(|b| BindingView {
-                    source: b.source.clone(),
-                    destination: b.destination.clone(),
-                    routing_key: b.routing_key.clone(),
-                    drift: lines(&Entity::Binding {
-                        source: b.source.clone(),
-                        destination: b.destination.clone(),
-                        routing_key: b.routing_key.clone(),
-                    }),
+                .map(|b| b.entity())
+                // Then the broker's bindings that the file does not want, so they are seen.
+                .chain(
+                    drift
+                        .iter()
+                        .filter(|d| d.is_extra())
+                        .map(|d| d.entity.clone()),
+                )
+                .filter_map(|entity| {
+                    let drift = lines(&entity);
+                    let Entity::Binding {
+                        source,
+                        destination,
+                        destination_type,
+                        routing_key,
+                    } = entity
+                    else {
+                        return None;
+                    };
+                    Some(BindingView {
+                        source,
+                        destination,
+                        destination_type,
+                        routing_key,
+                        drift,
+                    })
                 })
                 .collect(),
             drift: drift.iter().map(|d| d.describe(source)).collect(),
@@ -106,7 +128,8 @@ const BOX_W: usize = 250;
 const BOX_H: usize = 26;
 const ROW: usize = 36;
 const TOP: usize = 30;
-const LEFT_X: usize = 10;
+/// Room left of the exchanges for the arcs of exchange-to-exchange bindings.
+const LEFT_X: usize = 50;
 const RIGHT_X: usize = 520;
 
 fn escape(text: &str) -> String {
@@ -135,17 +158,14 @@ pub fn topology_svg(view: &TopologyView) -> String {
     );
     // Lines first, so boxes are drawn over them.
     for b in &view.bindings {
-        let (Some(from), Some(to)) = (exchange_row(&b.source), queue_row(&b.destination)) else {
+        let Some(from) = exchange_row(&b.source) else {
             continue;
         };
-        let class = if b.drift.is_empty() {
-            "binding"
+        let mut class = if b.drift.is_empty() {
+            "binding".to_owned()
         } else {
-            "binding drift"
+            "binding drift".to_owned()
         };
-        let (x1, y1) = (LEFT_X + BOX_W, y_of(from) + BOX_H / 2);
-        let (x2, y2) = (RIGHT_X, y_of(to) + BOX_H / 2);
-        let mid = (x1 + x2) / 2;
         let mut title = format!("{} → {}", b.source, b.destination);
         if !b.routing_key.is_empty() {
             let _ = write!(title, " ({})", b.routing_key);
@@ -153,9 +173,37 @@ pub fn topology_svg(view: &TopologyView) -> String {
         for d in &b.drift {
             let _ = write!(title, "\n{d}");
         }
+        let y1 = y_of(from) + BOX_H / 2;
+        let path = match b.destination_type {
+            DestinationType::Queue => {
+                let Some(to) = queue_row(&b.destination) else {
+                    continue;
+                };
+                let (x1, x2, y2) = (LEFT_X + BOX_W, RIGHT_X, y_of(to) + BOX_H / 2);
+                let mid = (x1 + x2) / 2;
+                format!("M{x1},{y1} C{mid},{y1} {mid},{y2} {x2},{y2}")
+            }
+            // Both ends are exchanges, in the same column: an arc through the margin on their
+            // left, ending in an arrowhead at the destination.
+            DestinationType::Exchange => {
+                let Some(to) = exchange_row(&b.destination) else {
+                    continue;
+                };
+                class.push_str(" exchange-binding");
+                let (x, y2) = (LEFT_X, y_of(to) + BOX_H / 2);
+                let bulge = LEFT_X - 8;
+                let tip = x - 6;
+                format!(
+                    "M{x},{y1} C{bulge_x},{y1} {bulge_x},{y2} {x},{y2} M{tip},{a} L{x},{y2} L{tip},{b}",
+                    bulge_x = x - bulge,
+                    a = y2 - 4,
+                    b = y2 + 4,
+                )
+            }
+        };
         let _ = write!(
             svg,
-            r#"<path class="{class}" d="M{x1},{y1} C{mid},{y1} {mid},{y2} {x2},{y2}"><title>{}</title></path>"#,
+            r#"<path class="{class}" d="{path}"><title>{}</title></path>"#,
             escape(&title)
         );
     }
@@ -213,11 +261,7 @@ mod tests {
         let topology = Topology::parse(include_str!("../../topology/shop.toml")).expect("valid");
         let drift = vec![
             Drift::missing(Entity::Queue("orders.dead".into())),
-            Drift::missing(Entity::Binding {
-                source: topology.bindings[0].source.clone(),
-                destination: topology.bindings[0].destination.clone(),
-                routing_key: topology.bindings[0].routing_key.clone(),
-            }),
+            Drift::missing(topology.bindings[0].entity()),
         ];
         let view = TopologyView::new(&topology, &drift, "shop.toml");
         assert_eq!(view.drift.len(), 2);
@@ -235,5 +279,51 @@ mod tests {
         assert!(svg.contains(r#"class="binding drift""#));
         assert!(svg.contains(r#"<g class="queue" data-name="orders.fulfillment">"#));
         assert_eq!(escape("<a&\">"), "&lt;a&amp;&quot;&gt;");
+    }
+
+    #[test]
+    fn exchange_to_exchange_bindings_and_unwanted_bindings_are_drawn() {
+        let topology = Topology::parse(include_str!("../../topology/shop.toml")).expect("valid");
+        let e2e = topology
+            .bindings
+            .iter()
+            .find(|b| b.destination_type == DestinationType::Exchange)
+            .expect("the shop has an exchange-to-exchange binding")
+            .clone();
+        let old = Entity::Binding {
+            source: "activity".into(),
+            destination: "orders.inventory".into(),
+            destination_type: DestinationType::Queue,
+            routing_key: String::new(),
+        };
+        let drift = vec![Drift::missing(e2e.entity()), Drift::removed(old)];
+        let view = TopologyView::new(&topology, &drift, "shop.toml");
+        assert_eq!(view.bindings.len(), topology.bindings.len() + 1);
+        let drawn = view
+            .bindings
+            .iter()
+            .find(|b| b.destination == e2e.destination)
+            .expect("the exchange-to-exchange binding is in the view");
+        assert_eq!(drawn.destination_type, DestinationType::Exchange);
+        assert_eq!(drawn.drift.len(), 1);
+        let unwanted = view.bindings.last().expect("the removed binding");
+        assert!(
+            unwanted.drift[0].contains("[[removed_bindings]]"),
+            "{unwanted:?}"
+        );
+        let svg = topology_svg(&view);
+        assert!(
+            svg.contains(r#"class="binding drift exchange-binding""#),
+            "{svg}"
+        );
+        assert!(svg.contains(
+                "activity → orders.inventory\nbinding 'activity' -&gt; 'orders.inventory': still on the broker"
+            ), "{svg}");
+        let json = serde_json::to_value(&view).expect("json");
+        assert!(json["bindings"]
+            .as_array()
+            .expect("bindings")
+            .iter()
+            .any(|b| b["destination_type"] == "exchange"));
     }
 }

@@ -6,9 +6,10 @@
 //! (`burrow_inventory_reserved_units_total`, `burrow_inventory_backordered_units_total`, ...).
 //!
 //! Its queue is bound to `orders` with `order.placed` (the order carries the quantities; the
-//! `order.placed` activity event only names the SKUs) and to the `activity` fanout (for
-//! restocks; every other event is acked unread). One queue for both keeps orders and restocks
-//! in the order the broker routed them.
+//! `order.placed` activity event only names the SKUs) and to `activity.by-kind` with
+//! `inventory.changed` (restocks), the topic exchange that the `activity` fanout feeds. Any
+//! other event an operator binds it to is acked unread. One queue for both keeps orders and
+//! restocks in the order the broker routed them.
 //!
 //! # What holds, and what does not
 //! - An order is reserved at most once per `order_id`, a restock applied at most once per
@@ -19,7 +20,7 @@
 //!   and restocks in routing order, but handlers run concurrently (`--concurrency`) and
 //!   processes compete, so two deliveries close together may be applied in either order; each
 //!   is applied atomically (SQLite `BEGIN IMMEDIATE` serializes them, also across processes).
-//! - The service's own `inventory.changed` events come back through the fanout marked
+//! - The service's own `inventory.changed` events come back through its binding marked
 //!   `x-burrow-origin: inventory` and are ignored: their level is already in the store, and
 //!   applying a stale one (published before later reservations) would raise the level again.
 //! - Announcements publish the level *current when published*, not the one a handler saw, and
@@ -128,7 +129,7 @@ impl Inventory {
                 ),
                 (
                     "inventory_echoes",
-                    "The service's own inventory.changed events back through the fanout, ignored",
+                    "The service's own inventory.changed events back through its binding, ignored",
                     &counters.echoes,
                 ),
                 (

@@ -10,7 +10,7 @@ use crate::message::{ActivityEvent, EventKind, Order, HEADER_ORIGIN};
 use crate::worker::Incoming;
 
 /// The value of [`HEADER_ORIGIN`] on every `inventory.changed` the inventory service publishes,
-/// so that it knows its own announcements when the `activity` fanout brings them back.
+/// so that it knows its own announcements when its `inventory.changed` binding brings them back.
 pub const ORIGIN: &str = "inventory";
 
 /// What reserving one order line does to a SKU's level.
@@ -65,10 +65,12 @@ pub enum Input {
         /// The level it asks for (`data.stock`, not yet floored).
         stock: i64,
     },
-    /// An `inventory.changed` this service published, back through the fanout: ignored, since
+    /// An `inventory.changed` this service published, back through its binding: ignored, since
     /// its level is already in the store and applying it could undo later reservations.
     Echo,
-    /// Another activity event (the queue is bound to the `activity` fanout): ignored.
+    /// Another activity event: ignored. The shop's topology routes only `inventory.changed`
+    /// here, but an operator may bind more kinds (or the old binding to the `activity` fanout
+    /// may still be there); acking them unread keeps that harmless.
     Other(EventKind),
     /// Not a valid order or event. Skipped, not dead-lettered: `orders.fulfillment` and the
     /// activity queues dead-letter the same message with its reason, and a second copy in the

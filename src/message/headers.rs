@@ -27,7 +27,7 @@ pub const HEADER_LAST_ERROR: &str = "x-burrow-last-error";
 pub const HEADER_REPLAYED: &str = "x-burrow-replayed";
 /// Header naming the burrow service that published a message, where its own consumers must
 /// recognise it: the inventory service marks its `inventory.changed` events so that it ignores
-/// them when the `activity` fanout brings them back.
+/// them when their binding to `activity.by-kind` brings them back.
 pub const HEADER_ORIGIN: &str = "x-burrow-origin";
 /// W3C trace context header: the trace and the span a message was published in.
 pub const HEADER_TRACEPARENT: &str = "traceparent";

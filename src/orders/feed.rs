@@ -1,8 +1,9 @@
-//! The order service's two status feeds, run on the worker runtime: `orders.status` (every
-//! activity event; an `order.fulfilled` marks its order `fulfilled`) and
-//! `orders.status.dead-letters` (a copy of every dead-lettered order; marks it
-//! `dead_lettered`). Anything else (another event, an order this service did not take) is
-//! acked and ignored; a store that does not answer is [`Outcome::Unavailable`].
+//! The order service's two status feeds, run on the worker runtime: `orders.status` (the
+//! `order.fulfilled` activity events, bound through `activity.by-kind`; each marks its order
+//! `fulfilled`) and `orders.status.dead-letters` (a copy of every dead-lettered order; marks it
+//! `dead_lettered`). Anything else (another event kind an operator bound, an order this service
+//! did not take) is acked and ignored; a store that does not answer is
+//! [`Outcome::Unavailable`].
 
 use std::sync::Arc;
 

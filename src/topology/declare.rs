@@ -1,13 +1,16 @@
-//! Declaring a topology on a live broker, idempotently: exchanges, then queues, then bindings.
-//! What exists is left alone; what differs is reported as [`Drift`] and the rest is still
-//! declared.
+//! Declaring a topology on a live broker, idempotently: exchanges, then queues, then bindings
+//! (of queues and of exchanges), then removing the bindings the file lists as removed. What
+//! exists is left alone; what differs is reported as [`Drift`] and the rest is still declared.
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeBindOptions, ExchangeDeclareOptions, ExchangeUnbindOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 use tracing::{debug, info, warn};
 
-use super::definition::{Arguments, ExchangeType, Topology};
+use super::definition::{Arguments, BindingDefinition, DestinationType, ExchangeType, Topology};
 use super::drift::{parse_precondition_failed, Drift, Entity};
 
 /// What [`apply`] did.
@@ -21,6 +24,9 @@ pub struct ApplyReport {
     pub drift: Vec<Drift>,
     /// Bindings declared (binding is idempotent, so existing ones count too).
     pub bindings: usize,
+    /// Bindings of `[[removed_bindings]]` removed (unbinding is idempotent, so ones already
+    /// gone count too).
+    pub unbound: usize,
     /// Existing entities and bindings the user may not (re)declare: ACCESS_REFUSED. A
     /// least-privilege worker re-declares on connect; what exists is left to the operator.
     pub refused: Vec<Entity>,
@@ -47,10 +53,11 @@ const ACCESS_REFUSED: u16 = 403;
 /// Each exchange and queue is first checked with a passive declare, then declared. A failed
 /// declare closes its channel, so every check and every declaration that can fail gets a fresh
 /// channel. A 406 PRECONDITION_FAILED is drift: it is recorded and the other declarations go on.
-/// Bindings are declared last, when their endpoints exist. A 403 ACCESS_REFUSED on an entity
-/// that exists (or on a binding) is recorded in [`ApplyReport::refused`] and skipped, so a user
-/// without configure permission can still run this over an applied topology; on an entity
-/// that does not exist it is an error.
+/// Bindings are declared next, when their endpoints exist (a queue's with `queue.bind`, an
+/// exchange's with `exchange.bind`), and the file's `[[removed_bindings]]` are removed last. A
+/// 403 ACCESS_REFUSED on an entity that exists (or on a binding, or on removing one) is recorded
+/// in [`ApplyReport::refused`] and skipped, so a user without configure permission can still
+/// run this over an applied topology; on an entity that does not exist it is an error.
 ///
 /// # Errors
 /// [`ApplyError`] when a declaration fails for another reason than drift.
@@ -123,31 +130,17 @@ pub async fn apply(
 
     let mut channel: Option<Channel> = None;
     for binding in &topology.bindings {
-        let entity = Entity::Binding {
-            source: binding.source.clone(),
-            destination: binding.destination.clone(),
-            routing_key: binding.routing_key.clone(),
-        };
-        let fail = |source| ApplyError {
-            entity: entity.clone(),
-            source,
-        };
+        let entity = binding.entity();
         let ch = match channel.take() {
             Some(ch) => ch,
-            None => conn.create_channel().await.map_err(fail)?,
+            None => conn.create_channel().await.map_err(|source| ApplyError {
+                entity: entity.clone(),
+                source,
+            })?,
         };
-        let result = ch
-            .queue_bind(
-                binding.destination.as_str().into(),
-                binding.source.as_str().into(),
-                binding.routing_key.as_str().into(),
-                QueueBindOptions::default(),
-                field_table(&binding.arguments),
-            )
-            .await;
-        match result {
+        match bind(&ch, binding).await {
             Ok(()) => {
-                debug!(source = %binding.source, destination = %binding.destination, routing_key = %binding.routing_key, "bound");
+                debug!(%entity, "bound");
                 report.bindings += 1;
                 channel = Some(ch);
             }
@@ -156,7 +149,46 @@ pub async fn apply(
                 debug!(%entity, "not permitted to bind; left as it is");
                 report.refused.push(entity);
             }
-            Err(e) => return Err(fail(e)),
+            Err(source) => return Err(ApplyError { entity, source }),
+        }
+    }
+
+    // Obsolete bindings go last, after the bindings that replace them: while both exist an
+    // event may arrive twice (the consumers are idempotent); the other order would leave a
+    // moment in which it reaches neither.
+    //
+    // Only what the file lists under [[removed_bindings]] is removed, never "every binding the
+    // file does not mention": a binding on the shop's exchanges may be another application's
+    // (an audit queue on `activity`), AMQP cannot list bindings (pruning would need the
+    // management API, here and in every worker that re-declares on connect), and removing a
+    // binding changes where messages go, so it should be a reviewed line in the file rather
+    // than a side effect. `verify` reports the others between the file's own entities, with how
+    // to remove them.
+    for binding in &topology.removed_bindings {
+        let entity = binding.entity();
+        let ch = match channel.take() {
+            Some(ch) => ch,
+            None => conn.create_channel().await.map_err(|source| ApplyError {
+                entity: entity.clone(),
+                source,
+            })?,
+        };
+        match unbind(&ch, binding).await {
+            Ok(()) => {
+                debug!(%entity, "unbound");
+                report.unbound += 1;
+                channel = Some(ch);
+            }
+            // 404: the queue or an exchange is gone, and the binding with it.
+            Err(e) if matches!(reply(&e), Some((NOT_FOUND, _))) => {
+                debug!(%entity, "already gone");
+                report.unbound += 1;
+            }
+            Err(e) if matches!(reply(&e), Some((ACCESS_REFUSED, _))) => {
+                debug!(%entity, "not permitted to unbind; left as it is");
+                report.refused.push(entity);
+            }
+            Err(source) => return Err(ApplyError { entity, source }),
         }
     }
     if let Some(ch) = channel {
@@ -168,10 +200,63 @@ pub async fn apply(
         unchanged = report.unchanged.len(),
         drifted = report.drift.len(),
         bindings = report.bindings,
+        unbound = report.unbound,
         refused = report.refused.len(),
         "topology applied"
     );
     Ok(report)
+}
+
+/// Declares `binding`: `queue.bind` or `exchange.bind`.
+async fn bind(channel: &Channel, binding: &BindingDefinition) -> lapin::Result<()> {
+    let (destination, source, key, args) = (
+        binding.destination.as_str().into(),
+        binding.source.as_str().into(),
+        binding.routing_key.as_str().into(),
+        field_table(&binding.arguments),
+    );
+    match binding.destination_type {
+        DestinationType::Queue => {
+            channel
+                .queue_bind(destination, source, key, QueueBindOptions::default(), args)
+                .await
+        }
+        DestinationType::Exchange => {
+            channel
+                .exchange_bind(
+                    destination,
+                    source,
+                    key,
+                    ExchangeBindOptions::default(),
+                    args,
+                )
+                .await
+        }
+    }
+}
+
+/// Removes `binding`: `queue.unbind` or `exchange.unbind`.
+async fn unbind(channel: &Channel, binding: &BindingDefinition) -> lapin::Result<()> {
+    let (destination, source, key, args) = (
+        binding.destination.as_str().into(),
+        binding.source.as_str().into(),
+        binding.routing_key.as_str().into(),
+        field_table(&binding.arguments),
+    );
+    match binding.destination_type {
+        DestinationType::Queue => channel.queue_unbind(destination, source, key, args).await,
+        DestinationType::Exchange => {
+            channel
+                .exchange_unbind(
+                    destination,
+                    source,
+                    key,
+                    ExchangeUnbindOptions::default(),
+                    args,
+                )
+                .await
+        }
+    }
 }
 
 /// Records the outcome of one declaration; only errors other than drift are returned.

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::drift::Entity;
+
 /// The smallest `x-delivery-limit` a quorum dead-letter queue may declare (see
 /// [`TopologyError::DeadLetterQueueDeliveryLimit`]).
 pub const MIN_DEAD_LETTER_DELIVERY_LIMIT: i64 = 1_000_000;
@@ -71,6 +73,40 @@ pub enum TopologyError {
         binding: String,
         /// The missing queue.
         queue: String,
+    },
+    /// A binding whose destination is neither a declared queue nor a declared exchange.
+    #[error(
+        "binding {binding} names destination '{destination}', which is neither a declared queue \
+         nor a declared exchange"
+    )]
+    UnknownDestination {
+        binding: String,
+        /// The destination given.
+        destination: String,
+    },
+    /// A binding whose destination is declared both as a queue and as an exchange (RabbitMQ
+    /// allows both to share a name), without `destination_type` to say which.
+    #[error(
+        "binding {binding} names '{destination}', which is both a queue and an exchange: set \
+         destination_type = \"queue\" or \"exchange\""
+    )]
+    AmbiguousDestination {
+        binding: String,
+        /// The destination given.
+        destination: String,
+    },
+    /// A `destination_type` that is not `queue` or `exchange`.
+    #[error("binding {binding} has destination_type '{value}' (expected queue or exchange)")]
+    BadDestinationType {
+        binding: String,
+        /// The type given.
+        value: String,
+    },
+    /// A binding listed both under `[[bindings]]` and `[[removed_bindings]]`.
+    #[error("binding {binding} is both in [[bindings]] and in [[removed_bindings]]")]
+    RemovedBindingDeclared {
+        /// The binding.
+        binding: String,
     },
     /// A queue whose `x-dead-letter-exchange` is not declared (the default exchange `""` is
     /// always allowed).
@@ -239,27 +275,97 @@ impl QueueDefinition {
     }
 }
 
-/// A binding of a queue to an exchange.
+/// What a binding delivers to, spelled as the management API spells it (`destination_type`)
+/// by `Display` and `FromStr`.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    serde::Serialize,
+)]
+#[strum(serialize_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum DestinationType {
+    /// A queue (`queue.bind`).
+    #[default]
+    Queue,
+    /// Another exchange (`exchange.bind`, RabbitMQ's exchange-to-exchange binding): what the
+    /// source routes to it, it routes on by its own type and bindings.
+    Exchange,
+}
+
+impl DestinationType {
+    /// The name the management API uses, e.g. `exchange`.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// A binding of a queue, or of another exchange, to an exchange.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BindingDefinition {
-    /// The exchange.
+    /// The exchange messages come from.
     pub source: String,
-    /// The queue.
+    /// The queue or exchange they go to.
     pub destination: String,
+    /// Whether [`BindingDefinition::destination`] is a queue or an exchange.
+    pub destination_type: DestinationType,
     /// The binding key (empty for fanout exchanges).
     pub routing_key: String,
     /// Binding arguments (usually none).
     pub arguments: Arguments,
 }
 
+impl BindingDefinition {
+    /// The binding as drift and reports name it.
+    pub fn entity(&self) -> Entity {
+        Entity::Binding {
+            source: self.source.clone(),
+            destination: self.destination.clone(),
+            destination_type: self.destination_type,
+            routing_key: self.routing_key.clone(),
+        }
+    }
+}
+
 impl fmt::Display for BindingDefinition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "'{}' -> '{}'", self.source, self.destination)?;
-        if !self.routing_key.is_empty() {
-            write!(f, " ('{}')", self.routing_key)?;
-        }
-        Ok(())
+        fmt_binding(
+            f,
+            &self.source,
+            &self.destination,
+            self.destination_type,
+            &self.routing_key,
+        )
     }
+}
+
+/// `'orders' -> 'orders.fulfillment' ('order.placed')`, or with `exchange` before the
+/// destination when it is an exchange: `'activity' -> exchange 'activity.by-kind'`.
+pub(crate) fn fmt_binding(
+    f: &mut fmt::Formatter<'_>,
+    source: &str,
+    destination: &str,
+    destination_type: DestinationType,
+    routing_key: &str,
+) -> fmt::Result {
+    match destination_type {
+        DestinationType::Queue => write!(f, "'{source}' -> '{destination}'")?,
+        DestinationType::Exchange => write!(f, "'{source}' -> exchange '{destination}'")?,
+    }
+    if !routing_key.is_empty() {
+        write!(f, " ('{routing_key}')")?;
+    }
+    Ok(())
 }
 
 /// One step of a queue's back-off ladder.
@@ -335,6 +441,11 @@ pub struct Topology {
     pub queues: Vec<QueueDefinition>,
     /// The bindings; their endpoints are all declared above.
     pub bindings: Vec<BindingDefinition>,
+    /// Bindings an earlier version of the file declared and the broker should no longer have
+    /// (`[[removed_bindings]]`): [`super::apply`] removes them after declaring
+    /// [`Topology::bindings`], and [`super::verify`] reports them while they are there. Their
+    /// endpoints need not be declared any more.
+    pub removed_bindings: Vec<BindingDefinition>,
     /// The users and their permissions.
     pub users: Vec<UserDefinition>,
 }
@@ -348,6 +459,8 @@ struct RawTopology {
     queues: Vec<RawQueue>,
     #[serde(default)]
     bindings: Vec<RawBinding>,
+    #[serde(default)]
+    removed_bindings: Vec<RawBinding>,
     #[serde(default)]
     users: Vec<RawUser>,
 }
@@ -397,6 +510,8 @@ struct RawQueue {
 struct RawBinding {
     source: String,
     destination: String,
+    /// `queue` or `exchange`; inferred from the names declared in the file when left out.
+    destination_type: Option<String>,
     #[serde(default)]
     routing_key: String,
     #[serde(default)]
@@ -457,8 +572,10 @@ impl Topology {
     ///
     /// # Errors
     /// A [`TopologyError`] naming the first entry at fault: unknown fields, bad types,
-    /// duplicates, bindings or dead-letter exchanges naming undeclared entities, retry steps
-    /// without a delay, unbounded streams.
+    /// duplicates, bindings or dead-letter exchanges naming undeclared entities, a binding
+    /// destination that is neither a declared queue nor exchange (or both, without
+    /// `destination_type`), a removed binding that is still declared, retry steps without a
+    /// delay, unbounded streams.
     pub fn parse(text: &str) -> Result<Self, TopologyError> {
         let raw: RawTopology = toml::from_str(text)?;
 
@@ -494,32 +611,26 @@ impl Topology {
             queues.push(queue_definition(q, &exchange_names, &queue_names)?);
         }
 
-        for b in &raw.bindings {
-            let binding = format!("'{}' -> '{}'", b.source, b.destination);
-            if !exchange_names.contains(&b.source) {
-                return Err(TopologyError::UnknownExchange {
-                    binding,
-                    exchange: b.source.clone(),
-                });
-            }
-            if !queue_names.contains(&b.destination) {
-                return Err(TopologyError::UnknownQueue {
-                    binding,
-                    queue: b.destination.clone(),
-                });
-            }
-        }
-        check_dead_letter_queues(&queues, &raw.bindings)?;
+        let names = Names {
+            exchanges: &exchange_names,
+            queues: &queue_names,
+        };
         let bindings = raw
             .bindings
             .into_iter()
-            .map(|b| BindingDefinition {
-                source: b.source,
-                destination: b.destination,
-                routing_key: b.routing_key,
-                arguments: b.arguments,
-            })
-            .collect();
+            .map(|b| names.binding(b, Declared::Required))
+            .collect::<Result<Vec<_>, _>>()?;
+        let removed_bindings = raw
+            .removed_bindings
+            .into_iter()
+            .map(|b| names.binding(b, Declared::Optional))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(both) = removed_bindings.iter().find(|r| bindings.contains(r)) {
+            return Err(TopologyError::RemovedBindingDeclared {
+                binding: both.to_string(),
+            });
+        }
+        check_dead_letter_queues(&queues, &bindings)?;
 
         let mut users = Vec::with_capacity(raw.users.len());
         let mut user_names = HashSet::new();
@@ -547,6 +658,7 @@ impl Topology {
             exchanges,
             queues,
             bindings,
+            removed_bindings,
             users,
         })
     }
@@ -580,25 +692,65 @@ impl Topology {
     }
 
     /// The queues whose dead letters land in `dead_letter_queue`: every queue whose
-    /// `x-dead-letter-exchange` is bound to it. These are the only queues a replay from that
-    /// dead-letter queue may send a message to.
+    /// `x-dead-letter-exchange` is bound to it (directly or through exchange-to-exchange
+    /// bindings). These are the only queues a replay from that dead-letter queue may send a
+    /// message to.
     pub fn dead_letter_sources(&self, dead_letter_queue: &str) -> BTreeSet<String> {
-        let exchanges: HashSet<&str> = self
-            .bindings
-            .iter()
-            .filter(|b| b.destination == dead_letter_queue)
-            .map(|b| b.source.as_str())
-            .collect();
         self.queues
             .iter()
             .filter(|q| {
                 q.name != dead_letter_queue
-                    && self
-                        .dead_letter_exchange(&q.name)
-                        .is_some_and(|x| exchanges.contains(x))
+                    && self.dead_letter_exchange(&q.name).is_some_and(|x| {
+                        reachable_queues(&self.bindings, x).contains(dead_letter_queue)
+                    })
             })
             .map(|q| q.name.clone())
             .collect()
+    }
+
+    /// The queues a message published to `exchange` with `routing_key` reaches, as RabbitMQ
+    /// routes it: a fanout exchange to every binding, a direct one to the bindings of that key,
+    /// a topic one to the bindings whose pattern matches it (`*` one word, `#` any number), and
+    /// on through exchange-to-exchange bindings with the same routing key. A headers exchange
+    /// routes on headers this does not know: every one of its bindings counts.
+    pub fn route(&self, exchange: &str, routing_key: &str) -> BTreeSet<String> {
+        let mut queues = BTreeSet::new();
+        let mut seen = HashSet::from([exchange]);
+        let mut next = vec![exchange];
+        while let Some(x) = next.pop() {
+            let Some(kind) = self.exchange(x).map(|e| e.kind) else {
+                continue;
+            };
+            let matches = |key: &str| match kind {
+                ExchangeType::Fanout | ExchangeType::Headers => true,
+                ExchangeType::Direct => key == routing_key,
+                ExchangeType::Topic => topic_matches(key, routing_key),
+            };
+            for b in self
+                .bindings
+                .iter()
+                .filter(|b| b.source == x && matches(&b.routing_key))
+            {
+                match b.destination_type {
+                    DestinationType::Queue => {
+                        queues.insert(b.destination.clone());
+                    }
+                    DestinationType::Exchange => {
+                        if seen.insert(b.destination.as_str()) {
+                            next.push(b.destination.as_str());
+                        }
+                    }
+                }
+            }
+        }
+        queues
+    }
+
+    /// Every queue a message published to `exchange` may reach, whatever its routing key:
+    /// the queues bound to it and, through exchange-to-exchange bindings, to the exchanges it
+    /// feeds.
+    pub fn reachable_queues(&self, exchange: &str) -> BTreeSet<String> {
+        reachable_queues(&self.bindings, exchange)
     }
 
     /// The `x-dead-letter-exchange` of `queue`, if it has one.
@@ -610,24 +762,155 @@ impl Topology {
     }
 }
 
-/// Every quorum queue bound to an exchange that some queue dead-letters to must carry a
-/// delivery limit of at least [`MIN_DEAD_LETTER_DELIVERY_LIMIT`], unless it dead-letters
-/// itself: then it is a consumer's queue fed by a dead-letter exchange (the order service's
-/// `orders.status.dead-letters`), not a dead-letter queue that `burrow dlq` inspects.
+/// The queues reachable from `exchange` over `bindings`, following exchange-to-exchange
+/// bindings (a cycle of them is allowed by RabbitMQ and visited once here).
+fn reachable_queues(bindings: &[BindingDefinition], exchange: &str) -> BTreeSet<String> {
+    let mut queues = BTreeSet::new();
+    let mut seen = HashSet::from([exchange]);
+    let mut next = vec![exchange];
+    while let Some(x) = next.pop() {
+        for b in bindings.iter().filter(|b| b.source == x) {
+            match b.destination_type {
+                DestinationType::Queue => {
+                    queues.insert(b.destination.clone());
+                }
+                DestinationType::Exchange => {
+                    if seen.insert(b.destination.as_str()) {
+                        next.push(b.destination.as_str());
+                    }
+                }
+            }
+        }
+    }
+    queues
+}
+
+/// Whether a topic exchange's binding `pattern` matches `key`: words are separated by dots, `*`
+/// stands for exactly one word and `#` for zero or more.
+fn topic_matches(pattern: &str, key: &str) -> bool {
+    fn words(p: &[&str], k: &[&str]) -> bool {
+        match (p.split_first(), k.split_first()) {
+            (None, None) => true,
+            (Some((&"#", rest)), _) => words(rest, k) || (!k.is_empty() && words(p, &k[1..])),
+            (Some((&"*", rest)), Some((_, k_rest))) => words(rest, k_rest),
+            (Some((w, rest)), Some((kw, k_rest))) => w == kw && words(rest, k_rest),
+            _ => false,
+        }
+    }
+    let p: Vec<&str> = pattern.split('.').collect();
+    let k: Vec<&str> = key.split('.').collect();
+    words(&p, &k)
+}
+
+/// Whether the endpoints of a binding must be declared in the file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Declared {
+    /// `[[bindings]]`: the source is a declared exchange, the destination a declared queue or
+    /// exchange.
+    Required,
+    /// `[[removed_bindings]]`: what it names may be gone from the file; a destination that is
+    /// not declared then needs `destination_type`.
+    Optional,
+}
+
+/// The names declared in the file, to check and type a binding's endpoints.
+struct Names<'a> {
+    exchanges: &'a HashSet<String>,
+    queues: &'a HashSet<String>,
+}
+
+impl Names<'_> {
+    /// The binding, its destination type given or inferred from the declared names: a name
+    /// declared only as a queue is a queue, only as an exchange an exchange. A name declared as
+    /// both, or (in `[[bindings]]`) as neither, is an error naming the binding.
+    fn binding(
+        &self,
+        b: RawBinding,
+        declared: Declared,
+    ) -> Result<BindingDefinition, TopologyError> {
+        let binding = format!("'{}' -> '{}'", b.source, b.destination);
+        if declared == Declared::Required && !self.exchanges.contains(&b.source) {
+            return Err(TopologyError::UnknownExchange {
+                binding,
+                exchange: b.source,
+            });
+        }
+        let is_queue = self.queues.contains(&b.destination);
+        let is_exchange = self.exchanges.contains(&b.destination);
+        let destination_type = match b.destination_type.as_deref() {
+            Some(given) => {
+                let kind = given.parse::<DestinationType>().map_err(|_| {
+                    TopologyError::BadDestinationType {
+                        binding: binding.clone(),
+                        value: given.to_owned(),
+                    }
+                })?;
+                if declared == Declared::Required {
+                    match kind {
+                        DestinationType::Queue if !is_queue => {
+                            return Err(TopologyError::UnknownQueue {
+                                binding,
+                                queue: b.destination,
+                            })
+                        }
+                        DestinationType::Exchange if !is_exchange => {
+                            return Err(TopologyError::UnknownExchange {
+                                binding,
+                                exchange: b.destination,
+                            })
+                        }
+                        _ => {}
+                    }
+                }
+                kind
+            }
+            None => match (is_queue, is_exchange) {
+                (true, false) => DestinationType::Queue,
+                (false, true) => DestinationType::Exchange,
+                (true, true) => {
+                    return Err(TopologyError::AmbiguousDestination {
+                        binding,
+                        destination: b.destination,
+                    })
+                }
+                (false, false) => {
+                    return Err(TopologyError::UnknownDestination {
+                        binding,
+                        destination: b.destination,
+                    })
+                }
+            },
+        };
+        Ok(BindingDefinition {
+            source: b.source,
+            destination: b.destination,
+            destination_type,
+            routing_key: b.routing_key,
+            arguments: b.arguments,
+        })
+    }
+}
+
+/// Every quorum queue bound to an exchange that some queue dead-letters to (directly or through
+/// exchange-to-exchange bindings) must carry a delivery limit of at least
+/// [`MIN_DEAD_LETTER_DELIVERY_LIMIT`], unless it dead-letters itself: then it is a consumer's
+/// queue fed by a dead-letter exchange (the order service's `orders.status.dead-letters`), not
+/// a dead-letter queue that `burrow dlq` inspects.
 fn check_dead_letter_queues(
     queues: &[QueueDefinition],
-    bindings: &[RawBinding],
+    bindings: &[BindingDefinition],
 ) -> Result<(), TopologyError> {
-    let dead_letter_exchanges: HashSet<&str> = queues
+    let dead_letter_exchanges: BTreeSet<&str> = queues
         .iter()
         .filter_map(|q| q.arguments.get("x-dead-letter-exchange")?.as_str())
         .filter(|x| !x.is_empty())
         .collect();
-    for b in bindings {
-        if !dead_letter_exchanges.contains(b.source.as_str()) {
-            continue;
-        }
-        let Some(q) = queues.iter().find(|q| q.name == b.destination) else {
+    let reached: BTreeSet<String> = dead_letter_exchanges
+        .iter()
+        .flat_map(|x| reachable_queues(bindings, x))
+        .collect();
+    for name in &reached {
+        let Some(q) = queues.iter().find(|q| &q.name == name) else {
             continue;
         };
         let dead_letters_itself = q
@@ -909,7 +1192,7 @@ mod tests {
     }
 
     #[test]
-    fn binding_to_undeclared_queue_names_it() {
+    fn binding_to_an_undeclared_destination_names_it() {
         let e = err(r#"
             [[exchanges]]
             name = "x"
@@ -918,7 +1201,247 @@ mod tests {
             source = "x"
             destination = "ghost"
         "#);
+        assert_eq!(
+            e,
+            "binding 'x' -> 'ghost' names destination 'ghost', which is neither a declared queue \
+             nor a declared exchange"
+        );
+        let e = err(r#"
+            [[exchanges]]
+            name = "x"
+            type = "fanout"
+            [[queues]]
+            name = "ghost"
+            [[bindings]]
+            source = "x"
+            destination = "ghost"
+            destination_type = "exchange"
+        "#);
+        assert!(
+            e.contains("binding 'x' -> 'ghost'") && e.contains("exchange 'ghost'"),
+            "{e}"
+        );
+        let e = err(r#"
+            [[exchanges]]
+            name = "x"
+            type = "fanout"
+            [[exchanges]]
+            name = "ghost"
+            type = "topic"
+            [[bindings]]
+            source = "x"
+            destination = "ghost"
+            destination_type = "queue"
+        "#);
         assert!(e.contains("queue 'ghost'"), "{e}");
+    }
+
+    /// The shape of `topology/shop.toml`'s activity.by-kind, in small.
+    const E2E: &str = r#"
+        [[exchanges]]
+        name = "events"
+        type = "fanout"
+        [[exchanges]]
+        name = "events.by-kind"
+        type = "topic"
+        [[queues]]
+        name = "stock"
+        [[bindings]]
+        source = "events"
+        destination = "events.by-kind"
+        [[bindings]]
+        source = "events.by-kind"
+        destination = "stock"
+        routing_key = "inventory.changed"
+    "#;
+
+    #[test]
+    fn a_binding_to_an_exchange_is_told_apart_by_the_declared_names() {
+        let t = Topology::parse(E2E).expect("valid");
+        assert_eq!(t.bindings[0].destination_type, DestinationType::Exchange);
+        assert_eq!(t.bindings[1].destination_type, DestinationType::Queue);
+        assert_eq!(
+            t.bindings[0].to_string(),
+            "'events' -> exchange 'events.by-kind'"
+        );
+        assert_eq!(
+            t.bindings[1].entity().to_string(),
+            "binding 'events.by-kind' -> 'stock' ('inventory.changed')"
+        );
+        assert_eq!(
+            t.reachable_queues("events"),
+            BTreeSet::from(["stock".to_owned()])
+        );
+        let given = E2E.replace(
+            "destination = \"events.by-kind\"",
+            "destination = \"events.by-kind\"\n        destination_type = \"exchange\"",
+        );
+        assert_eq!(Topology::parse(&given).expect("valid"), t);
+        let e = err(&E2E.replace(
+            "destination = \"events.by-kind\"",
+            "destination = \"events.by-kind\"\n        destination_type = \"topic\"",
+        ));
+        assert!(
+            e.contains("binding 'events' -> 'events.by-kind'") && e.contains("'topic'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_name_that_is_a_queue_and_an_exchange_needs_a_destination_type() {
+        let both = format!("{E2E}\n[[queues]]\nname = \"events.by-kind\"\n");
+        let e = err(&both);
+        assert!(
+            e.contains("binding 'events' -> 'events.by-kind'")
+                && e.contains("both a queue and an exchange")
+                && e.contains("destination_type"),
+            "{e}"
+        );
+        let said = both.replace(
+            "destination = \"events.by-kind\"",
+            "destination = \"events.by-kind\"\ndestination_type = \"queue\"",
+        );
+        let t = Topology::parse(&said).expect("valid with destination_type");
+        assert_eq!(t.bindings[0].destination_type, DestinationType::Queue);
+    }
+
+    #[test]
+    fn removed_bindings_may_name_what_is_gone_but_not_what_is_still_bound() {
+        let removed = format!(
+            r#"{E2E}
+            [[removed_bindings]]
+            source = "events"
+            destination = "stock"
+            [[removed_bindings]]
+            source = "old.exchange"
+            destination = "old.queue"
+            destination_type = "queue"
+            "#
+        );
+        let t = Topology::parse(&removed).expect("valid");
+        assert_eq!(t.removed_bindings.len(), 2);
+        assert_eq!(
+            t.removed_bindings[0].destination_type,
+            DestinationType::Queue
+        );
+        assert_eq!(t.removed_bindings[1].source, "old.exchange");
+        let e = err(&format!(
+            "{E2E}\n[[removed_bindings]]\nsource = \"old\"\ndestination = \"gone\"\n"
+        ));
+        assert!(e.contains("destination 'gone'"), "{e}");
+        let e = err(&format!(
+            "{E2E}\n[[removed_bindings]]\nsource = \"events\"\ndestination = \"events.by-kind\"\n"
+        ));
+        assert_eq!(
+            e,
+            "binding 'events' -> exchange 'events.by-kind' is both in [[bindings]] and in \
+             [[removed_bindings]]"
+        );
+    }
+
+    #[test]
+    fn the_shop_routes_only_the_kinds_inventory_and_order_status_need() {
+        let t = Topology::parse(SHOP).expect("valid");
+        let by_kind = |queue: &str| -> Vec<(String, String)> {
+            t.bindings
+                .iter()
+                .filter(|b| b.destination == queue)
+                .map(|b| (b.source.clone(), b.routing_key.clone()))
+                .collect()
+        };
+        assert_eq!(
+            by_kind("orders.inventory"),
+            [
+                ("orders".to_owned(), "order.placed".to_owned()),
+                (
+                    "activity.by-kind".to_owned(),
+                    "inventory.changed".to_owned()
+                )
+            ]
+        );
+        assert_eq!(
+            by_kind("orders.status"),
+            [("activity.by-kind".to_owned(), "order.fulfilled".to_owned())]
+        );
+        assert!(t.reachable_queues("activity").contains("orders.inventory"));
+        assert!(t
+            .removed_bindings
+            .iter()
+            .all(|b| b.source == "activity" && b.destination_type == DestinationType::Queue));
+        assert_eq!(t.removed_bindings.len(), 2);
+    }
+
+    #[test]
+    fn topic_patterns_match_as_rabbitmq_matches_them() {
+        for (pattern, key, hit) in [
+            ("inventory.changed", "inventory.changed", true),
+            ("inventory.changed", "order.placed", false),
+            ("order.*", "order.placed", true),
+            ("order.*", "order.placed.late", false),
+            ("order.#", "order", true),
+            ("order.#", "order.placed.late", true),
+            ("#", "anything.at.all", true),
+            ("#.late", "order.placed.late", true),
+            ("*.placed", "placed", false),
+            ("", "", true),
+        ] {
+            assert_eq!(topic_matches(pattern, key), hit, "{pattern} ~ {key}");
+        }
+    }
+
+    #[test]
+    fn the_shop_routes_each_activity_event_by_its_kind() {
+        let t = Topology::parse(SHOP).expect("valid");
+        let everyone = [
+            "activity.analytics",
+            "activity.log",
+            "activity.notifications",
+            "activity.recommendations",
+        ];
+        for (kind, also) in [
+            ("product.viewed", None),
+            ("order.placed", None),
+            ("inventory.changed", Some("orders.inventory")),
+            ("order.fulfilled", Some("orders.status")),
+        ] {
+            let mut expected: BTreeSet<String> = everyone.map(str::to_owned).into();
+            expected.extend(also.map(str::to_owned));
+            assert_eq!(t.route("activity", kind), expected, "{kind}");
+        }
+        assert_eq!(
+            t.route("orders", "order.placed"),
+            BTreeSet::from([
+                "orders.fulfillment".to_owned(),
+                "orders.inventory".to_owned()
+            ])
+        );
+        assert!(t.route("nowhere", "order.placed").is_empty());
+    }
+
+    #[test]
+    fn a_dead_letter_queue_behind_an_exchange_binding_needs_its_delivery_limit() {
+        let e = err(r#"
+            [[exchanges]]
+            name = "work.dlx"
+            type = "fanout"
+            [[exchanges]]
+            name = "work.dlx.all"
+            type = "fanout"
+            [[queues]]
+            name = "work"
+            type = "quorum"
+            arguments = { x-dead-letter-exchange = "work.dlx" }
+            [[queues]]
+            name = "work.dead"
+            type = "quorum"
+            [[bindings]]
+            source = "work.dlx"
+            destination = "work.dlx.all"
+            [[bindings]]
+            source = "work.dlx.all"
+            destination = "work.dead"
+        "#);
+        assert!(e.contains("'work.dead'") && e.contains("got none"), "{e}");
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! Drift: a difference between the topology file and what the broker has. Drift is reported,
 //! never "fixed": changing a queue's arguments means deleting it and its messages, which is an
-//! operator's decision.
+//! operator's decision. The one removal `apply` makes is the operator's decision written down:
+//! the bindings the file lists under `[[removed_bindings]]`.
 
 use std::fmt;
+
+use super::definition::{fmt_binding, DestinationType};
 
 /// An exchange, queue or binding of the topology.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -11,12 +14,14 @@ pub enum Entity {
     Exchange(String),
     /// A queue or stream, by name.
     Queue(String),
-    /// A binding of a queue to an exchange.
+    /// A binding of a queue, or of another exchange, to an exchange.
     Binding {
         /// The exchange.
         source: String,
-        /// The queue.
+        /// The queue or exchange.
         destination: String,
+        /// Whether the destination is a queue or an exchange.
+        destination_type: DestinationType,
         /// The binding key.
         routing_key: String,
     },
@@ -30,19 +35,19 @@ impl fmt::Display for Entity {
             Self::Binding {
                 source,
                 destination,
+                destination_type,
                 routing_key,
             } => {
-                write!(f, "binding '{source}' -> '{destination}'")?;
-                if !routing_key.is_empty() {
-                    write!(f, " ('{routing_key}')")?;
-                }
-                Ok(())
+                f.write_str("binding ")?;
+                fmt_binding(f, source, destination, *destination_type, routing_key)
             }
         }
     }
 }
 
 const MISSING: &str = "missing";
+const UNEXPECTED: &str = "not in the file";
+const REMOVED: &str = "removed in the file";
 
 /// One difference between the topology file and the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,17 +73,60 @@ impl Drift {
         }
     }
 
+    /// A binding between two entities of the file that the file does not declare (on the
+    /// broker only).
+    pub fn unexpected(entity: Entity) -> Self {
+        Self {
+            entity,
+            what: UNEXPECTED.into(),
+            expected: None,
+            actual: None,
+        }
+    }
+
+    /// A binding the file lists under `[[removed_bindings]]` that is still on the broker.
+    pub fn removed(entity: Entity) -> Self {
+        Self {
+            entity,
+            what: REMOVED.into(),
+            expected: None,
+            actual: None,
+        }
+    }
+
     /// Whether this drift is a missing entity.
     pub fn is_missing(&self) -> bool {
         self.what == MISSING
     }
 
+    /// Whether this drift is a binding the broker has and the file does not want
+    /// ([`Drift::unexpected`] or [`Drift::removed`]).
+    pub fn is_extra(&self) -> bool {
+        self.what == UNEXPECTED || self.what == REMOVED
+    }
+
     /// One line for operators, naming the topology file, e.g.
     /// `queue 'orders.fulfillment': argument x-delivery-limit: broker has 9, topology/shop.toml says 5`.
+    /// A binding the file does not want says how to remove it.
     pub fn describe(&self, source: &str) -> String {
         if self.is_missing() {
             return format!(
                 "{}: missing on the broker, {source} declares it",
+                self.entity
+            );
+        }
+        if self.what == UNEXPECTED {
+            return format!(
+                "{}: on the broker, not in {source}; to remove it, list it under \
+                 [[removed_bindings]] there and run `burrow topology apply` (or unbind it in the \
+                 management UI)",
+                self.entity
+            );
+        }
+        if self.what == REMOVED {
+            return format!(
+                "{}: still on the broker, {source} lists it under [[removed_bindings]]; \
+                 `burrow topology apply` removes it",
                 self.entity
             );
         }

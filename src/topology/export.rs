@@ -53,7 +53,7 @@ pub fn definitions(topology: &Topology) -> Value {
                 "source": b.source,
                 "vhost": "/",
                 "destination": b.destination,
-                "destination_type": "queue",
+                "destination_type": b.destination_type.as_str(),
                 "routing_key": b.routing_key,
                 "arguments": b.arguments,
             })
@@ -118,6 +118,28 @@ mod tests {
             committed == definitions(&topology),
             "topology/definitions.json is stale: run `cargo run --bin burrow -- topology export`"
         );
+    }
+
+    #[test]
+    fn exchange_to_exchange_bindings_are_exported_as_such() {
+        let topology = Topology::parse(include_str!("../../topology/shop.toml")).expect("valid");
+        let defs = definitions(&topology);
+        let bindings = defs["bindings"].as_array().expect("bindings");
+        let e2e = bindings
+            .iter()
+            .find(|b| b["source"] == "activity" && b["destination"] == "activity.by-kind")
+            .expect("activity -> activity.by-kind exported");
+        assert_eq!(e2e["destination_type"], "exchange");
+        let restocks = bindings
+            .iter()
+            .find(|b| b["destination"] == "orders.inventory" && b["source"] == "activity.by-kind")
+            .expect("activity.by-kind -> orders.inventory exported");
+        assert_eq!(restocks["destination_type"], "queue");
+        assert_eq!(restocks["routing_key"], "inventory.changed");
+        // Removed bindings are not in the export: a broker that loads it never had them.
+        assert!(!bindings
+            .iter()
+            .any(|b| b["source"] == "activity" && b["destination"] == "orders.inventory"));
     }
 
     #[test]

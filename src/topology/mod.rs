@@ -20,8 +20,8 @@ pub mod verify;
 
 pub use declare::{apply, ApplyError, ApplyReport};
 pub use definition::{
-    Arguments, BindingDefinition, ExchangeDefinition, ExchangeType, Password, Permissions,
-    QueueDefinition, QueueType, RetryOf, RetryStep, Topology, TopologyError, UserDefinition,
-    MIN_DEAD_LETTER_DELIVERY_LIMIT,
+    Arguments, BindingDefinition, DestinationType, ExchangeDefinition, ExchangeType, Password,
+    Permissions, QueueDefinition, QueueType, RetryOf, RetryStep, Topology, TopologyError,
+    UserDefinition, MIN_DEAD_LETTER_DELIVERY_LIMIT,
 };
 pub use drift::{Drift, Entity};

@@ -1,14 +1,19 @@
 //! Checking a live broker against the topology through the management API: missing entities,
-//! other types, other arguments, missing bindings. Nothing is changed on the broker.
+//! other types, other arguments, missing bindings, and bindings the file does not want. Nothing
+//! is changed on the broker.
 
 use serde_json::Value;
 
-use super::definition::{Arguments, Topology};
+use super::definition::{Arguments, BindingDefinition, DestinationType, Topology};
 use super::drift::{show, Drift, Entity};
-use crate::management::{Management, ManagementError};
+use crate::management::{BindingInfo, Management, ManagementError};
 
 /// Every difference between `vhost` on the broker and `topology`. Entities the topology does
-/// not mention (other applications' queues) are not drift.
+/// not mention (other applications' queues) are not drift, nor are bindings to or from them.
+/// A binding between two entities of the file that the file does not declare is
+/// ([`Drift::unexpected`]): it is what an upgrade leaves behind when the file moved a binding
+/// (the old one would deliver a second copy), or a hand-made change. Those the file lists
+/// under `[[removed_bindings]]` are reported as [`Drift::removed`], whatever their endpoints.
 ///
 /// # Errors
 /// [`ManagementError`] when the management API cannot be read.
@@ -57,21 +62,59 @@ pub async fn verify(
     }
 
     for expected in &topology.bindings {
-        let found = bindings.iter().any(|b| {
-            b.source == expected.source
-                && b.destination == expected.destination
-                && b.destination_type == "queue"
-                && b.routing_key == expected.routing_key
-        });
-        if !found {
-            drift.push(Drift::missing(Entity::Binding {
-                source: expected.source.clone(),
-                destination: expected.destination.clone(),
-                routing_key: expected.routing_key.clone(),
-            }));
+        if !bindings.iter().any(|b| same_binding(b, expected)) {
+            drift.push(Drift::missing(expected.entity()));
         }
     }
+    for removed in &topology.removed_bindings {
+        if bindings.iter().any(|b| same_binding(b, removed)) {
+            drift.push(Drift::removed(removed.entity()));
+        }
+    }
+    drift.extend(unexpected_bindings(topology, &bindings));
     Ok(drift)
+}
+
+/// Whether the broker's binding `actual` is `expected` (arguments aside, as when it is
+/// declared: the file's bindings carry none).
+fn same_binding(actual: &BindingInfo, expected: &BindingDefinition) -> bool {
+    actual.source == expected.source
+        && actual.destination == expected.destination
+        && actual.destination_type == expected.destination_type.as_str()
+        && actual.routing_key == expected.routing_key
+}
+
+/// The broker's bindings from an exchange of the file to a queue or exchange of the file that
+/// the file neither declares nor lists as removed.
+fn unexpected_bindings(topology: &Topology, actual: &[BindingInfo]) -> Vec<Drift> {
+    actual
+        .iter()
+        .filter_map(|b| {
+            topology.exchange(&b.source)?;
+            let destination_type = match b.destination_type.as_str() {
+                "queue" => {
+                    topology.queue(&b.destination)?;
+                    DestinationType::Queue
+                }
+                "exchange" => {
+                    topology.exchange(&b.destination)?;
+                    DestinationType::Exchange
+                }
+                _ => return None,
+            };
+            let wanted = |d: &BindingDefinition| same_binding(b, d);
+            if topology.bindings.iter().any(wanted) || topology.removed_bindings.iter().any(wanted)
+            {
+                return None;
+            }
+            Some(Drift::unexpected(Entity::Binding {
+                source: b.source.clone(),
+                destination: b.destination.clone(),
+                destination_type,
+                routing_key: b.routing_key.clone(),
+            }))
+        })
+        .collect()
 }
 
 /// Drift in the type or the durability of an exchange or a queue, given as (type, durable).
@@ -160,5 +203,72 @@ mod tests {
         );
         assert_eq!(drift[1].expected, None);
         assert!(same_value(&Value::from(5), &serde_json::json!(5.0)));
+    }
+
+    fn binding(source: &str, destination: &str, destination_type: &str, key: &str) -> BindingInfo {
+        BindingInfo {
+            source: source.into(),
+            vhost: "/".into(),
+            destination: destination.into(),
+            destination_type: destination_type.into(),
+            routing_key: key.into(),
+            arguments: serde_json::Map::new(),
+        }
+    }
+
+    #[test]
+    fn bindings_between_the_files_entities_that_it_does_not_declare_are_reported() {
+        let shop = Topology::parse(include_str!("../../topology/shop.toml")).expect("valid");
+        let actual = [
+            // In the file.
+            binding("activity", "activity.by-kind", "exchange", ""),
+            binding(
+                "activity.by-kind",
+                "orders.status",
+                "queue",
+                "order.fulfilled",
+            ),
+            // Listed under [[removed_bindings]]: verify reports those from the list.
+            binding("activity", "orders.status", "queue", ""),
+            // Not in the file, between its entities: by hand, or an older file.
+            binding(
+                "activity.by-kind",
+                "orders.inventory",
+                "queue",
+                "product.viewed",
+            ),
+            binding("orders", "activity.by-kind", "exchange", "order.placed"),
+            // Another application's queue, and the default exchange: none of the file's business.
+            binding("activity", "audit", "queue", ""),
+            binding("", "orders.status", "queue", "orders.status"),
+        ];
+        let drift = unexpected_bindings(&shop, &actual);
+        let lines: Vec<String> = drift.iter().map(|d| d.describe("shop.toml")).collect();
+        assert_eq!(
+            lines,
+            [
+                "binding 'activity.by-kind' -> 'orders.inventory' ('product.viewed'): on the \
+                 broker, not in shop.toml; to remove it, list it under [[removed_bindings]] \
+                 there and run `burrow topology apply` (or unbind it in the management UI)",
+                "binding 'orders' -> exchange 'activity.by-kind' ('order.placed'): on the \
+                 broker, not in shop.toml; to remove it, list it under [[removed_bindings]] \
+                 there and run `burrow topology apply` (or unbind it in the management UI)",
+            ]
+        );
+        assert!(drift.iter().all(Drift::is_extra));
+        assert!(same_binding(
+            &actual[0],
+            shop.bindings
+                .iter()
+                .find(|b| b.destination == "activity.by-kind")
+                .expect("e2e")
+        ));
+        assert!(!same_binding(
+            &binding("activity", "activity.by-kind", "queue", ""),
+            shop.bindings
+                .iter()
+                .find(|b| b.destination == "activity.by-kind")
+                .expect("e2e")
+        ));
     }
 }

@@ -272,6 +272,57 @@ async fn least_privilege_worker_and_producer_fulfil_an_order_end_to_end() {
 }
 
 #[tokio::test]
+async fn ops_moves_the_old_fanout_bindings_and_a_worker_reapplying_is_refused_only_those() {
+    let t = TestVhost::new("sec-bindings").await;
+    let users = TestUsers::create(&t).await;
+    let shop = Topology::load(&t.settings.topology).expect("topology");
+    // The shop as it was before activity.by-kind, applied by the operator.
+    let mut old = shop.clone();
+    old.exchanges.retain(|e| e.name != "activity.by-kind");
+    old.bindings
+        .retain(|b| b.source != "activity.by-kind" && b.destination != "activity.by-kind");
+    old.bindings.append(&mut old.removed_bindings);
+    let ops = connect_as(&t, users.url(&t, "burrow-ops")).await;
+    burrow::topology::apply(&ops, &old)
+        .await
+        .expect("ops applies the old topology");
+
+    // The upgrade: ops may declare activity.by-kind, bind it to the fanout (write on
+    // activity.by-kind, read on activity) and remove the old bindings.
+    let report = burrow::topology::apply(&ops, &shop)
+        .await
+        .expect("ops applies the new one");
+    assert!(report.refused.is_empty(), "{report:?}");
+    assert_eq!((report.bindings, report.unbound), (shop.bindings.len(), 2));
+    let _ = ops.close(200, "done".into()).await;
+    let drift = burrow::topology::verify::verify(&t.management(), &t.name, &shop)
+        .await
+        .expect("verify");
+    assert!(drift.is_empty(), "{drift:?}");
+
+    // A worker re-declaring on connect may bind and unbind nothing: refused, not an error.
+    let worker = connect_as(&t, users.url(&t, "burrow-inventory")).await;
+    let report = burrow::topology::apply(&worker, &shop)
+        .await
+        .expect("a worker's re-declare goes through");
+    let e2e = shop
+        .bindings
+        .iter()
+        .find(|b| b.destination == "activity.by-kind")
+        .expect("the exchange binding")
+        .entity();
+    assert!(report.refused.contains(&e2e), "{report:?}");
+    for removed in &shop.removed_bindings {
+        assert!(report.refused.contains(&removed.entity()), "{report:?}");
+    }
+    assert!(
+        report.created.is_empty() && report.drift.is_empty(),
+        "{report:?}"
+    );
+    let _ = worker.close(200, "done".into()).await;
+}
+
+#[tokio::test]
 async fn wrong_credentials_are_refused_in_one_line_without_the_password() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_producer"))
         .args(ONE_ORDER)

@@ -4,11 +4,11 @@
 use std::time::{Duration, Instant};
 
 use burrow::management::Management;
-use burrow::topology::{self, export, verify, Drift, Entity, Topology};
+use burrow::topology::{self, export, verify, DestinationType, Drift, Entity, Topology};
 use futures::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions,
+    ConfirmSelectOptions, ExchangeUnbindOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
@@ -89,8 +89,9 @@ async fn apply_declares_every_design_queue_with_its_arguments() {
     let conn = connect(&vhost).await;
     let report = topology::apply(&conn, &shop()).await.expect("apply");
     assert!(report.drift.is_empty(), "{:?}", report.drift);
-    assert_eq!(report.created.len(), 4 + 22, "{:?}", report.created);
-    assert_eq!(report.bindings, 11);
+    assert_eq!(report.created.len(), 5 + 22, "{:?}", report.created);
+    assert_eq!(report.bindings, 12);
+    assert_eq!(report.unbound, 2, "the removed bindings, absent already");
 
     let m = management(&vhost);
     let fulfillment = m
@@ -168,7 +169,7 @@ async fn second_apply_creates_nothing() {
     let again = topology::apply(&conn, &shop()).await.expect("second apply");
     assert!(again.created.is_empty(), "{:?}", again.created);
     assert!(again.drift.is_empty(), "{:?}", again.drift);
-    assert_eq!(again.unchanged.len(), 26);
+    assert_eq!(again.unchanged.len(), 27);
     let _ = conn.close(200, "bye".into()).await;
 }
 
@@ -213,11 +214,11 @@ async fn conflicting_queue_is_reported_as_drift_while_the_rest_is_declared() {
     );
     assert_eq!(
         report.created.len(),
-        25,
+        26,
         "every other entity is declared: {:?}",
         report.created
     );
-    assert_eq!(report.bindings, 11);
+    assert_eq!(report.bindings, 12);
 
     let m = management(&vhost);
     let still = m
@@ -258,7 +259,13 @@ async fn verify_reports_missing_entities_of_an_empty_vhost() {
         .expect("verify");
     assert!(drift.contains(&Drift::missing(Entity::Queue("orders.fulfillment".into()))));
     assert!(drift.contains(&Drift::missing(Entity::Exchange("activity".into()))));
-    assert_eq!(drift.len(), 4 + 22 + 11, "{drift:?}");
+    assert!(drift.contains(&Drift::missing(Entity::Binding {
+        source: "activity".into(),
+        destination: "activity.by-kind".into(),
+        destination_type: DestinationType::Exchange,
+        routing_key: String::new(),
+    })));
+    assert_eq!(drift.len(), 5 + 22 + 12, "{drift:?}");
 }
 
 #[tokio::test]
@@ -400,6 +407,230 @@ async fn activity_event_reaches_every_service_queue_and_the_stream() {
     let _ = conn.close(200, "bye".into()).await;
 }
 
+/// Publishes one activity event of each kind in `kinds` to `activity`, routing key = its kind,
+/// as every burrow publisher does.
+async fn publish_events(conn: &lapin::Connection, kinds: &[&str]) {
+    for (i, kind) in kinds.iter().enumerate() {
+        let body = format!(r#"{{"event_id":"evt_{i}","kind":"{kind}"}}"#);
+        publish(conn, "activity", kind, body.as_bytes()).await;
+    }
+}
+
+/// The kinds of the events in `queue`, taken out of it. Every publish was confirmed, and a
+/// confirm means every queue it was routed to has it: what is not here now never will be.
+async fn kinds_in(conn: &lapin::Connection, queue: &str) -> Vec<String> {
+    crate::common::drain_queue(conn, queue)
+        .await
+        .into_iter()
+        .map(|m| {
+            let event: serde_json::Value =
+                serde_json::from_slice(&m.delivery.data).expect("an event");
+            event["kind"].as_str().expect("kind").to_owned()
+        })
+        .collect()
+}
+
+const KINDS: [&str; 4] = [
+    "product.viewed",
+    "order.placed",
+    "inventory.changed",
+    "order.fulfilled",
+];
+
+#[tokio::test]
+async fn activity_events_reach_inventory_and_order_status_only_by_their_kind() {
+    let vhost = TestVhost::new("topo-by-kind").await;
+    let conn = connect(&vhost).await;
+    topology::apply(&conn, &shop()).await.expect("apply");
+    publish_events(&conn, &KINDS).await;
+
+    assert_eq!(
+        kinds_in(&conn, "orders.inventory").await,
+        ["inventory.changed"]
+    );
+    assert_eq!(kinds_in(&conn, "orders.status").await, ["order.fulfilled"]);
+    // The fanout's own queues still get every event.
+    for queue in ["activity.analytics", "activity.notifications"] {
+        assert_eq!(kinds_in(&conn, queue).await, KINDS, "{queue}");
+    }
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test]
+async fn verify_reports_a_missing_exchange_binding_and_one_the_file_does_not_declare() {
+    let vhost = TestVhost::new("topo-e2e-drift").await;
+    let conn = connect(&vhost).await;
+    topology::apply(&conn, &shop()).await.expect("apply");
+    let m = management(&vhost);
+    assert_eq!(
+        verify::verify(&m, &vhost.name, &shop())
+            .await
+            .expect("verify"),
+        []
+    );
+
+    let channel = conn.create_channel().await.expect("channel");
+    channel
+        .exchange_unbind(
+            "activity.by-kind".into(),
+            "activity".into(),
+            "".into(),
+            ExchangeUnbindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("unbind activity.by-kind by hand");
+    channel
+        .queue_bind(
+            "orders.inventory".into(),
+            "activity.by-kind".into(),
+            "product.viewed".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind orders.inventory to more by hand");
+
+    let drift = verify::verify(&m, &vhost.name, &shop())
+        .await
+        .expect("verify");
+    let lines: Vec<String> = drift.iter().map(|d| d.describe("shop.toml")).collect();
+    assert_eq!(
+        lines,
+        [
+            "binding 'activity' -> exchange 'activity.by-kind': missing on the broker, shop.toml \
+             declares it",
+            "binding 'activity.by-kind' -> 'orders.inventory' ('product.viewed'): on the broker, \
+             not in shop.toml; to remove it, list it under [[removed_bindings]] there and run \
+             `burrow topology apply` (or unbind it in the management UI)"
+        ]
+    );
+
+    // apply declares what is missing and leaves what the file does not mention: an operator
+    // says what goes, in [[removed_bindings]].
+    topology::apply(&conn, &shop()).await.expect("apply");
+    let drift = verify::verify(&m, &vhost.name, &shop())
+        .await
+        .expect("verify");
+    assert_eq!(drift.len(), 1, "{drift:?}");
+    assert!(drift[0].is_extra(), "{drift:?}");
+    let mut file = shop();
+    file.removed_bindings
+        .push(burrow::topology::BindingDefinition {
+            source: "activity.by-kind".into(),
+            destination: "orders.inventory".into(),
+            destination_type: DestinationType::Queue,
+            routing_key: "product.viewed".into(),
+            arguments: Default::default(),
+        });
+    topology::apply(&conn, &file).await.expect("apply");
+    assert_eq!(
+        verify::verify(&m, &vhost.name, &file)
+            .await
+            .expect("verify"),
+        []
+    );
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+/// The shop as its file was before `activity.by-kind`: orders.inventory and orders.status bound
+/// to the `activity` fanout itself.
+fn shop_before_by_kind() -> Topology {
+    let mut old = shop();
+    old.exchanges.retain(|e| e.name != "activity.by-kind");
+    old.bindings
+        .retain(|b| b.source != "activity.by-kind" && b.destination != "activity.by-kind");
+    old.bindings.append(&mut old.removed_bindings);
+    old
+}
+
+#[tokio::test]
+async fn apply_over_the_old_fanout_bindings_leaves_one_copy_of_each_event() {
+    let vhost = TestVhost::new("topo-upgrade").await;
+    let conn = connect(&vhost).await;
+    let m = management(&vhost);
+    topology::apply(&conn, &shop_before_by_kind())
+        .await
+        .expect("the old topology");
+
+    let drift = verify::verify(&m, &vhost.name, &shop())
+        .await
+        .expect("verify");
+    let lines: Vec<String> = drift.iter().map(|d| d.describe("shop.toml")).collect();
+    assert_eq!(drift.len(), 1 + 3 + 2, "{lines:#?}");
+    for queue in ["orders.inventory", "orders.status"] {
+        let line = format!(
+            "binding 'activity' -> '{queue}': still on the broker, shop.toml lists it under \
+             [[removed_bindings]]; `burrow topology apply` removes it"
+        );
+        assert!(lines.contains(&line), "{line} in {lines:#?}");
+    }
+
+    let report = topology::apply(&conn, &shop()).await.expect("apply");
+    assert_eq!(
+        report.created,
+        [Entity::Exchange("activity.by-kind".into())]
+    );
+    assert_eq!((report.bindings, report.unbound), (12, 2));
+    assert!(
+        report.refused.is_empty() && report.drift.is_empty(),
+        "{report:?}"
+    );
+    assert_eq!(
+        verify::verify(&m, &vhost.name, &shop())
+            .await
+            .expect("verify"),
+        []
+    );
+    publish_events(&conn, &KINDS).await;
+    assert_eq!(
+        kinds_in(&conn, "orders.inventory").await,
+        ["inventory.changed"]
+    );
+    assert_eq!(kinds_in(&conn, "orders.status").await, ["order.fulfilled"]);
+
+    // The next apply (every worker's, on connect) finds them gone: no error.
+    let again = topology::apply(&conn, &shop()).await.expect("apply again");
+    assert_eq!(again.unbound, 2);
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test]
+async fn a_removed_binding_whose_queue_is_gone_is_no_error() {
+    let tiny = Topology::parse(
+        r#"
+        [[exchanges]]
+        name = "events"
+        type = "fanout"
+
+        [[removed_bindings]]
+        source = "events"
+        destination = "deleted.queue"
+        destination_type = "queue"
+
+        [[removed_bindings]]
+        source = "events.gone"
+        destination = "events"
+        "#,
+    )
+    .expect("tiny topology");
+    let vhost = TestVhost::new("topo-removed-gone").await;
+    let conn = connect(&vhost).await;
+    let report = topology::apply(&conn, &tiny).await.expect("apply");
+    assert_eq!(report.unbound, 2, "{report:?}");
+    assert!(
+        report.refused.is_empty() && report.drift.is_empty(),
+        "{report:?}"
+    );
+    assert_eq!(
+        verify::verify(&management(&vhost), &vhost.name, &tiny)
+            .await
+            .expect("verify"),
+        []
+    );
+    let _ = conn.close(200, "bye".into()).await;
+}
+
 #[tokio::test]
 async fn management_client_creates_and_deletes_a_vhost_the_user_can_connect_to() {
     let settings = burrow::settings::Settings::load().expect("settings");
@@ -455,6 +686,7 @@ fn the_tests_fast_topology_is_the_shop_with_a_fast_retry_ladder() {
     );
     assert_eq!(fast.exchanges, shop.exchanges);
     assert_eq!(fast.bindings, shop.bindings);
+    assert_eq!(fast.removed_bindings, shop.removed_bindings);
     assert_eq!(fast.users, shop.users);
     assert_eq!(fast.queues.len(), shop.queues.len());
     for (f, s) in fast.queues.iter().zip(&shop.queues) {
