@@ -226,12 +226,21 @@ async fn place(
 async fn show(
     State(api): State<Api>,
     Path(order_id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Json<OrderView>, ApiError> {
-    match api.store.status(&order_id).await {
+    let span = crate::trace::request_span("GET", "/orders/{order_id}", &headers);
+    span.record("order_id", order_id.as_str());
+    let found = api.store.status(&order_id).instrument(span.clone()).await;
+    let shown = match found {
         Ok(Some(status)) => Ok(Json(OrderView { order_id, status })),
         Ok(None) => Err(ApiError::NotFound(order_id)),
         Err(e) => Err(ApiError::Store(format!("{e:#}"))),
-    }
+    };
+    let status = shown
+        .as_ref()
+        .map_or_else(ApiError::status, |_| StatusCode::OK);
+    span.record("http.response.status_code", status.as_u16());
+    shown
 }
 
 /// The `Idempotency-Key` header: present, printable, at most 255 bytes.

@@ -389,6 +389,28 @@ async fn one_order_is_one_trace_from_the_order_service_through_fulfillment_to_it
         c.attr("messaging.message.id"),
         trace.fulfilled_publish.attr("messaging.message.id")
     );
+
+    // Looking the order up is a server span too, in the trace of whoever asks.
+    let lookup_trace = "5b8efff798038103d269b633813fc60c";
+    let lookup_span = "eee19b7ec3c1b174";
+    let response = client
+        .get(format!("{base}/orders/{order_id}"))
+        .header("traceparent", format!("00-{lookup_trace}-{lookup_span}-01"))
+        .send()
+        .await
+        .expect("GET /orders/{order_id}");
+    assert_eq!(response.status().as_u16(), 200);
+    let lookup = wait_for("the span of GET /orders/{order_id}", LONG, || async {
+        receiver
+            .spans()
+            .into_iter()
+            .find(|s| s.name == "GET /orders/{order_id}" && s.trace_id == lookup_trace)
+    })
+    .await;
+    assert_eq!(lookup.kind, SpanKind::Server as i32);
+    assert_eq!(lookup.parent, lookup_span);
+    assert_eq!(lookup.attr("order_id"), Some(order_id.as_str()));
+    assert_eq!(lookup.attr("http.response.status_code"), Some("200"));
 }
 
 /// The one order `producer order` left in `orders.fulfillment`, peeked (handed back).
@@ -532,7 +554,9 @@ async fn the_order_service_and_a_worker_export_their_last_spans_when_stopped() {
     assert_eq!(service.stop(LONG).await, Some(0));
     let spans = receiver.spans();
     let request = one(&spans, "request span", |s| {
-        s.service == "burrow-producer" && s.attr("order_id") == Some(order_id.as_str())
+        s.service == "burrow-producer"
+            && s.name == "POST /orders"
+            && s.attr("order_id") == Some(order_id.as_str())
     })
     .unwrap_or_else(|| panic!("no request span in {spans:#?}"));
     let delivery = one(&spans, "fulfillment delivery", |s| {
