@@ -1,7 +1,9 @@
 //! The demo's broker outage: the order service reaches RabbitMQ through a TCP link of the
 //! demo's own, which the demo cuts for a few seconds. While it is cut every connection through
 //! it is dropped and new ones are closed at once, as a broker that went away looks to a client
-//! (the broker itself, which other work may share, is never touched).
+//! (the broker itself, which other work may share, is never touched). A link can also freeze:
+//! its connections stay open and nothing passes, as a network that drops packets looks (the
+//! tests use that).
 
 use std::net::SocketAddr;
 
@@ -12,12 +14,23 @@ use tokio_util::sync::CancellationToken;
 
 use crate::settings::SecretUrl;
 
+/// What a link does with its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Forwards both ways.
+    Up,
+    /// Drops every connection and closes new ones at once.
+    Cut,
+    /// Holds every connection open and passes nothing.
+    Frozen,
+}
+
 /// A cuttable TCP link from a local port to the broker.
 #[derive(Debug)]
 pub struct BrokerLink {
     /// Where clients connect instead of the broker.
     pub local: SocketAddr,
-    up: watch::Sender<bool>,
+    state: watch::Sender<State>,
     stop: CancellationToken,
 }
 
@@ -31,10 +44,10 @@ impl BrokerLink {
             .await
             .context("binding the demo's broker link")?;
         let local = listener.local_addr()?;
-        let (up, _) = watch::channel(true);
+        let (state, _) = watch::channel(State::Up);
         let stop = CancellationToken::new();
-        tokio::spawn(accept(listener, broker, up.clone(), stop.clone()));
-        Ok(Self { local, up, stop })
+        tokio::spawn(accept(listener, broker, state.clone(), stop.clone()));
+        Ok(Self { local, state, stop })
     }
 
     /// A link to the broker that `url` names (port 5672 unless it says another).
@@ -58,12 +71,18 @@ impl BrokerLink {
 
     /// Drops every connection through the link and refuses new ones until [`Self::restore`].
     pub fn cut(&self) {
-        self.up.send_replace(false);
+        self.state.send_replace(State::Cut);
     }
 
-    /// Lets connections through again.
+    /// Silences every connection through the link, open or new: they stay open and nothing
+    /// passes, until the link is dropped.
+    pub fn freeze(&self) {
+        self.state.send_replace(State::Frozen);
+    }
+
+    /// Lets new connections through again (after [`Self::cut`]).
     pub fn restore(&self) {
-        self.up.send_replace(true);
+        self.state.send_replace(State::Up);
     }
 
     /// `url` with its host and port replaced by the link's.
@@ -90,7 +109,7 @@ impl Drop for BrokerLink {
 async fn accept(
     listener: TcpListener,
     broker: SocketAddr,
-    up: watch::Sender<bool>,
+    state: watch::Sender<State>,
     stop: CancellationToken,
 ) {
     loop {
@@ -104,20 +123,29 @@ async fn accept(
                 }
             },
         };
-        if !*up.borrow() {
-            // Cut: the client sees its connection closed during the handshake.
-            drop(client);
-            continue;
+        let now = *state.borrow();
+        match now {
+            // The client sees its connection closed during the handshake.
+            State::Cut => drop(client),
+            State::Frozen => {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    stop.cancelled().await;
+                    drop(client);
+                });
+            }
+            State::Up => {
+                tokio::spawn(forward(client, broker, state.subscribe(), stop.clone()));
+            }
         }
-        tokio::spawn(forward(client, broker, up.subscribe(), stop.clone()));
     }
 }
 
-/// Copies both ways until either side closes, the link is cut or the demo ends.
+/// Copies both ways until either side closes, the link is cut or frozen, or the link ends.
 async fn forward(
     mut client: TcpStream,
     broker: SocketAddr,
-    mut up: watch::Receiver<bool>,
+    mut state: watch::Receiver<State>,
     stop: CancellationToken,
 ) {
     let Ok(mut server) = TcpStream::connect(broker).await else {
@@ -125,10 +153,14 @@ async fn forward(
     };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
-    tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-        _ = up.wait_for(|up| !*up) => {}
-        () = stop.cancelled() => {}
+    let next = tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => return,
+        changed = state.wait_for(|s| *s != State::Up) => changed.map_or(State::Cut, |s| *s),
+        () = stop.cancelled() => return,
+    };
+    if next == State::Frozen {
+        // Both sockets stay open and nothing is read: each peer waits for the other.
+        stop.cancelled().await;
     }
 }
 

@@ -10,7 +10,7 @@
 //! children cleanly. The steps return data; `burrow demo` ([`crate::cli::demo`]) prints it.
 
 mod customers;
-mod link;
+pub mod link;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
