@@ -131,13 +131,7 @@ pub async fn apply(
     let mut channel: Option<Channel> = None;
     for binding in &topology.bindings {
         let entity = binding.entity();
-        let ch = match channel.take() {
-            Some(ch) => ch,
-            None => conn.create_channel().await.map_err(|source| ApplyError {
-                entity: entity.clone(),
-                source,
-            })?,
-        };
+        let ch = reuse_or_open(&mut channel, conn, &entity).await?;
         match bind(&ch, binding).await {
             Ok(()) => {
                 debug!(%entity, "bound");
@@ -166,13 +160,7 @@ pub async fn apply(
     // to remove them.
     for binding in &topology.removed_bindings {
         let entity = binding.entity();
-        let ch = match channel.take() {
-            Some(ch) => ch,
-            None => conn.create_channel().await.map_err(|source| ApplyError {
-                entity: entity.clone(),
-                source,
-            })?,
-        };
+        let ch = reuse_or_open(&mut channel, conn, &entity).await?;
         match unbind(&ch, binding).await {
             Ok(()) => {
                 debug!(%entity, "unbound");
@@ -208,6 +196,22 @@ pub async fn apply(
 }
 
 /// Declares `binding`: `queue.bind` or `exchange.bind`.
+/// The channel a previous binding left open, or a new one (a refused binding closes its
+/// channel, and the next one opens another).
+async fn reuse_or_open(
+    channel: &mut Option<Channel>,
+    conn: &lapin::Connection,
+    entity: &Entity,
+) -> Result<Channel, ApplyError> {
+    match channel.take() {
+        Some(ch) => Ok(ch),
+        None => conn.create_channel().await.map_err(|source| ApplyError {
+            entity: entity.clone(),
+            source,
+        }),
+    }
+}
+
 async fn bind(channel: &Channel, binding: &BindingDefinition) -> lapin::Result<()> {
     let (destination, source, key, args) = (
         binding.destination.as_str().into(),

@@ -714,36 +714,13 @@ impl Topology {
     /// on through exchange-to-exchange bindings with the same routing key. A headers exchange
     /// routes on headers this does not know: every one of its bindings counts.
     pub fn route(&self, exchange: &str, routing_key: &str) -> BTreeSet<String> {
-        let mut queues = BTreeSet::new();
-        let mut seen = HashSet::from([exchange]);
-        let mut next = vec![exchange];
-        while let Some(x) = next.pop() {
-            let Some(kind) = self.exchange(x).map(|e| e.kind) else {
-                continue;
-            };
-            let matches = |key: &str| match kind {
+        walk(&self.bindings, exchange, |b| {
+            self.exchange(&b.source).is_some_and(|e| match e.kind {
                 ExchangeType::Fanout | ExchangeType::Headers => true,
-                ExchangeType::Direct => key == routing_key,
-                ExchangeType::Topic => topic_matches(key, routing_key),
-            };
-            for b in self
-                .bindings
-                .iter()
-                .filter(|b| b.source == x && matches(&b.routing_key))
-            {
-                match b.destination_type {
-                    DestinationType::Queue => {
-                        queues.insert(b.destination.clone());
-                    }
-                    DestinationType::Exchange => {
-                        if seen.insert(b.destination.as_str()) {
-                            next.push(b.destination.as_str());
-                        }
-                    }
-                }
-            }
-        }
-        queues
+                ExchangeType::Direct => b.routing_key == routing_key,
+                ExchangeType::Topic => topic_matches(&b.routing_key, routing_key),
+            })
+        })
     }
 
     /// Every queue a message published to `exchange` may reach, whatever its routing key:
@@ -765,11 +742,21 @@ impl Topology {
 /// The queues reachable from `exchange` over `bindings`, following exchange-to-exchange
 /// bindings (a cycle of them is allowed by RabbitMQ and visited once here).
 fn reachable_queues(bindings: &[BindingDefinition], exchange: &str) -> BTreeSet<String> {
+    walk(bindings, exchange, |_| true)
+}
+
+/// The queues reached from `exchange` over the `bindings` that `follows` lets a message take,
+/// on through exchange-to-exchange bindings, each exchange visited once.
+fn walk<'a>(
+    bindings: &'a [BindingDefinition],
+    exchange: &'a str,
+    follows: impl Fn(&BindingDefinition) -> bool,
+) -> BTreeSet<String> {
     let mut queues = BTreeSet::new();
     let mut seen = HashSet::from([exchange]);
     let mut next = vec![exchange];
     while let Some(x) = next.pop() {
-        for b in bindings.iter().filter(|b| b.source == x) {
+        for b in bindings.iter().filter(|b| b.source == x && follows(b)) {
             match b.destination_type {
                 DestinationType::Queue => {
                     queues.insert(b.destination.clone());
