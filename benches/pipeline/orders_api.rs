@@ -118,11 +118,9 @@ pub async fn run(
         .unwrap_or(0.0);
     let started = Instant::now();
     let full = wrk(&script, &base, 2, 64, seconds, "full", 0)?;
-    wait_until(Duration::from_secs(120), || async {
-        metric(&http, &base, "burrow_outbox_depth").await == Some(0.0)
-    })
-    .await
-    .context("the outbox did not drain")?;
+    outbox_drained(&http, &base)
+        .await
+        .context("the outbox did not drain")?;
     let drained = started.elapsed().as_secs_f64();
     let accepted = metric(&http, &base, "burrow_orders_accepted_total")
         .await
@@ -156,11 +154,9 @@ pub async fn run(
         } else {
             guess
         };
-        wait_until(Duration::from_secs(120), || async {
-            metric(&http, &base, "burrow_outbox_depth").await == Some(0.0)
-        })
-        .await
-        .context("the outbox did not drain after calibration")?;
+        outbox_drained(&http, &base)
+            .await
+            .context("the outbox did not drain after calibration")?;
         let sampler = {
             let (http, base) = (http.clone(), base.clone());
             tokio::spawn(async move {
@@ -199,6 +195,14 @@ pub async fn run(
         result.rows.push(row);
     }
     Ok(result)
+}
+
+/// Waits up to 2 minutes for the service's outbox to be empty.
+async fn outbox_drained(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+    wait_until(Duration::from_secs(120), || async {
+        metric(http, base, "burrow_outbox_depth").await == Some(0.0)
+    })
+    .await
 }
 
 /// What one `wrk` run reported.
