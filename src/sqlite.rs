@@ -180,12 +180,45 @@ impl GroupCommit {
     /// # Errors
     /// The directory or file cannot be created, or the schema is refused.
     pub fn open(path: &Path, schema: &str) -> anyhow::Result<Self> {
+        Self::start(path, |conn| {
+            conn.execute_batch(schema)
+                .with_context(|| format!("creating the schema of {}", path.display()))
+        })
+    }
+
+    /// Opens (and creates) `path` in WAL mode, brings its schema to the last of `migrations`
+    /// (`PRAGMA user_version` counts those applied), and starts the thread.
+    ///
+    /// The migrations run in one `BEGIN IMMEDIATE` transaction, so a process that opens the
+    /// file at the same moment waits for them. That process read the version before it waited
+    /// and runs them again: each must be idempotent (`IF NOT EXISTS`, a copy into a fresh
+    /// table).
+    ///
+    /// # Errors
+    /// The directory or file cannot be created, or a migration failed (none is kept).
+    pub fn open_migrated(
+        path: &Path,
+        migrations: &rusqlite_migration::Migrations<'_>,
+    ) -> anyhow::Result<Self> {
+        Self::start(path, |conn| {
+            conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
+            let migrated = migrations
+                .to_latest(conn)
+                .with_context(|| format!("migrating the schema of {}", path.display()));
+            conn.set_transaction_behavior(rusqlite::TransactionBehavior::Deferred);
+            migrated
+        })
+    }
+
+    fn start(
+        path: &Path,
+        init: impl FnOnce(&mut Connection) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let conn = open_wal(path)?;
-        conn.execute_batch(schema)
-            .with_context(|| format!("creating the schema of {}", path.display()))?;
+        let mut conn = open_wal(path)?;
+        init(&mut conn)?;
         let (tx, rx) = std_mpsc::channel::<Job>();
         let name = path
             .file_stem()

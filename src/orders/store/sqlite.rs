@@ -6,13 +6,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::{params, OptionalExtension};
+use rusqlite_migration::{Migrations, M};
 
 use super::{from_clause, Acceptance, NewOrder, OutboxStats};
 use crate::orders::outbox::OutboxMessage;
 use crate::orders::status::OrderStatus;
 use crate::sqlite::{now_ms, GroupCommit, PURGE_BATCH};
 
-const SCHEMA: &str = "
+/// The schema as it was first released (0.x): kept as the first migration, so that a file of
+/// that time and a new file follow the same path.
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS orders (
     order_id        TEXT PRIMARY KEY,
     idempotency_key TEXT NOT NULL UNIQUE,
@@ -40,6 +43,52 @@ CREATE TABLE IF NOT EXISTS relay_lease (
     expires_at INTEGER NOT NULL
 );";
 
+/// Fewer B-trees written per order: `orders` is keyed by `order_id` itself (`WITHOUT ROWID`:
+/// no rowid table beside the primary-key index), and the outbox takes the next rowid without
+/// `AUTOINCREMENT` (no `sqlite_sequence` row updated per insert). A row id may come back after
+/// the rows above it were purged; ids only order the unpublished rows, which are never purged.
+/// Both tables are copied into fresh ones, so the step can run twice (see
+/// [`GroupCommit::open_migrated`]).
+const SCHEMA_V2: &str = "
+DROP TABLE IF EXISTS orders_v2;
+CREATE TABLE orders_v2 (
+    order_id        TEXT PRIMARY KEY,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    request_hash    TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    accepted_at     INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO orders_v2 (order_id, idempotency_key, request_hash, status, accepted_at, updated_at)
+    SELECT order_id, idempotency_key, request_hash, status, accepted_at, updated_at FROM orders;
+DROP TABLE orders;
+ALTER TABLE orders_v2 RENAME TO orders;
+DROP TABLE IF EXISTS outbox_v2;
+CREATE TABLE outbox_v2 (
+    id           INTEGER PRIMARY KEY,
+    order_id     TEXT NOT NULL,
+    exchange     TEXT NOT NULL,
+    routing_key  TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    message_id   TEXT NOT NULL,
+    traceparent  TEXT,
+    body         BLOB NOT NULL,
+    created_at   INTEGER NOT NULL,
+    published_at INTEGER
+);
+INSERT INTO outbox_v2 (id, order_id, exchange, routing_key, kind, message_id, traceparent, body,
+                       created_at, published_at)
+    SELECT id, order_id, exchange, routing_key, kind, message_id, traceparent, body,
+           created_at, published_at FROM outbox;
+DROP TABLE outbox;
+ALTER TABLE outbox_v2 RENAME TO outbox;
+CREATE INDEX outbox_unpublished ON outbox (id) WHERE published_at IS NULL;";
+
+/// The schema's versions, oldest first (`PRAGMA user_version` counts those applied).
+fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(SCHEMA_V1), M::up(SCHEMA_V2)])
+}
+
 /// The SQLite order store.
 pub struct SqliteOrders {
     db: GroupCommit,
@@ -52,21 +101,36 @@ impl SqliteOrders {
     /// The file cannot be opened or its schema created.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         Ok(Self {
-            db: GroupCommit::open(path, SCHEMA)?,
+            db: GroupCommit::open_migrated(path, &migrations())?,
         })
     }
 
     pub(super) async fn accept(&self, order: NewOrder) -> anyhow::Result<Acceptance> {
         self.db
             .call(move |c| {
-                let found: Option<(String, String, String)> = c
+                let now = now_ms();
+                // One index probe for a new key: the insert itself tells whether it was used.
+                let inserted = c
                     .prepare_cached(
-                        "SELECT order_id, request_hash, status FROM orders
-                         WHERE idempotency_key = ?1",
+                        "INSERT INTO orders
+                           (order_id, idempotency_key, request_hash, status, accepted_at, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+                         ON CONFLICT (idempotency_key) DO NOTHING",
                     )?
-                    .query_row([&order.key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                    .optional()?;
-                if let Some((order_id, hash, status)) = found {
+                    .execute(params![
+                        order.order_id,
+                        order.key,
+                        order.request_hash,
+                        OrderStatus::Accepted.as_str(),
+                        now
+                    ])?;
+                if inserted == 0 {
+                    let (order_id, hash, status): (String, String, String) = c
+                        .prepare_cached(
+                            "SELECT order_id, request_hash, status FROM orders
+                             WHERE idempotency_key = ?1",
+                        )?
+                        .query_row([&order.key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
                     return Ok(if hash == order.request_hash {
                         Acceptance::Existing {
                             order_id,
@@ -76,19 +140,6 @@ impl SqliteOrders {
                         Acceptance::KeyConflict { order_id }
                     });
                 }
-                let now = now_ms();
-                c.prepare_cached(
-                    "INSERT INTO orders
-                       (order_id, idempotency_key, request_hash, status, accepted_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-                )?
-                .execute(params![
-                    order.order_id,
-                    order.key,
-                    order.request_hash,
-                    OrderStatus::Accepted.as_str(),
-                    now
-                ])?;
                 let mut insert = c.prepare_cached(
                     "INSERT INTO outbox (order_id, exchange, routing_key, kind, message_id,
                                          traceparent, body, created_at)
@@ -194,10 +245,13 @@ impl SqliteOrders {
         self.db
             .call(move |c| {
                 let now = now_ms();
-                let mut row =
-                    c.prepare_cached("UPDATE outbox SET published_at = ?2 WHERE id = ?1")?;
-                for id in ids {
-                    row.execute(params![id, now])?;
+                // The relay takes rows in id order, so the confirmed ones come in long runs:
+                // one statement per run.
+                let mut run = c.prepare_cached(
+                    "UPDATE outbox SET published_at = ?3 WHERE id BETWEEN ?1 AND ?2",
+                )?;
+                for (first, last) in runs(ids) {
+                    run.execute(params![first, last, now])?;
                 }
                 let sql = format!(
                     "UPDATE orders SET status = ?2, updated_at = ?3 WHERE order_id = ?1 AND {}",
@@ -248,6 +302,20 @@ impl SqliteOrders {
     }
 }
 
+/// `ids` as runs of consecutive ids, `(first, last)`, in ascending order.
+fn runs(mut ids: Vec<i64>) -> Vec<(i64, i64)> {
+    ids.sort_unstable();
+    ids.dedup();
+    let mut runs: Vec<(i64, i64)> = Vec::new();
+    for id in ids {
+        match runs.last_mut() {
+            Some((_, last)) if *last + 1 == id => *last = id,
+            _ => runs.push((id, id)),
+        }
+    }
+    runs
+}
+
 fn parse_status(s: &str) -> rusqlite::Result<OrderStatus> {
     OrderStatus::parse(s).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(
@@ -256,4 +324,174 @@ fn parse_status(s: &str) -> rusqlite::Result<OrderStatus> {
             Box::<dyn std::error::Error + Send + Sync>::from(e),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(order_id: &str) -> OutboxMessage {
+        OutboxMessage {
+            id: 0,
+            order_id: order_id.to_owned(),
+            exchange: "orders".into(),
+            routing_key: "order.placed".into(),
+            kind: crate::orders::outbox::ORDER_KIND.into(),
+            message_id: format!("msg_{order_id}"),
+            traceparent: None,
+            body: br#"{"order_id":"x"}"#.to_vec(),
+        }
+    }
+
+    fn order(key: &str, hash: &str, order_id: &str) -> NewOrder {
+        NewOrder {
+            key: key.into(),
+            request_hash: hash.into(),
+            order_id: order_id.into(),
+            messages: vec![message(order_id)],
+        }
+    }
+
+    /// A file as the first release wrote it: `ord_1` published (its row kept for the
+    /// retention window), `ord_2` accepted with its row waiting.
+    fn first_release_file(path: &Path) {
+        let c = rusqlite::Connection::open(path).unwrap();
+        c.execute_batch(SCHEMA_V1).unwrap();
+        c.execute_batch(
+            "INSERT INTO orders VALUES ('ord_1', 'key-1', 'h1', 'published', 1, 2);
+             INSERT INTO orders VALUES ('ord_2', 'key-2', 'h2', 'accepted', 3, 3);
+             INSERT INTO outbox (order_id, exchange, routing_key, kind, message_id, body,
+                                 created_at, published_at)
+                 VALUES ('ord_1', 'orders', 'order.placed', 'order', 'msg_1', x'7b7d', 1, 2);
+             INSERT INTO outbox (order_id, exchange, routing_key, kind, message_id, body,
+                                 created_at)
+                 VALUES ('ord_2', 'orders', 'order.placed', 'order', 'msg_2', x'7b7d', 3);",
+        )
+        .unwrap();
+    }
+
+    async fn check_migrated(path: &Path) {
+        let store = SqliteOrders::open(path).unwrap();
+        assert_eq!(
+            store.status("ord_1").await.unwrap(),
+            Some(OrderStatus::Published)
+        );
+        assert_eq!(
+            store.accept(order("key-2", "h2", "ord_new")).await.unwrap(),
+            Acceptance::Existing {
+                order_id: "ord_2".into(),
+                status: OrderStatus::Accepted
+            }
+        );
+        let rows = store
+            .claim("me", 10, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "only ord_2's row waits: {rows:?}");
+        assert_eq!((rows[0].id, rows[0].message_id.as_str()), (2, "msg_2"));
+        let c = rusqlite::Connection::open(path).unwrap();
+        let version: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+        let sql: String = c
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE name = 'orders'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(sql.contains("WITHOUT ROWID"), "{sql}");
+        let (orders, outbox): (i64, i64) = c
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM orders), (SELECT COUNT(*) FROM outbox)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((orders, outbox), (2, 2));
+    }
+
+    #[tokio::test]
+    async fn a_file_of_the_first_release_keeps_its_orders_and_waiting_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orders.db");
+        first_release_file(&path);
+        check_migrated(&path).await;
+        // Opening again finds the file up to date.
+        check_migrated(&path).await;
+    }
+
+    #[tokio::test]
+    async fn processes_migrating_one_file_at_once_all_open_it_and_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orders.db");
+        first_release_file(&path);
+        let openers: Vec<_> = (0..4)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || SqliteOrders::open(&path).map(|_| ()))
+            })
+            .collect();
+        for o in openers {
+            o.join().unwrap().expect("every opener gets the file");
+        }
+        check_migrated(&path).await;
+    }
+
+    #[tokio::test]
+    async fn keys_orders_and_published_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteOrders::open(&dir.path().join("orders.db")).unwrap();
+        for i in 0..5 {
+            let key = format!("k{i}");
+            let id = format!("ord_{i}");
+            assert_eq!(
+                store.accept(order(&key, "h", &id)).await.unwrap(),
+                Acceptance::New
+            );
+        }
+        assert_eq!(
+            store.accept(order("k1", "other", "ord_x")).await.unwrap(),
+            Acceptance::KeyConflict {
+                order_id: "ord_1".into()
+            }
+        );
+        let rows = store
+            .claim("me", 10, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 5);
+        // Confirms for all but the middle row, out of order.
+        let ids = vec![rows[4].id, rows[0].id, rows[1].id, rows[3].id];
+        store
+            .published(ids, vec!["ord_0".into(), "ord_4".into()])
+            .await
+            .unwrap();
+        let left = store
+            .claim("me", 10, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].order_id, "ord_2");
+        assert_eq!(store.stats().await.unwrap().depth, 1);
+        assert_eq!(
+            store.status("ord_4").await.unwrap(),
+            Some(OrderStatus::Published)
+        );
+        assert_eq!(
+            store.status("ord_2").await.unwrap(),
+            Some(OrderStatus::Accepted)
+        );
+    }
+
+    #[test]
+    fn confirmed_ids_become_runs() {
+        assert_eq!(runs(vec![]), vec![]);
+        assert_eq!(runs(vec![7]), vec![(7, 7)]);
+        assert_eq!(
+            runs(vec![5, 3, 4, 9, 10, 12, 4]),
+            vec![(3, 5), (9, 10), (12, 12)]
+        );
+    }
 }
