@@ -163,7 +163,7 @@ impl Api {
             InvalidMessage::Malformed(m) => ApiError::Malformed(m),
         })?;
         let messages = crate::producer::order_messages(&order, self.events)
-            .iter()
+            .into_iter()
             .map(|m| OutboxMessage::from_outgoing(&order.order_id, m))
             .collect();
         let accepted = self

@@ -31,13 +31,11 @@ pub const ORDER_KIND: &str = "order";
 
 impl OutboxMessage {
     /// The outbox row of `msg`, a message of order `order_id`.
-    pub fn from_outgoing(order_id: &str, msg: &Outgoing) -> Self {
+    pub fn from_outgoing(order_id: &str, msg: Outgoing) -> Self {
         let p = &msg.properties;
         Self {
             id: 0,
             order_id: order_id.to_owned(),
-            exchange: msg.exchange.clone(),
-            routing_key: msg.routing_key.clone(),
             kind: p.kind().as_ref().map(|k| k.to_string()).unwrap_or_default(),
             message_id: p
                 .message_id()
@@ -45,7 +43,9 @@ impl OutboxMessage {
                 .map(|m| m.to_string())
                 .unwrap_or_default(),
             traceparent: header_str(p.headers().as_ref(), HEADER_TRACEPARENT),
-            body: msg.body.clone(),
+            exchange: msg.exchange,
+            routing_key: msg.routing_key,
+            body: msg.body,
         }
     }
 
@@ -55,17 +55,18 @@ impl OutboxMessage {
     }
 
     /// The message to publish, with the properties every burrow message carries.
-    pub fn to_outgoing(&self) -> Outgoing {
+    pub fn into_outgoing(self) -> Outgoing {
         let mut props = properties(&self.kind, &self.message_id);
         if let Some(tp) = &self.traceparent {
             props = props.with_headers(crate::producer::headers_with_trace(tp));
         }
+        let label = u8::from(!self.is_order());
         Outgoing {
-            exchange: self.exchange.clone(),
-            routing_key: self.routing_key.clone(),
-            body: self.body.clone(),
+            exchange: self.exchange,
+            routing_key: self.routing_key,
+            body: self.body,
             properties: props,
-            label: u8::from(!self.is_order()),
+            label,
         }
     }
 }
@@ -78,8 +79,8 @@ mod tests {
     fn a_row_rebuilds_the_messages_the_producer_publishes() {
         let order = crate::message::tests_support::order("ord_1");
         for msg in crate::producer::order_messages(&order, true) {
-            let row = OutboxMessage::from_outgoing(&order.order_id, &msg);
-            let again = row.to_outgoing();
+            let row = OutboxMessage::from_outgoing(&order.order_id, msg.clone());
+            let again = row.into_outgoing();
             assert_eq!(again.exchange, msg.exchange);
             assert_eq!(again.routing_key, msg.routing_key);
             assert_eq!(again.body, msg.body);

@@ -133,13 +133,13 @@ impl Relay {
         }
         #[cfg(feature = "test-hooks")]
         test_hooks::abort_if_asked(&rows);
-        let by_message: HashMap<String, (i64, String, bool)> = rows
+        // Confirms are told apart by message id: each names its row, and the order it makes
+        // `published` when it is the order message.
+        let by_message: HashMap<String, (i64, Option<String>)> = rows
             .iter()
             .map(|r| {
-                (
-                    r.message_id.clone(),
-                    (r.id, r.order_id.clone(), r.is_order()),
-                )
+                let order = r.is_order().then(|| r.order_id.clone());
+                (r.message_id.clone(), (r.id, order))
             })
             .collect();
         let mut ids = Vec::with_capacity(rows.len());
@@ -147,24 +147,35 @@ impl Relay {
         let publisher = BulkPublisher::new(self.pool.clone(), self.config.window, None)
             .confirm_timeout(self.config.confirm_timeout);
         let taken = rows.len();
-        let outgoing: Vec<_> = rows.iter().map(OutboxMessage::to_outgoing).collect();
         let report = publisher
-            .run(outgoing, |msg, fate| {
-                let id = msg.properties.message_id().as_ref().map(|m| m.to_string());
-                let Some((row, order_id, is_order)) = id.and_then(|m| by_message.get(&m)) else {
-                    return;
-                };
-                match fate {
-                    Confirm::Confirmed => {
-                        ids.push(*row);
-                        if *is_order {
-                            orders.push(order_id.clone());
+            .run(
+                rows.into_iter().map(OutboxMessage::into_outgoing),
+                |msg, fate| {
+                    let Some((row, order)) = msg
+                        .properties
+                        .message_id()
+                        .as_ref()
+                        .and_then(|m| by_message.get(m.as_str()))
+                    else {
+                        return;
+                    };
+                    let order_id = order.as_deref().unwrap_or("-");
+                    match fate {
+                        Confirm::Confirmed => {
+                            ids.push(*row);
+                            orders.extend(order.clone());
                         }
+                        Confirm::Nacked => {
+                            warn!(order_id, "the broker nacked an outbox message")
+                        }
+                        Confirm::Returned(reason) => warn!(
+                            order_id,
+                            %reason,
+                            "an outbox message was unroutable; run `burrow topology apply`"
+                        ),
                     }
-                    Confirm::Nacked => warn!(order_id = %order_id, "the broker nacked an outbox message"),
-                    Confirm::Returned(reason) => warn!(order_id = %order_id, %reason, "an outbox message was unroutable; run `burrow topology apply`"),
-                }
-            })
+                },
+            )
             .await;
         let confirmed = ids.len();
         // Whatever was confirmed is recorded, even when the broker went away part-way.

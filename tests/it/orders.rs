@@ -440,7 +440,7 @@ async fn purge_keeps_unpublished_rows(store: burrow::orders::OrderStore) {
             placed_at: chrono::Utc::now(),
         };
         let messages = burrow::producer::order_messages(&order, true)
-            .iter()
+            .into_iter()
             .map(|m| OutboxMessage::from_outgoing(&order.order_id, m))
             .collect();
         let accepted = store
