@@ -471,6 +471,26 @@ mod tests {
         }
     }
 
+    #[test]
+    fn sqlite_is_built_without_process_wide_memory_accounting() {
+        // `.cargo/config.toml` passes these to the bundled SQLite's build.
+        let c = Connection::open_in_memory().unwrap();
+        let mut q = c.prepare("PRAGMA compile_options").unwrap();
+        let options: Vec<String> = q
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "{options:?}"
+        );
+    }
+
     fn counter_db(dir: &Path) -> GroupCommit {
         GroupCommit::open(
             &dir.join("t.db"),
