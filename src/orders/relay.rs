@@ -133,13 +133,15 @@ impl Relay {
         }
         #[cfg(feature = "test-hooks")]
         test_hooks::abort_if_asked(&rows);
-        // Confirms are told apart by message id: each names its row, and the order it makes
-        // `published` when it is the order message.
-        let by_message: HashMap<String, (i64, Option<String>)> = rows
+        // Confirms are told apart by message id: each names its row, its order, and whether it
+        // is the order message (whose confirm makes the order `published`).
+        let by_message: HashMap<String, (i64, String, bool)> = rows
             .iter()
             .map(|r| {
-                let order = r.is_order().then(|| r.order_id.clone());
-                (r.message_id.clone(), (r.id, order))
+                (
+                    r.message_id.clone(),
+                    (r.id, r.order_id.clone(), r.is_order()),
+                )
             })
             .collect();
         let mut ids = Vec::with_capacity(rows.len());
@@ -151,7 +153,7 @@ impl Relay {
             .run(
                 rows.into_iter().map(OutboxMessage::into_outgoing),
                 |msg, fate| {
-                    let Some((row, order)) = msg
+                    let Some((row, order_id, is_order)) = msg
                         .properties
                         .message_id()
                         .as_ref()
@@ -159,11 +161,13 @@ impl Relay {
                     else {
                         return;
                     };
-                    let order_id = order.as_deref().unwrap_or("-");
+                    let order_id = order_id.as_str();
                     match fate {
                         Confirm::Confirmed => {
                             ids.push(*row);
-                            orders.extend(order.clone());
+                            if *is_order {
+                                orders.push(order_id.to_owned());
+                            }
                         }
                         Confirm::Nacked => {
                             warn!(order_id, "the broker nacked an outbox message")
