@@ -94,7 +94,7 @@ impl SqliteStore {
         self.db
             .call_one_statement(move |conn| {
                 conn.prepare_cached("UPDATE fulfillments SET announced = 1 WHERE order_id = ?1")?
-                    .execute([order_id])
+                    .execute([&order_id])
                     .map(|_| ())
             })
             .await

@@ -64,9 +64,9 @@ impl SqliteInventory {
                 let mut level = conn.prepare_cached("SELECT stock FROM stock WHERE sku = ?1")?;
                 if !new {
                     let mut skus = Vec::new();
-                    for (sku, _) in lines {
-                        if level.query_row([&sku], |_| Ok(())).optional()?.is_some() {
-                            skus.push(sku);
+                    for (sku, _) in &lines {
+                        if level.query_row([sku], |_| Ok(())).optional()?.is_some() {
+                            skus.push(sku.clone());
                         }
                     }
                     return Ok(Reserved::Duplicate(skus));
@@ -77,7 +77,8 @@ impl SqliteInventory {
                      WHERE sku = ?1",
                 )?;
                 let mut out = Vec::new();
-                for (sku, quantity) in lines {
+                for (sku, quantity) in &lines {
+                    let (sku, quantity) = (sku.clone(), *quantity);
                     let Some(stock) = level.query_row([&sku], |r| r.get::<_, i64>(0)).optional()?
                     else {
                         continue;
@@ -144,7 +145,7 @@ impl SqliteInventory {
                 conn.prepare_cached(
                     "SELECT stock, version, announced, announced_stock FROM stock WHERE sku = ?1",
                 )?
-                .query_row([sku], |r| {
+                .query_row([&sku], |r| {
                     Ok(Level {
                         stock: r.get(0)?,
                         version: r.get(1)?,
@@ -177,7 +178,7 @@ impl SqliteInventory {
                 )?
                 .execute(params![sku, version, stock])?;
                 conn.prepare_cached("SELECT version FROM stock WHERE sku = ?1")?
-                    .query_row([sku], |r| r.get(0))
+                    .query_row([&sku], |r| r.get(0))
             })
             .await
     }

@@ -242,6 +242,7 @@ impl SqliteOrders {
     }
 
     pub(super) async fn published(&self, ids: Vec<i64>, orders: Vec<String>) -> anyhow::Result<()> {
+        let runs = runs(ids);
         self.db
             .call(move |c| {
                 let now = now_ms();
@@ -250,7 +251,7 @@ impl SqliteOrders {
                 let mut run = c.prepare_cached(
                     "UPDATE outbox SET published_at = ?3 WHERE id BETWEEN ?1 AND ?2",
                 )?;
-                for (first, last) in runs(ids) {
+                for &(first, last) in &runs {
                     run.execute(params![first, last, now])?;
                 }
                 let sql = format!(
@@ -258,7 +259,7 @@ impl SqliteOrders {
                     from_clause(OrderStatus::Published)
                 );
                 let mut order = c.prepare_cached(&sql)?;
-                for id in orders {
+                for id in &orders {
                     order.execute(params![id, OrderStatus::Published.as_str(), now])?;
                 }
                 Ok(())
