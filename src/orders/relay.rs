@@ -133,19 +133,12 @@ impl Relay {
         }
         #[cfg(feature = "test-hooks")]
         test_hooks::abort_if_asked(&rows);
-        // Confirms are told apart by message id: each names its row, its order, and whether it
-        // is the order message (whose confirm makes the order `published`).
-        let by_message: HashMap<String, (i64, String, bool)> = rows
+        // Confirms are told apart by message id: each names its row and its order (for the log).
+        let by_message: HashMap<String, (i64, String)> = rows
             .iter()
-            .map(|r| {
-                (
-                    r.message_id.clone(),
-                    (r.id, r.order_id.clone(), r.is_order()),
-                )
-            })
+            .map(|r| (r.message_id.clone(), (r.id, r.order_id.clone())))
             .collect();
         let mut ids = Vec::with_capacity(rows.len());
-        let mut orders = Vec::new();
         let publisher = BulkPublisher::new(self.pool.clone(), self.config.window, None)
             .confirm_timeout(self.config.confirm_timeout);
         let taken = rows.len();
@@ -153,7 +146,7 @@ impl Relay {
             .run(
                 rows.into_iter().map(OutboxMessage::into_outgoing),
                 |msg, fate| {
-                    let Some((row, order_id, is_order)) = msg
+                    let Some((row, order_id)) = msg
                         .properties
                         .message_id()
                         .as_ref()
@@ -163,12 +156,7 @@ impl Relay {
                     };
                     let order_id = order_id.as_str();
                     match fate {
-                        Confirm::Confirmed => {
-                            ids.push(*row);
-                            if *is_order {
-                                orders.push(order_id.to_owned());
-                            }
-                        }
+                        Confirm::Confirmed => ids.push(*row),
                         Confirm::Nacked => {
                             warn!(order_id, "the broker nacked an outbox message")
                         }
@@ -184,7 +172,7 @@ impl Relay {
         let confirmed = ids.len();
         // Whatever was confirmed is recorded, even when the broker went away part-way.
         if confirmed > 0 {
-            self.store.published(ids, orders).await?;
+            self.store.published(ids).await?;
             self.metrics.relayed.inc_by(confirmed as u64);
         }
         match report {

@@ -462,7 +462,7 @@ async fn purge_keeps_unpublished_rows(store: burrow::orders::OrderStore) {
         .expect("claim");
     assert_eq!(claimed.len(), 4);
     store
-        .published(claimed.iter().map(|m| m.id).collect(), ids[..2].to_vec())
+        .published(claimed.iter().map(|m| m.id).collect())
         .await
         .expect("published");
     assert_eq!(store.stats().await.expect("stats").depth, 2);
@@ -479,6 +479,14 @@ async fn purge_keeps_unpublished_rows(store: burrow::orders::OrderStore) {
         store.status(&ids[2]).await.expect("status"),
         Some(OrderStatus::Accepted)
     );
+    // An order whose rows were published and then purged stays published.
+    for id in &ids[..2] {
+        assert_eq!(
+            store.status(id).await.expect("status"),
+            Some(OrderStatus::Published),
+            "{id}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -133,15 +133,16 @@ impl OrderStore {
         }
     }
 
-    /// Marks the rows `ids` published (their confirms arrived) and the orders `orders`
-    /// (whose order message was among them) `published`.
+    /// Marks the rows `ids` published (their confirms arrived), and with them the orders whose
+    /// order message was among them: PostgreSQL writes `published` into the order in the same
+    /// statement, SQLite reads it from the row (see `schema_v3` in its backend).
     ///
     /// # Errors
     /// The database failed; the rows stay unpublished and are sent again.
-    pub async fn published(&self, ids: Vec<i64>, orders: Vec<String>) -> anyhow::Result<()> {
+    pub async fn published(&self, ids: Vec<i64>) -> anyhow::Result<()> {
         match self {
-            Self::Sqlite(s) => s.published(ids, orders).await,
-            Self::Postgres(p) => p.published(ids, orders).await,
+            Self::Sqlite(s) => s.published(ids).await,
+            Self::Postgres(p) => p.published(ids).await,
         }
     }
 

@@ -10,7 +10,7 @@ use deadpool_postgres::Object;
 use tokio_postgres::Row;
 
 use super::{from_clause, Acceptance, NewOrder, OutboxStats};
-use crate::orders::outbox::OutboxMessage;
+use crate::orders::outbox::{OutboxMessage, ORDER_KIND};
 use crate::orders::status::OrderStatus;
 use crate::postgres::{query_error, Database};
 use crate::settings::SecretUrl;
@@ -228,21 +228,20 @@ impl PostgresOrders {
         Ok(messages)
     }
 
-    pub(super) async fn published(&self, ids: Vec<i64>, orders: Vec<String>) -> anyhow::Result<()> {
-        self.query(
-            "marking outbox rows published",
-            "UPDATE outbox SET published_at = now() WHERE id = ANY($1)",
-            &[&ids],
-        )
-        .await?;
+    pub(super) async fn published(&self, ids: Vec<i64>) -> anyhow::Result<()> {
+        // One statement, so the rows and their orders are marked together or not at all.
         let sql = format!(
-            "UPDATE orders SET status = $2, updated_at = now() WHERE order_id = ANY($1) AND {}",
+            "WITH marked AS (
+                 UPDATE outbox SET published_at = now() WHERE id = ANY($1)
+                 RETURNING order_id, kind)
+             UPDATE orders SET status = $2, updated_at = now()
+             WHERE order_id IN (SELECT order_id FROM marked WHERE kind = $3) AND {}",
             from_clause(OrderStatus::Published)
         );
         self.query(
-            "marking orders published",
+            "marking outbox rows and their orders published",
             &sql,
-            &[&orders, &OrderStatus::Published.as_str()],
+            &[&ids, &OrderStatus::Published.as_str(), &ORDER_KIND],
         )
         .await?;
         Ok(())

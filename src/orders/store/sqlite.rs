@@ -84,10 +84,46 @@ DROP TABLE outbox;
 ALTER TABLE outbox_v2 RENAME TO outbox;
 CREATE INDEX outbox_unpublished ON outbox (id) WHERE published_at IS NULL;";
 
+/// An order points at its order message's outbox row (`outbox_id`), and `published` is read
+/// from that row instead of written into the order: an order is `published` while its stored
+/// status is `accepted` and that row is no longer waiting (published, or purged after the
+/// retention window). So a confirm marks only the outbox rows, one run of ids per statement,
+/// and not each order as well. Orders accepted before this version get the id of their waiting
+/// row. The column is added only when missing, so the step can run twice.
+fn schema_v3(tx: &rusqlite::Transaction<'_>) -> rusqlite_migration::HookResult {
+    let has_column: bool = tx.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('orders') WHERE name = 'outbox_id'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_column {
+        tx.execute_batch(
+            "ALTER TABLE orders ADD COLUMN outbox_id INTEGER;
+             UPDATE orders SET outbox_id = waiting.id
+               FROM (SELECT id, order_id FROM outbox
+                     WHERE published_at IS NULL AND kind = 'order') AS waiting
+              WHERE orders.order_id = waiting.order_id AND orders.status = 'accepted';",
+        )?;
+    }
+    Ok(())
+}
+
 /// The schema's versions, oldest first (`PRAGMA user_version` counts those applied).
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(SCHEMA_V1), M::up(SCHEMA_V2)])
+    Migrations::new(vec![
+        M::up(SCHEMA_V1),
+        M::up(SCHEMA_V2),
+        M::up_with_hook("", schema_v3),
+    ])
 }
+
+/// An order's status as the service tells it, for `orders AS o` (see [`schema_v3`]): `accepted`
+/// turns `published` once the order's outbox row no longer waits. The row must still be the
+/// order's own (ids of purged rows can come back).
+const STATUS: &str = "CASE WHEN o.status = 'accepted' AND o.outbox_id IS NOT NULL
+     AND NOT EXISTS (SELECT 1 FROM outbox b WHERE b.id = o.outbox_id
+                     AND b.order_id = o.order_id AND b.published_at IS NULL)
+     THEN 'published' ELSE o.status END";
 
 /// The SQLite order store.
 pub struct SqliteOrders {
@@ -109,42 +145,14 @@ impl SqliteOrders {
         self.db
             .call(move |c| {
                 let now = now_ms();
-                // One index probe for a new key: the insert itself tells whether it was used.
-                let inserted = c
-                    .prepare_cached(
-                        "INSERT INTO orders
-                           (order_id, idempotency_key, request_hash, status, accepted_at, updated_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?5)
-                         ON CONFLICT (idempotency_key) DO NOTHING",
-                    )?
-                    .execute(params![
-                        order.order_id,
-                        order.key,
-                        order.request_hash,
-                        OrderStatus::Accepted.as_str(),
-                        now
-                    ])?;
-                if inserted == 0 {
-                    let (order_id, hash, status): (String, String, String) = c
-                        .prepare_cached(
-                            "SELECT order_id, request_hash, status FROM orders
-                             WHERE idempotency_key = ?1",
-                        )?
-                        .query_row([&order.key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-                    return Ok(if hash == order.request_hash {
-                        Acceptance::Existing {
-                            order_id,
-                            status: parse_status(&status)?,
-                        }
-                    } else {
-                        Acceptance::KeyConflict { order_id }
-                    });
-                }
+                // The outbox rows first, so that the order can point at its own; a reused key
+                // (rare: a client's retry) takes them out again.
                 let mut insert = c.prepare_cached(
                     "INSERT INTO outbox (order_id, exchange, routing_key, kind, message_id,
                                          traceparent, body, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )?;
+                let (mut first, mut order_row) = (None, None);
                 for m in &order.messages {
                     insert.execute(params![
                         m.order_id,
@@ -156,8 +164,49 @@ impl SqliteOrders {
                         m.body,
                         now
                     ])?;
+                    let id = c.last_insert_rowid();
+                    first.get_or_insert(id);
+                    if m.is_order() {
+                        order_row = Some(id);
+                    }
                 }
-                Ok(Acceptance::New)
+                // One index probe for a new key: the insert itself tells whether it was used.
+                let inserted = c
+                    .prepare_cached(
+                        "INSERT INTO orders (order_id, idempotency_key, request_hash, status,
+                                             accepted_at, updated_at, outbox_id)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)
+                         ON CONFLICT (idempotency_key) DO NOTHING",
+                    )?
+                    .execute(params![
+                        order.order_id,
+                        order.key,
+                        order.request_hash,
+                        OrderStatus::Accepted.as_str(),
+                        now,
+                        order_row
+                    ])?;
+                if inserted == 1 {
+                    return Ok(Acceptance::New);
+                }
+                if let Some(first) = first {
+                    c.prepare_cached("DELETE FROM outbox WHERE id >= ?1")?
+                        .execute([first])?;
+                }
+                let (order_id, hash, status): (String, String, String) = c
+                    .prepare_cached(&format!(
+                        "SELECT o.order_id, o.request_hash, {STATUS} FROM orders AS o
+                         WHERE o.idempotency_key = ?1"
+                    ))?
+                    .query_row([&order.key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                Ok(if hash == order.request_hash {
+                    Acceptance::Existing {
+                        order_id,
+                        status: parse_status(&status)?,
+                    }
+                } else {
+                    Acceptance::KeyConflict { order_id }
+                })
             })
             .await
     }
@@ -167,7 +216,9 @@ impl SqliteOrders {
         self.db
             .call_one_statement(move |c| {
                 let status: Option<String> = c
-                    .prepare_cached("SELECT status FROM orders WHERE order_id = ?1")?
+                    .prepare_cached(&format!(
+                        "SELECT {STATUS} FROM orders AS o WHERE o.order_id = ?1"
+                    ))?
                     .query_row([&order_id], |r| r.get(0))
                     .optional()?;
                 status.map(|s| parse_status(&s)).transpose()
@@ -241,26 +292,18 @@ impl SqliteOrders {
             .await
     }
 
-    pub(super) async fn published(&self, ids: Vec<i64>, orders: Vec<String>) -> anyhow::Result<()> {
+    pub(super) async fn published(&self, ids: Vec<i64>) -> anyhow::Result<()> {
         let runs = runs(ids);
         self.db
             .call(move |c| {
                 let now = now_ms();
                 // The relay takes rows in id order, so the confirmed ones come in long runs:
-                // one statement per run.
+                // one statement per run. The orders follow their rows (see `STATUS`).
                 let mut run = c.prepare_cached(
                     "UPDATE outbox SET published_at = ?3 WHERE id BETWEEN ?1 AND ?2",
                 )?;
                 for &(first, last) in &runs {
                     run.execute(params![first, last, now])?;
-                }
-                let sql = format!(
-                    "UPDATE orders SET status = ?2, updated_at = ?3 WHERE order_id = ?1 AND {}",
-                    from_clause(OrderStatus::Published)
-                );
-                let mut order = c.prepare_cached(&sql)?;
-                for id in &orders {
-                    order.execute(params![id, OrderStatus::Published.as_str(), now])?;
                 }
                 Ok(())
             })
@@ -394,7 +437,19 @@ mod tests {
         let version: i64 = c
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, 3);
+        // The waiting order points at its row; the published one needs no row.
+        let pointers: Vec<(String, Option<i64>)> = c
+            .prepare("SELECT order_id, outbox_id FROM orders ORDER BY order_id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            pointers,
+            vec![("ord_1".into(), None), ("ord_2".into(), Some(2))]
+        );
         let sql: String = c
             .query_row(
                 "SELECT sql FROM sqlite_master WHERE name = 'orders'",
@@ -421,6 +476,13 @@ mod tests {
         check_migrated(&path).await;
         // Opening again finds the file up to date.
         check_migrated(&path).await;
+        // The order accepted before the migration is published with its row.
+        let store = SqliteOrders::open(&path).unwrap();
+        store.published(vec![2]).await.unwrap();
+        assert_eq!(
+            store.status("ord_2").await.unwrap(),
+            Some(OrderStatus::Published)
+        );
     }
 
     #[tokio::test]
@@ -458,6 +520,14 @@ mod tests {
                 order_id: "ord_1".into()
             }
         );
+        // A retry with the same request: the same order, and no second outbox row.
+        assert_eq!(
+            store.accept(order("k1", "h", "ord_y")).await.unwrap(),
+            Acceptance::Existing {
+                order_id: "ord_1".into(),
+                status: OrderStatus::Accepted
+            }
+        );
         let rows = store
             .claim("me", 10, Duration::from_secs(30))
             .await
@@ -465,10 +535,7 @@ mod tests {
         assert_eq!(rows.len(), 5);
         // Confirms for all but the middle row, out of order.
         let ids = vec![rows[4].id, rows[0].id, rows[1].id, rows[3].id];
-        store
-            .published(ids, vec!["ord_0".into(), "ord_4".into()])
-            .await
-            .unwrap();
+        store.published(ids).await.unwrap();
         let left = store
             .claim("me", 10, Duration::from_secs(30))
             .await
@@ -483,6 +550,23 @@ mod tests {
         assert_eq!(
             store.status("ord_2").await.unwrap(),
             Some(OrderStatus::Accepted)
+        );
+        // A retry of a published order tells it so.
+        assert_eq!(
+            store.accept(order("k4", "h", "ord_z")).await.unwrap(),
+            Acceptance::Existing {
+                order_id: "ord_4".into(),
+                status: OrderStatus::Published
+            }
+        );
+        // A final status stays: the row's state no longer matters.
+        assert!(store
+            .advance("ord_2", OrderStatus::Fulfilled)
+            .await
+            .unwrap());
+        assert_eq!(
+            store.status("ord_2").await.unwrap(),
+            Some(OrderStatus::Fulfilled)
         );
     }
 
