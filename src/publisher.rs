@@ -253,12 +253,31 @@ impl BulkPublisher {
     ///
     /// # Errors
     /// The broker refused the login, or could not be reached for the whole back-off budget.
-    pub async fn run<I, F>(&self, messages: I, mut on_confirm: F) -> Result<BulkReport, BrokerError>
+    pub async fn run<I, F>(&self, messages: I, on_confirm: F) -> Result<BulkReport, BrokerError>
     where
         I: IntoIterator<Item = Outgoing>,
         F: FnMut(&Outgoing, &Confirm),
     {
-        let mut input = messages.into_iter();
+        self.run_stream(futures::stream::iter(messages), on_confirm)
+            .await
+    }
+
+    /// [`BulkPublisher::run`] for messages that come as a stream (e.g. read from a store while
+    /// earlier ones are in flight): one channel for all of them, so they go out in order. The
+    /// stream is polled only when the window has room; confirms already in are taken first.
+    ///
+    /// # Errors
+    /// As [`BulkPublisher::run`].
+    pub async fn run_stream<S, F>(
+        &self,
+        messages: S,
+        mut on_confirm: F,
+    ) -> Result<BulkReport, BrokerError>
+    where
+        S: futures::Stream<Item = Outgoing>,
+        F: FnMut(&Outgoing, &Confirm),
+    {
+        let mut input = std::pin::pin!(messages);
         let mut retry: VecDeque<Tracked> = VecDeque::new();
         let mut inflight: VecDeque<InFlight> = VecDeque::with_capacity(self.window);
         let mut channel: Option<Channel> = None;
@@ -289,7 +308,7 @@ impl BulkPublisher {
                     match retry.pop_front() {
                         Some(t) => batch.push(t),
                         None if exhausted => break,
-                        None => match input.next() {
+                        None => match input.next().await {
                             Some(msg) => {
                                 if let Some(p) = pacer.as_mut() {
                                     p.tick().await;

@@ -4,7 +4,7 @@
 //! trying with back-off; the API keeps accepting, and the outbox grows.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -15,7 +15,7 @@ use super::metrics::OrderMetrics;
 use super::outbox::OutboxMessage;
 use super::store::OrderStore;
 use crate::backoff::Backoff;
-use crate::publisher::{BulkPublisher, Confirm};
+use crate::publisher::{BulkPublisher, Confirm, Outgoing};
 
 /// How the relay runs.
 #[derive(Debug, Clone)]
@@ -80,11 +80,12 @@ impl Relay {
             if shutdown.is_cancelled() {
                 return;
             }
-            let round = self.round();
+            let round = self.round(&shutdown);
             tokio::pin!(round);
             let outcome = tokio::select! {
                 outcome = &mut round => outcome,
                 () = shutdown.cancelled() => {
+                    // The round reads no more rows; the ones in flight get `grace`.
                     if tokio::time::timeout(self.config.grace, &mut round).await.is_err() {
                         warn!(grace = ?self.config.grace, "relay round cut short at shutdown; its rows are sent again by the next relay");
                     }
@@ -122,58 +123,51 @@ impl Relay {
         }
     }
 
-    /// Publishes one batch of rows and records which were confirmed.
-    async fn round(&self) -> anyhow::Result<Round> {
-        let rows = self
-            .store
-            .claim(&self.config.owner, self.config.batch, self.config.lease)
-            .await?;
-        if rows.is_empty() {
-            return Ok(Round::default());
-        }
-        #[cfg(feature = "test-hooks")]
-        test_hooks::abort_if_asked(&rows);
-        // Confirms are told apart by message id: each names its row and its order (for the log).
-        let by_message: HashMap<String, (i64, String)> = rows
-            .iter()
-            .map(|r| (r.message_id.clone(), (r.id, r.order_id.clone())))
-            .collect();
-        let mut ids = Vec::with_capacity(rows.len());
+    /// Publishes the outbox until it is empty, on one channel (so in order), and records
+    /// which rows were confirmed. Rows are read `batch` at a time, each read started as soon as
+    /// the rows before it are in hand, so the window stays full while the store answers, and
+    /// the rows confirmed so far are marked before each read. A round ends when the outbox is
+    /// empty or `shutdown` begins: no new rows are read, and the ones in flight are confirmed.
+    async fn round(&self, shutdown: &CancellationToken) -> anyhow::Result<Round> {
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
         let publisher = BulkPublisher::new(self.pool.clone(), self.config.window, None)
             .confirm_timeout(self.config.confirm_timeout);
-        let taken = rows.len();
+        let rows = self.rows(ledger.clone(), shutdown.clone());
         let report = publisher
-            .run(
-                rows.into_iter().map(OutboxMessage::into_outgoing),
-                |msg, fate| {
-                    let Some((row, order_id)) = msg
-                        .properties
-                        .message_id()
-                        .as_ref()
-                        .and_then(|m| by_message.get(m.as_str()))
-                    else {
-                        return;
-                    };
-                    let order_id = order_id.as_str();
-                    match fate {
-                        Confirm::Confirmed => ids.push(*row),
-                        Confirm::Nacked => {
-                            warn!(order_id, "the broker nacked an outbox message")
-                        }
-                        Confirm::Returned(reason) => warn!(
-                            order_id,
-                            %reason,
-                            "an outbox message was unroutable; run `burrow topology apply`"
-                        ),
+            .run_stream(rows, |msg, fate| {
+                let mut ledger = ledger.lock().expect("relay ledger");
+                let Some((row, order_id)) = msg
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .and_then(|m| ledger.sent.remove(m.as_str()))
+                else {
+                    return;
+                };
+                let order_id = order_id.as_str();
+                match fate {
+                    Confirm::Confirmed => ledger.confirmed.push(row),
+                    Confirm::Nacked => {
+                        warn!(order_id, "the broker nacked an outbox message")
                     }
-                },
-            )
+                    Confirm::Returned(reason) => warn!(
+                        order_id,
+                        %reason,
+                        "an outbox message was unroutable; run `burrow topology apply`"
+                    ),
+                }
+            })
             .await;
-        let confirmed = ids.len();
         // Whatever was confirmed is recorded, even when the broker went away part-way.
-        if confirmed > 0 {
-            self.store.published(ids).await?;
-            self.metrics.relayed.inc_by(confirmed as u64);
+        mark(&self.store, &self.metrics, &ledger).await?;
+        let mut ledger = ledger.lock().expect("relay ledger");
+        #[cfg(feature = "test-hooks")]
+        if ledger.abort {
+            tracing::error!("test hook: aborting the relay before it publishes");
+            std::process::abort();
+        }
+        if let Some(e) = ledger.failure.take() {
+            return Err(e);
         }
         match report {
             Ok(r) if r.resent > 0 => info!(
@@ -183,8 +177,138 @@ impl Relay {
             Ok(_) => {}
             Err(e) => return Err(e.into()),
         }
-        Ok(Round { taken, confirmed })
+        Ok(Round {
+            taken: ledger.taken,
+            confirmed: ledger.marked,
+        })
     }
+
+    /// The outbox's rows from the oldest unpublished one on, as messages, `batch` at a time:
+    /// the next batch is read while this one is sent. Ends when a read finds no more rows,
+    /// when `shutdown` begins, or when the store fails (the error is left in the ledger).
+    fn rows(
+        &self,
+        ledger: Arc<Mutex<Ledger>>,
+        shutdown: CancellationToken,
+    ) -> impl futures::Stream<Item = Outgoing> + Send + 'static {
+        let store = self.store.clone();
+        let metrics = self.metrics.clone();
+        let (owner, batch, lease) = (
+            self.config.owner.clone(),
+            self.config.batch,
+            self.config.lease,
+        );
+        let read = move |after: i64| {
+            let (store, owner) = (store.clone(), owner.clone());
+            tokio::spawn(async move { store.claim(&owner, after, batch, lease).await })
+        };
+        let store = self.store.clone();
+        let first = read(0);
+        let state = Reader {
+            rows: Vec::new().into_iter(),
+            next: Some(first),
+            after: 0,
+        };
+        futures::stream::unfold(state, move |mut st| {
+            let (ledger, shutdown, store, metrics, read) = (
+                ledger.clone(),
+                shutdown.clone(),
+                store.clone(),
+                metrics.clone(),
+                read.clone(),
+            );
+            async move {
+                loop {
+                    if shutdown.is_cancelled() {
+                        return None;
+                    }
+                    if let Some(row) = st.rows.next() {
+                        let mut ledger = ledger.lock().expect("relay ledger");
+                        ledger.taken += 1;
+                        ledger
+                            .sent
+                            .insert(row.message_id.clone(), (row.id, row.order_id.clone()));
+                        return Some((row.into_outgoing(), st));
+                    }
+                    let pending = st.next.take()?;
+                    let fail = |e: anyhow::Error| {
+                        ledger.lock().expect("relay ledger").failure = Some(e);
+                        None
+                    };
+                    if let Err(e) = mark(&store, &metrics, &ledger).await {
+                        return fail(e);
+                    }
+                    let mut rows = match pending.await {
+                        Ok(Ok(rows)) => rows,
+                        Ok(Err(e)) => return fail(e),
+                        Err(e) => return fail(anyhow::anyhow!("reading the outbox: {e}")),
+                    };
+                    if rows.is_empty() && st.after > 0 {
+                        // Read ahead while the rows before were sent: look once more.
+                        rows = match read(st.after).await {
+                            Ok(Ok(rows)) => rows,
+                            Ok(Err(e)) => return fail(e),
+                            Err(e) => return fail(anyhow::anyhow!("reading the outbox: {e}")),
+                        };
+                    }
+                    let last = rows.last()?.id;
+                    #[cfg(feature = "test-hooks")]
+                    if test_hooks::abort_asked(&rows) {
+                        // The round ends with the rows before confirmed and marked; then the
+                        // process aborts (see `round`).
+                        ledger.lock().expect("relay ledger").abort = true;
+                        return None;
+                    }
+                    st.after = last;
+                    st.next = Some(read(last));
+                    st.rows = rows.into_iter();
+                }
+            }
+        })
+    }
+}
+
+/// What a round's reader and its confirms share.
+#[derive(Default)]
+struct Ledger {
+    /// Rows sent and not yet confirmed, by message id: the row and its order (for the log).
+    sent: HashMap<String, (i64, String)>,
+    /// Rows confirmed and not yet marked published.
+    confirmed: Vec<i64>,
+    /// Rows read.
+    taken: usize,
+    /// Rows marked published.
+    marked: usize,
+    /// Why reading or marking stopped.
+    failure: Option<anyhow::Error>,
+    /// The test hook asks the process to abort once the round is done.
+    #[cfg(feature = "test-hooks")]
+    abort: bool,
+}
+
+/// The rows a round is sending, and the read of the next ones.
+struct Reader {
+    rows: std::vec::IntoIter<OutboxMessage>,
+    next: Option<tokio::task::JoinHandle<anyhow::Result<Vec<OutboxMessage>>>>,
+    /// The last row read.
+    after: i64,
+}
+
+/// Marks the rows confirmed so far published.
+async fn mark(
+    store: &OrderStore,
+    metrics: &OrderMetrics,
+    ledger: &Mutex<Ledger>,
+) -> anyhow::Result<()> {
+    let ids = std::mem::take(&mut ledger.lock().expect("relay ledger").confirmed);
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let n = ids.len();
+    store.published(ids).await?;
+    metrics.relayed.inc_by(n as u64);
+    ledger.lock().expect("relay ledger").marked += n;
+    Ok(())
 }
 
 /// Runs `store`'s outbox statistics into `metrics` every second until `shutdown`.
@@ -204,28 +328,24 @@ pub async fn observe(store: Arc<OrderStore>, metrics: OrderMetrics, shutdown: Ca
 
 #[cfg(feature = "test-hooks")]
 mod test_hooks {
-    //! `BURROW_TEST_ABORT_RELAY_SKUS=SKU,…`: the relay aborts the process when it takes the
-    //! row of an order with one of these SKUs, after the commit and before the publish (fault
-    //! tests only; release builds have no such hook).
+    //! `BURROW_TEST_ABORT_RELAY_SKUS=SKU,…`: the relay aborts the process when it reads the row
+    //! of an order with one of these SKUs, after the commit and before the publish, once the
+    //! rows before it are confirmed (fault tests only; release builds have no such hook).
 
     use crate::orders::outbox::OutboxMessage;
 
-    pub(super) fn abort_if_asked(rows: &[OutboxMessage]) {
+    /// Whether `rows` hold an order the hook names.
+    pub(super) fn abort_asked(rows: &[OutboxMessage]) -> bool {
         let Ok(skus) = std::env::var("BURROW_TEST_ABORT_RELAY_SKUS") else {
-            return;
+            return false;
         };
-        for row in rows.iter().filter(|r| r.is_order()) {
-            let Ok(order) = serde_json::from_slice::<crate::message::Order>(&row.body) else {
-                continue;
-            };
-            if order
-                .items
-                .iter()
-                .any(|i| skus.split(',').any(|s| s == i.sku))
-            {
-                tracing::error!(order_id = %order.order_id, "test hook: aborting the relay before it publishes");
-                std::process::abort();
-            }
-        }
+        rows.iter().filter(|r| r.is_order()).any(|row| {
+            serde_json::from_slice::<crate::message::Order>(&row.body).is_ok_and(|order| {
+                order
+                    .items
+                    .iter()
+                    .any(|i| skus.split(',').any(|s| s == i.sku))
+            })
+        })
     }
 }

@@ -387,6 +387,39 @@ async fn two_services_on_one_postgres_database_publish_each_row_once() {
     assert_eq!(ra + rb, 600.0, "a {ra}, b {rb}");
 }
 
+#[tokio::test]
+async fn a_relay_reading_small_batches_ahead_publishes_every_row_once() {
+    let t = TestVhost::new("orders-batches")
+        .await
+        .with_fast_topology()
+        .await;
+    let mut settings = t.settings.clone();
+    // 400 rows in batches of 7: each read starts while the rows before it are in flight.
+    settings.orders.relay_batch = 7;
+    let svc = Service::start(settings).await;
+    let mut ids = Vec::new();
+    for chunk in 0..10 {
+        let placed = futures::future::join_all((0..20).map(|i| {
+            let svc = &svc;
+            async move {
+                svc.place(&format!("b-{chunk}-{i}"), &order_json(&format!("cus_{i}")))
+                    .await
+            }
+        }))
+        .await;
+        ids.extend(placed);
+    }
+    for id in &ids {
+        svc.wait_status(id, OrderStatus::Published).await;
+    }
+    assert_each_once(&deliveries_by_id(&t, "orders.fulfillment").await, &ids);
+    // Each order and its event, marked once.
+    wait_for("400 rows relayed", LONG, || async {
+        (svc.metric("burrow_outbox_relayed_total").await == Some(400.0)).then_some(())
+    })
+    .await;
+}
+
 #[cfg(feature = "test-hooks")]
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -457,7 +490,7 @@ async fn purge_keeps_unpublished_rows(store: burrow::orders::OrderStore) {
     }
     // The first two orders' rows (an order and its event each).
     let claimed = store
-        .claim("purge-test", 4, Duration::from_secs(10))
+        .claim("purge-test", 0, 4, Duration::from_secs(10))
         .await
         .expect("claim");
     assert_eq!(claimed.len(), 4);

@@ -114,7 +114,8 @@ impl OrderStore {
         }
     }
 
-    /// The next unpublished rows for relay `owner`, oldest first, at most `limit`. With SQLite
+    /// The next unpublished rows for relay `owner` after the row `after` (0: from the oldest),
+    /// oldest first, at most `limit`. With SQLite
     /// only the holder of the relay lease gets rows (the call takes or renews the lease for
     /// `lease`); with PostgreSQL the rows are claimed for `lease`, and rows claimed by another
     /// live relay are skipped.
@@ -124,12 +125,13 @@ impl OrderStore {
     pub async fn claim(
         &self,
         owner: &str,
+        after: i64,
         limit: usize,
         lease: Duration,
     ) -> anyhow::Result<Vec<OutboxMessage>> {
         match self {
-            Self::Sqlite(s) => s.claim(owner, limit, lease).await,
-            Self::Postgres(p) => p.claim(owner, limit, lease).await,
+            Self::Sqlite(s) => s.claim(owner, after, limit, lease).await,
+            Self::Postgres(p) => p.claim(owner, after, limit, lease).await,
         }
     }
 

@@ -190,6 +190,7 @@ impl PostgresOrders {
     pub(super) async fn claim(
         &self,
         owner: &str,
+        after: i64,
         limit: usize,
         lease: Duration,
     ) -> anyhow::Result<Vec<OutboxMessage>> {
@@ -201,13 +202,13 @@ impl PostgresOrders {
                                    claimed_until = now() + make_interval(secs => $2)
                  WHERE id IN (
                      SELECT id FROM outbox
-                     WHERE published_at IS NULL
+                     WHERE published_at IS NULL AND id > $4
                        AND (claimed_until IS NULL OR claimed_until < now() OR claimed_by = $1)
                      ORDER BY id LIMIT $3
                      FOR UPDATE SKIP LOCKED)
                  RETURNING id, order_id, exchange, routing_key, kind, message_id, traceparent,
                            body",
-                &[&owner, &lease.as_secs_f64(), &limit],
+                &[&owner, &lease.as_secs_f64(), &limit, &after],
             )
             .await?;
         let mut messages: Vec<OutboxMessage> = rows

@@ -248,6 +248,7 @@ impl SqliteOrders {
     pub(super) async fn claim(
         &self,
         owner: &str,
+        after: i64,
         limit: usize,
         lease: Duration,
     ) -> anyhow::Result<Vec<OutboxMessage>> {
@@ -271,10 +272,10 @@ impl SqliteOrders {
                 }
                 let mut q = c.prepare_cached(
                     "SELECT id, order_id, exchange, routing_key, kind, message_id, traceparent, body
-                     FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT ?1",
+                     FROM outbox WHERE published_at IS NULL AND id > ?2 ORDER BY id LIMIT ?1",
                 )?;
                 let rows = q
-                    .query_map([limit], |r| {
+                    .query_map([limit, after], |r| {
                         Ok(OutboxMessage {
                             id: r.get(0)?,
                             order_id: r.get(1)?,
@@ -428,7 +429,7 @@ mod tests {
             }
         );
         let rows = store
-            .claim("me", 10, Duration::from_secs(30))
+            .claim("me", 0, 10, Duration::from_secs(30))
             .await
             .unwrap();
         assert_eq!(rows.len(), 1, "only ord_2's row waits: {rows:?}");
@@ -529,7 +530,7 @@ mod tests {
             }
         );
         let rows = store
-            .claim("me", 10, Duration::from_secs(30))
+            .claim("me", 0, 10, Duration::from_secs(30))
             .await
             .unwrap();
         assert_eq!(rows.len(), 5);
@@ -537,7 +538,7 @@ mod tests {
         let ids = vec![rows[4].id, rows[0].id, rows[1].id, rows[3].id];
         store.published(ids).await.unwrap();
         let left = store
-            .claim("me", 10, Duration::from_secs(30))
+            .claim("me", 0, 10, Duration::from_secs(30))
             .await
             .unwrap();
         assert_eq!(left.len(), 1);
