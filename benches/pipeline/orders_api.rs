@@ -112,7 +112,8 @@ pub async fn run(
     .await
     .context("producer serve did not answer /healthz")?;
 
-    // Full load: as many requests as 64 connections carry.
+    // Full load: as many requests as 64 connections carry, onto empty queues as the CLI's.
+    vhost.purge_queues().await?;
     let before = metric(&http, &base, "burrow_orders_accepted_total")
         .await
         .unwrap_or(0.0);
@@ -157,6 +158,7 @@ pub async fn run(
         outbox_drained(&http, &base)
             .await
             .context("the outbox did not drain after calibration")?;
+        vhost.purge_queues().await?;
         let sampler = {
             let (http, base) = (http.clone(), base.clone());
             tokio::spawn(async move {

@@ -34,6 +34,7 @@ pub async fn run(vhost: &BenchVhost, messages: u64, window: usize) -> anyhow::Re
     let conn = burrow::broker::connect(&settings.amqp, "bench setup").await?;
     burrow::topology::apply(&conn, &topology).await?;
     let _ = conn.close(200, "done".into()).await;
+    vhost.purge_queues().await?;
 
     let count = messages.to_string();
     let args = ["orders", "--count", count.as_str(), "--no-events"];

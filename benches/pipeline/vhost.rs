@@ -47,6 +47,26 @@ impl BenchVhost {
         Ok(vhost)
     }
 
+    /// Empties every queue of the vhost (streams cannot be purged and are left), so that a phase
+    /// of a mode does not publish onto the backlog of the phase before it: a quorum queue of
+    /// RabbitMQ 3.10 keeps its messages in memory, and the broker slows as it grows.
+    ///
+    /// # Errors
+    /// The management API or the broker failed.
+    pub async fn purge_queues(&self) -> anyhow::Result<()> {
+        let queues = self.management.queues(BENCH_VHOST).await?;
+        let conn = burrow::broker::connect(&self.settings.amqp, "bench purge").await?;
+        let channel = conn.create_channel().await?;
+        for q in queues.iter().filter(|q| q.kind != "stream") {
+            channel
+                .queue_purge(q.name.as_str().into(), Default::default())
+                .await
+                .with_context(|| format!("purging {}", q.name))?;
+        }
+        let _ = conn.close(200, "done".into()).await;
+        Ok(())
+    }
+
     /// Deletes the vhost (and so every queue of the mode); a missing vhost is fine.
     ///
     /// # Errors
