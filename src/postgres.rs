@@ -1,7 +1,12 @@
 //! The PostgreSQL connection pool of the stores that live in PostgreSQL when `store.url` is
-//! set (fulfillment's and the order service's): deadpool-postgres, a connect timeout, the
-//! application name shown in `pg_stat_activity`, and errors without the password.
+//! set (fulfillment's, the order service's and inventory's): deadpool-postgres, a connect
+//! timeout, the application name shown in `pg_stat_activity`, and errors without the password.
+//!
+//! A connection that dies (a restarted or failed-over server, `pg_terminate_backend`, a network
+//! cut) is replaced instead of failing every later call: a statement run through
+//! [`Database::query`] that fails because its connection died runs again on a fresh one.
 
+use std::error::Error as _;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -104,9 +109,14 @@ pub async fn create_schema(
 pub struct Refused(String);
 
 /// One store's PostgreSQL database: the pool, and its schema created once per process on the
-/// first connection that works. The order and inventory stores build on it.
+/// first connection that works. The fulfillment, order and inventory stores build on it.
 pub struct Database {
     pool: Pool,
+    /// Tries of one statement: the first, then one on a fresh connection per dead one found.
+    /// After a server restart every idle connection of the pool is dead, and the pool only
+    /// notices when one is handed out, so up to a pool's worth of tries are needed before a new
+    /// connection is made.
+    tries: usize,
     url: SecretUrl,
     schema: &'static str,
     lock: i64,
@@ -130,6 +140,7 @@ impl Database {
     ) -> anyhow::Result<Self> {
         let db = Self {
             pool: pool(url, application, size)?,
+            tries: size + 1,
             url: url.clone(),
             schema,
             lock,
@@ -177,7 +188,11 @@ impl Database {
         self.raw_client().await
     }
 
-    /// Runs one statement (`what` names it in errors) and returns its rows.
+    /// Runs one statement (`what` names it in errors) and returns its rows; again on a fresh
+    /// connection each time the one it ran on turns out dead. So every statement run through
+    /// here must be safe to run twice: one that committed just before its connection died runs
+    /// again (an upsert that counts duplicates counts one more, an idempotent update changes
+    /// nothing). A transaction of several statements takes a [`Database::client`] instead.
     ///
     /// # Errors
     /// No connection, or the statement failed.
@@ -187,17 +202,37 @@ impl Database {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> anyhow::Result<Vec<tokio_postgres::Row>> {
-        let client = self.client().await.context(what)?;
-        let statement = client
-            .prepare_cached(sql)
-            .await
-            .map_err(|e| query_error(&e))
-            .context(what)?;
-        client
-            .query(&statement, params)
-            .await
-            .map_err(|e| query_error(&e))
-            .context(what)
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let client = self.client().await.context(what)?;
+            let result = match client.prepare_cached(sql).await {
+                Ok(statement) => client.query(&statement, params).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(rows) => return Ok(rows),
+                Err(e) if connection_lost(&e) && tries < self.tries => {
+                    tracing::warn!(tries, error = %e, "{what}: the PostgreSQL connection died; running it again on a fresh one");
+                    // Not back into the pool: the connection is dead.
+                    drop(Object::take(client));
+                }
+                Err(e) => return Err(query_error(&e)).context(what),
+            }
+        }
+    }
+
+    /// Runs one statement and returns its first row, if any; see [`Database::query`].
+    ///
+    /// # Errors
+    /// As [`Database::query`].
+    pub async fn query_opt(
+        &self,
+        what: &'static str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> anyhow::Result<Option<tokio_postgres::Row>> {
+        Ok(self.query(what, sql, params).await?.into_iter().next())
     }
 
     /// Deletes the rows of `table` whose `at` is older than `window`, `PURGE_BATCH` per
@@ -239,4 +274,14 @@ impl Database {
             .await
             .map(|_| ())
     }
+}
+
+/// Whether `e` says the connection is gone (closed, cut, or ended by the server: SQLSTATE
+/// classes 08 "connection exception" and 57P "operator intervention", which
+/// `pg_terminate_backend` and a server shutdown send), so the statement may run on another.
+fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    e.is_closed()
+        || e.code()
+            .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"))
+        || e.source().is_some_and(|s| s.is::<std::io::Error>())
 }
