@@ -169,6 +169,21 @@ impl Node {
             .status()
             .expect("rabbitmq-server");
         assert!(status.success(), "rabbitmq-server -detached {}", self.name);
+        // `rabbitmqctl wait` reads the pid file as soon as it exists, and fails with
+        // `garbage_in_pid_file` when it finds the file created but not yet written: wait for a
+        // pid in it first.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !std::fs::read_to_string(self.pid_file())
+            .is_ok_and(|p| p.trim().parse::<u32>().is_ok())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{}: no pid in {} after 90 s",
+                self.name,
+                self.pid_file().display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let pid = self.pid_file().display().to_string();
         self.ctl_ok(&["wait", "--timeout", "90", &pid]);
         self.ctl_ok(&["await_startup", "--timeout", "90"]);
