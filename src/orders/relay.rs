@@ -191,80 +191,101 @@ impl Relay {
         ledger: Arc<Mutex<Ledger>>,
         shutdown: CancellationToken,
     ) -> impl futures::Stream<Item = Outgoing> + Send + 'static {
-        let store = self.store.clone();
-        let metrics = self.metrics.clone();
-        let (owner, batch, lease) = (
-            self.config.owner.clone(),
-            self.config.batch,
-            self.config.lease,
-        );
-        let read = move |after: i64| {
-            let (store, owner) = (store.clone(), owner.clone());
-            tokio::spawn(async move { store.claim(&owner, after, batch, lease).await })
-        };
-        let store = self.store.clone();
-        let first = read(0);
-        let state = Reader {
+        let mut reader = Reader {
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            owner: self.config.owner.clone(),
+            batch: self.config.batch,
+            lease: self.config.lease,
+            ledger,
+            shutdown,
             rows: Vec::new().into_iter(),
-            next: Some(first),
+            next: None,
             after: 0,
         };
-        futures::stream::unfold(state, move |mut st| {
-            let (ledger, shutdown, store, metrics, read) = (
-                ledger.clone(),
-                shutdown.clone(),
-                store.clone(),
-                metrics.clone(),
-                read.clone(),
-            );
-            async move {
-                loop {
-                    if shutdown.is_cancelled() {
-                        return None;
-                    }
-                    if let Some(row) = st.rows.next() {
-                        let mut ledger = ledger.lock().expect("relay ledger");
-                        ledger.taken += 1;
-                        ledger
-                            .sent
-                            .insert(row.message_id.clone(), (row.id, row.order_id.clone()));
-                        return Some((row.into_outgoing(), st));
-                    }
-                    let pending = st.next.take()?;
-                    let fail = |e: anyhow::Error| {
-                        ledger.lock().expect("relay ledger").failure = Some(e);
-                        None
-                    };
-                    if let Err(e) = mark(&store, &metrics, &ledger).await {
-                        return fail(e);
-                    }
-                    let mut rows = match pending.await {
-                        Ok(Ok(rows)) => rows,
-                        Ok(Err(e)) => return fail(e),
-                        Err(e) => return fail(anyhow::anyhow!("reading the outbox: {e}")),
-                    };
-                    if rows.is_empty() && st.after > 0 {
-                        // Read ahead while the rows before were sent: look once more.
-                        rows = match read(st.after).await {
-                            Ok(Ok(rows)) => rows,
-                            Ok(Err(e)) => return fail(e),
-                            Err(e) => return fail(anyhow::anyhow!("reading the outbox: {e}")),
-                        };
-                    }
-                    let last = rows.last()?.id;
-                    #[cfg(feature = "test-hooks")]
-                    if test_hooks::abort_asked(&rows) {
-                        // The round ends with the rows before confirmed and marked; then the
-                        // process aborts (see `round`).
-                        ledger.lock().expect("relay ledger").abort = true;
-                        return None;
-                    }
-                    st.after = last;
-                    st.next = Some(read(last));
-                    st.rows = rows.into_iter();
-                }
-            }
+        reader.next = Some(reader.read(0));
+        // The reader moves from row to row: nothing is cloned per row.
+        futures::stream::unfold(reader, |mut reader| async move {
+            let row = reader.next_row().await?;
+            Some((row, reader))
         })
+    }
+}
+
+/// Reads a round's rows, a batch ahead of the one being sent.
+struct Reader {
+    store: Arc<OrderStore>,
+    metrics: OrderMetrics,
+    owner: String,
+    batch: usize,
+    lease: Duration,
+    ledger: Arc<Mutex<Ledger>>,
+    shutdown: CancellationToken,
+    /// The batch being sent.
+    rows: std::vec::IntoIter<OutboxMessage>,
+    /// The read of the next batch.
+    next: Option<tokio::task::JoinHandle<anyhow::Result<Vec<OutboxMessage>>>>,
+    /// The last row read.
+    after: i64,
+}
+
+impl Reader {
+    /// Starts reading the batch after row `after`.
+    fn read(&self, after: i64) -> tokio::task::JoinHandle<anyhow::Result<Vec<OutboxMessage>>> {
+        let (store, owner) = (self.store.clone(), self.owner.clone());
+        let (batch, lease) = (self.batch, self.lease);
+        tokio::spawn(async move { store.claim(&owner, after, batch, lease).await })
+    }
+
+    /// The next message to send, or `None` when the round ends.
+    async fn next_row(&mut self) -> Option<Outgoing> {
+        loop {
+            if self.shutdown.is_cancelled() {
+                return None;
+            }
+            if let Some(row) = self.rows.next() {
+                let mut ledger = self.ledger.lock().expect("relay ledger");
+                ledger.taken += 1;
+                ledger
+                    .sent
+                    .insert(row.message_id.clone(), (row.id, row.order_id.clone()));
+                return Some(row.into_outgoing());
+            }
+            let pending = self.next.take()?;
+            if let Err(e) = mark(&self.store, &self.metrics, &self.ledger).await {
+                return self.fail(e);
+            }
+            let mut rows = match pending.await {
+                Ok(Ok(rows)) => rows,
+                Ok(Err(e)) => return self.fail(e),
+                Err(e) => return self.fail(anyhow::anyhow!("reading the outbox: {e}")),
+            };
+            if rows.is_empty() && self.after > 0 {
+                // Read ahead while the rows before were sent: look once more.
+                rows = match self.read(self.after).await {
+                    Ok(Ok(rows)) => rows,
+                    Ok(Err(e)) => return self.fail(e),
+                    Err(e) => return self.fail(anyhow::anyhow!("reading the outbox: {e}")),
+                };
+            }
+            let last = rows.last()?.id;
+            #[cfg(feature = "test-hooks")]
+            if test_hooks::abort_asked(&rows) {
+                // The round ends with the rows before confirmed and marked; then the process
+                // aborts (see `Relay::round`).
+                self.ledger.lock().expect("relay ledger").abort = true;
+                return None;
+            }
+            self.after = last;
+            self.next = Some(self.read(last));
+            self.rows = rows.into_iter();
+        }
+    }
+
+    /// Ends the round, leaving why in the ledger.
+    fn fail(&self, e: anyhow::Error) -> Option<Outgoing> {
+        self.ledger.lock().expect("relay ledger").failure = Some(e);
+        None
     }
 }
 
@@ -284,14 +305,6 @@ struct Ledger {
     /// The test hook asks the process to abort once the round is done.
     #[cfg(feature = "test-hooks")]
     abort: bool,
-}
-
-/// The rows a round is sending, and the read of the next ones.
-struct Reader {
-    rows: std::vec::IntoIter<OutboxMessage>,
-    next: Option<tokio::task::JoinHandle<anyhow::Result<Vec<OutboxMessage>>>>,
-    /// The last row read.
-    after: i64,
 }
 
 /// Marks the rows confirmed so far published.
