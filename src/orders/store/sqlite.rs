@@ -487,6 +487,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_file_of_version_2_gets_pointers_for_its_waiting_orders() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orders.db");
+        {
+            let mut c = rusqlite::Connection::open(&path).unwrap();
+            migrations().to_version(&mut c, 2).unwrap();
+            // ord_a published (row 1) with its event (row 2); ord_b waiting (rows 3 and 4).
+            c.execute_batch(
+                "INSERT INTO orders VALUES ('ord_a', 'key-a', 'h', 'published', 1, 2);
+                 INSERT INTO orders VALUES ('ord_b', 'key-b', 'h', 'accepted', 3, 3);
+                 INSERT INTO outbox (order_id, exchange, routing_key, kind, message_id, body,
+                                     created_at, published_at) VALUES
+                     ('ord_a', 'orders', 'order.placed', 'order', 'ord_a', x'7b7d', 1, 2),
+                     ('ord_a', 'activity', 'order.placed', 'order.placed', 'evt_a', x'7b7d', 1, 2);
+                 INSERT INTO outbox (order_id, exchange, routing_key, kind, message_id, body,
+                                     created_at) VALUES
+                     ('ord_b', 'orders', 'order.placed', 'order', 'ord_b', x'7b7d', 3),
+                     ('ord_b', 'activity', 'order.placed', 'order.placed', 'evt_b', x'7b7d', 3);",
+            )
+            .unwrap();
+        }
+        let store = SqliteOrders::open(&path).unwrap();
+        let c = rusqlite::Connection::open(&path).unwrap();
+        let pointer: Option<i64> = c
+            .query_row(
+                "SELECT outbox_id FROM orders WHERE order_id = 'ord_b'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(pointer, Some(3), "the order message's row, not its event's");
+        assert_eq!(
+            store.status("ord_b").await.unwrap(),
+            Some(OrderStatus::Accepted)
+        );
+        // Its event confirmed first changes nothing; its own row does.
+        store.published(vec![4]).await.unwrap();
+        assert_eq!(
+            store.status("ord_b").await.unwrap(),
+            Some(OrderStatus::Accepted)
+        );
+        store.published(vec![3]).await.unwrap();
+        assert_eq!(
+            store.status("ord_b").await.unwrap(),
+            Some(OrderStatus::Published)
+        );
+        assert_eq!(
+            store.status("ord_a").await.unwrap(),
+            Some(OrderStatus::Published)
+        );
+    }
+
+    #[tokio::test]
     async fn processes_migrating_one_file_at_once_all_open_it_and_lose_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("orders.db");
