@@ -265,7 +265,7 @@ impl GroupCommit {
         T: Send + 'static,
         F: FnMut(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        self.submit(f, false).await
+        self.enqueue(f, false).await
     }
 
     /// [`GroupCommit::call`] for a call that writes with one statement at most: it skips the
@@ -279,7 +279,7 @@ impl GroupCommit {
         T: Send + 'static,
         F: FnMut(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        self.submit(f, true).await
+        self.enqueue(f, true).await
     }
 
     /// [`GroupCommit::call`], but queued for the database thread now, when this is called,
@@ -291,24 +291,27 @@ impl GroupCommit {
         T: Send + 'static,
         F: FnMut(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let (reply, rx) = oneshot::channel();
-        let sent = self.jobs.send(Box::new(Pending::new(f, false, reply)));
-        async move {
-            sent.map_err(|_| anyhow::anyhow!("database thread stopped"))?;
-            rx.await.context("database thread stopped")?
-        }
+        self.enqueue(f, false)
     }
 
-    async fn submit<T, F>(&self, f: F, one_statement: bool) -> anyhow::Result<T>
+    /// Sends `f` to the database thread now; the future answers once its batch is committed.
+    fn enqueue<T, F>(
+        &self,
+        f: F,
+        one_statement: bool,
+    ) -> impl Future<Output = anyhow::Result<T>> + Send + 'static
     where
         T: Send + 'static,
         F: FnMut(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        self.jobs
-            .send(Box::new(Pending::new(f, one_statement, reply)))
-            .map_err(|_| anyhow::anyhow!("database thread stopped"))?;
-        rx.await.context("database thread stopped")?
+        let sent = self
+            .jobs
+            .send(Box::new(Pending::new(f, one_statement, reply)));
+        async move {
+            sent.map_err(|_| anyhow::anyhow!("database thread stopped"))?;
+            rx.await.context("database thread stopped")?
+        }
     }
 }
 

@@ -255,17 +255,15 @@ impl Reader {
             if let Err(e) = mark(&self.store, &self.metrics, &self.ledger).await {
                 return self.fail(e);
             }
-            let mut rows = match pending.await {
-                Ok(Ok(rows)) => rows,
-                Ok(Err(e)) => return self.fail(e),
-                Err(e) => return self.fail(anyhow::anyhow!("reading the outbox: {e}")),
+            let mut rows = match joined(pending).await {
+                Ok(rows) => rows,
+                Err(e) => return self.fail(e),
             };
             if rows.is_empty() && self.after > 0 {
                 // Read ahead while the rows before were sent: look once more.
-                rows = match self.read(self.after).await {
-                    Ok(Ok(rows)) => rows,
-                    Ok(Err(e)) => return self.fail(e),
-                    Err(e) => return self.fail(anyhow::anyhow!("reading the outbox: {e}")),
+                rows = match joined(self.read(self.after)).await {
+                    Ok(rows) => rows,
+                    Err(e) => return self.fail(e),
                 };
             }
             let last = rows.last()?.id;
@@ -287,6 +285,14 @@ impl Reader {
         self.ledger.lock().expect("relay ledger").failure = Some(e);
         None
     }
+}
+
+/// The rows of a read, or why there are none (the store failed, or the read's task did).
+async fn joined(
+    read: tokio::task::JoinHandle<anyhow::Result<Vec<OutboxMessage>>>,
+) -> anyhow::Result<Vec<OutboxMessage>> {
+    read.await
+        .map_err(|e| anyhow::anyhow!("reading the outbox: {e}"))?
 }
 
 /// What a round's reader and its confirms share.

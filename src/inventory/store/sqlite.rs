@@ -77,9 +77,8 @@ impl SqliteInventory {
                      WHERE sku = ?1",
                 )?;
                 let mut out = Vec::new();
-                for (sku, quantity) in &lines {
-                    let (sku, quantity) = (sku.clone(), *quantity);
-                    let Some(stock) = level.query_row([&sku], |r| r.get::<_, i64>(0)).optional()?
+                for &(ref sku, quantity) in &lines {
+                    let Some(stock) = level.query_row([sku], |r| r.get::<_, i64>(0)).optional()?
                     else {
                         continue;
                     };
@@ -94,7 +93,7 @@ impl SqliteInventory {
                         now_ms()
                     ])?;
                     out.push(Line {
-                        sku,
+                        sku: sku.clone(),
                         reserved: r.reserved,
                         backordered: r.backordered,
                     });
