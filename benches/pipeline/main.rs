@@ -484,7 +484,8 @@ async fn run_mode(
             for procs in [1usize, 2, 4] {
                 let spec = PipelineSpec {
                     mode: format!("io-curve x{procs}"),
-                    orders: n,
+                    // As many orders per process at every step, so that each runs as long.
+                    orders: n * procs as u64,
                     window: w,
                     fulfillment: procs,
                     fulfillment_args: [

@@ -92,7 +92,7 @@ pub async fn run(
         l.local_addr()?
     };
     let settings = &vhost.settings;
-    let _service = Service(
+    let service = Service(
         Command::new(env!("CARGO_BIN_EXE_producer"))
             .args(["serve", "--no-events", "--http", &addr.to_string()])
             .env("AMQP_URL", settings.amqp.url.expose())
@@ -117,6 +117,7 @@ pub async fn run(
     let before = metric(&http, &base, "burrow_orders_accepted_total")
         .await
         .unwrap_or(0.0);
+    let cpu_before = crate::memory::cpu_seconds(service.0.id()).unwrap_or(0.0);
     let started = Instant::now();
     let full = wrk(&script, &base, 2, 64, seconds, "full", 0)?;
     outbox_drained(&http, &base)
@@ -128,13 +129,19 @@ pub async fn run(
         .unwrap_or(0.0)
         - before;
     let rate = accepted / drained.max(1e-9);
+    // The service's own CPU (API, store and relay) per order it accepted and published.
+    let cpu_us = crate::memory::cpu_seconds(service.0.id())
+        .map(|after| 1e6 * (after - cpu_before) / accepted.max(1.0));
     result.api_rate = Some(rate);
     let mut row = Row::new("orders-api", accepted as u64);
     row.publish_rate = Some(full.rate);
     row.e2e_rate = Some(rate);
     row.note = format!(
-        "wrk -t2 -c64 -d{seconds}s: {:.0} req/s answered, {} non-2xx, p99 {:.1} ms; accepted and published {rate:.0}/s (first request to empty outbox)",
-        full.rate, full.errors, full.p99_ms.unwrap_or(f64::NAN)
+        "wrk -t2 -c64 -d{seconds}s: {:.0} req/s answered, {} non-2xx, p99 {:.1} ms; accepted and published {rate:.0}/s (first request to empty outbox); producer serve {:.1} us CPU/order",
+        full.rate,
+        full.errors,
+        full.p99_ms.unwrap_or(f64::NAN),
+        cpu_us.unwrap_or(f64::NAN)
     );
     result.rows.push(row);
 

@@ -317,6 +317,7 @@ async fn measure(
         None,
     );
     let started = Instant::now();
+    let started_us = wall_us();
     let (mut orders, mut events_confirmed, mut failed) = (0u64, 0u64, 0u64);
     publisher
         .run(messages, |msg, fate| match (msg.label, fate) {
@@ -352,7 +353,7 @@ async fn measure(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let e2e_secs = finished.duration_since(started).as_secs_f64();
+    let mut e2e_secs = finished.duration_since(started).as_secs_f64();
 
     let mut peak: Option<f64> = None;
     let mut others = Vec::new();
@@ -378,11 +379,18 @@ async fn measure(
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
     let records = fulfillments.fulfillments().await?;
+    let mut last_stored_us = 0;
     for record in &records {
         if let Some(sent_us) = sent.get(&record.order_id) {
             let stored_us = u64::try_from(record.fulfilled_at.timestamp_micros()).unwrap_or(0);
             latencies.record_us(stored_us.saturating_sub(*sent_us));
+            last_stored_us = last_stored_us.max(stored_us);
         }
+    }
+    // Without activity services the run ends when the last order is stored: its own time
+    // (ms clock of SQLite) rather than the poll that saw it, up to 50 ms later.
+    if activity.is_empty() && kept_up && last_stored_us > started_us {
+        e2e_secs = e2e_secs.min((last_stored_us - started_us) as f64 / 1e6);
     }
 
     let mut row = Row::new(spec.mode.clone(), orders);
