@@ -487,6 +487,28 @@ pub async fn queue_state(
     state
 }
 
+/// Whether `exchange` exists on the vhost, by a passive declare on a channel of its own: a
+/// missing exchange closes that channel (404), not the caller's.
+///
+/// # Errors
+/// The exchange does not exist, or the connection failed.
+pub async fn exchange_exists(conn: &lapin::Connection, exchange: &str) -> Result<(), lapin::Error> {
+    let channel = conn.create_channel().await?;
+    channel
+        .exchange_declare(
+            exchange.into(),
+            lapin::ExchangeKind::Direct,
+            lapin::options::ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await?;
+    close_channel(&channel, "done").await;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -224,7 +224,7 @@ pub async fn publish_activity(
     progress: &dyn PublishProgress,
 ) -> anyhow::Result<ActivityTally> {
     let pool = broker::pool(&settings.amqp, "producer")?;
-    drop(pool.connection().await?);
+    super::require_exchanges(&pool, &[super::ACTIVITY_EXCHANGE]).await?;
     progress.start(Some(count));
     let mut generator = ActivityGenerator::default();
     if !orders {

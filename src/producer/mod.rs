@@ -197,6 +197,30 @@ pub(crate) async fn publish_confirmed(
 
 /// The broker's reply when `error` is the 404 NOT_FOUND that closes a channel publishing to an
 /// exchange that does not exist.
+/// Refuses a bulk publish into a vhost that lacks one of `exchanges`, with the broker's reason and
+/// the fix. The bulk publisher re-sends whatever was not confirmed, as the order service's relay
+/// must while an operator repairs the topology; a command would re-send into the missing
+/// exchange until interrupted.
+///
+/// # Errors
+/// An exchange is missing, or the broker cannot be reached.
+pub(crate) async fn require_exchanges(
+    pool: &broker::Pool,
+    exchanges: &[&str],
+) -> anyhow::Result<()> {
+    let conn = pool.connection().await?;
+    for exchange in exchanges {
+        if let Err(e) = broker::exchange_exists(&conn, exchange).await {
+            let e = anyhow::Error::new(e);
+            return Err(match missing_exchange(&e) {
+                Some(reason) => anyhow::anyhow!("{reason}; run `burrow topology apply`"),
+                None => e.context(format!("checking the exchange '{exchange}'")),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn missing_exchange(error: &anyhow::Error) -> Option<String> {
     use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
     let lapin::ErrorKind::ProtocolError(amqp) = error.downcast_ref::<lapin::Error>()?.kind() else {
@@ -343,8 +367,13 @@ pub async fn publish_orders(
     progress: &dyn PublishProgress,
 ) -> anyhow::Result<PublishTally> {
     let pool = broker::pool(&settings.amqp, "producer")?;
-    // Fail fast with one line when the broker is not there at all.
-    drop(pool.connection().await?);
+    // Fail fast with one line when the broker or the topology is not there.
+    let exchanges: &[&str] = if events {
+        &[ORDERS_EXCHANGE, ACTIVITY_EXCHANGE]
+    } else {
+        &[ORDERS_EXCHANGE]
+    };
+    require_exchanges(&pool, exchanges).await?;
     let (total, planned): (
         Option<u64>,
         Box<dyn Iterator<Item = Result<Planned, String>> + Send + '_>,

@@ -129,6 +129,30 @@ async fn an_order_to_a_vhost_without_the_topology_names_the_fix() {
     assert_eq!(error.matches("NOT_FOUND").count(), 1, "said once: {stderr}");
 }
 
+/// The bulk commands against a vhost without the topology stop at once with the broker's reason
+/// and the fix, instead of re-sending into the missing exchange until interrupted.
+#[tokio::test]
+async fn bulk_publishing_to_a_vhost_without_the_topology_stops_and_names_the_fix() {
+    let t = crate::helpers::TestVhost::new("no-topology-bulk").await;
+    for (args, exchange) in [
+        (&["orders", "--count", "5"][..], "orders"),
+        (&["orders", "--count", "5", "--no-events"][..], "orders"),
+        (&["activity", "--count", "5"][..], "activity"),
+    ] {
+        let (code, stdout, stderr) = t.producer(args, None);
+        assert_eq!(code, 1, "{args:?}: {stdout}{stderr}");
+        let error = stderr
+            .lines()
+            .find(|l| l.starts_with("error: "))
+            .unwrap_or_default();
+        assert!(
+            error.contains(&format!("no exchange '{exchange}'"))
+                && error.ends_with("run `burrow topology apply`"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn topology_apply_against_an_unreachable_broker_says_so_in_one_line_and_exits_69() {
     let output = Command::new(env!("CARGO_BIN_EXE_burrow"))
