@@ -177,8 +177,9 @@ pub fn open_wal(path: &Path) -> anyhow::Result<Connection> {
             conn.busy_timeout(Duration::from_secs(30))?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", synchronous())?;
-            // Group commit runs each call in a savepoint, whose journal SQLite otherwise keeps
-            // in a temporary file: in memory it costs no write(2) per page touched.
+            // A batch with a failing call runs again with each call in a savepoint, whose
+            // journal SQLite otherwise keeps in a temporary file: in memory it costs no
+            // write(2) per page touched.
             conn.pragma_update(None, "temp_store", "MEMORY")?;
             conn.pragma_update(None, "cache_size", CACHE_KIB)?;
             conn.pragma_update(None, "mmap_size", MMAP_BYTES)?;

@@ -195,8 +195,6 @@ pub(crate) async fn publish_confirmed(
     }
 }
 
-/// The broker's reply when `error` is the 404 NOT_FOUND that closes a channel publishing to an
-/// exchange that does not exist.
 /// Refuses a bulk publish into a vhost that lacks one of `exchanges`, with the broker's reason and
 /// the fix. The bulk publisher re-sends whatever was not confirmed, as the order service's relay
 /// must while an operator repairs the topology; a command would re-send into the missing
@@ -221,6 +219,8 @@ pub(crate) async fn require_exchanges(
     Ok(())
 }
 
+/// The broker's reply when `error` is the 404 NOT_FOUND that closes a channel publishing to (or
+/// passively declaring) an exchange that does not exist.
 fn missing_exchange(error: &anyhow::Error) -> Option<String> {
     use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
     let lapin::ErrorKind::ProtocolError(amqp) = error.downcast_ref::<lapin::Error>()?.kind() else {

@@ -110,6 +110,14 @@ async fn drift_exits_1() {
     assert!(stdout.contains("drift:"), "{stdout}");
 }
 
+/// The line of `stderr` that states the error (empty when there is none).
+fn error_line(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_default()
+}
+
 /// A vhost without the topology: the order is refused with the broker's reason and the fix.
 #[tokio::test]
 async fn an_order_to_a_vhost_without_the_topology_names_the_fix() {
@@ -118,10 +126,7 @@ async fn an_order_to_a_vhost_without_the_topology_names_the_fix() {
     let (code, stdout, stderr) =
         t.producer(&[&args[..], &["--item", "SKU-1:1:100"]].concat(), None);
     assert_eq!(code, 1, "{stdout}{stderr}");
-    let error = stderr
-        .lines()
-        .find(|l| l.starts_with("error: "))
-        .unwrap_or_default();
+    let error = error_line(&stderr);
     assert!(
         error.contains("no exchange 'orders'") && error.ends_with("run `burrow topology apply`"),
         "{stderr}"
@@ -141,10 +146,7 @@ async fn bulk_publishing_to_a_vhost_without_the_topology_stops_and_names_the_fix
     ] {
         let (code, stdout, stderr) = t.producer(args, None);
         assert_eq!(code, 1, "{args:?}: {stdout}{stderr}");
-        let error = stderr
-            .lines()
-            .find(|l| l.starts_with("error: "))
-            .unwrap_or_default();
+        let error = error_line(&stderr);
         assert!(
             error.contains(&format!("no exchange '{exchange}'"))
                 && error.ends_with("run `burrow topology apply`"),
