@@ -36,10 +36,10 @@ pub struct RelayConfig {
     pub grace: Duration,
 }
 
-/// Confirmed rows are marked published at the latest this long after the last marking, while a
-/// batch is still being sent; without it a batch's first rows waited for its last to be sent
-/// (4,096 rows take half a second at 8,000/s), and their orders' status and the outbox's age
-/// with them.
+/// While a batch is being sent, the confirmed rows are marked published when the next row is
+/// taken this long after the last marking. Without it a batch's first rows waited for its last
+/// to be sent (4,096 rows take half a second at 8,000/s), and their orders' status and the
+/// outbox's age with them.
 const MARK_EVERY: Duration = Duration::from_millis(100);
 
 /// The relay of one order-service process.
