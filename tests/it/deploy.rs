@@ -347,3 +347,26 @@ fn each_service_runs_as_its_own_user_and_keda_watches_its_queue_as_the_read_only
         }
     }
 }
+
+#[test]
+fn every_deployment_takes_the_trace_settings_from_an_optional_config_map() {
+    let docs = manifests();
+    let deployments = of_kind(&docs, "Deployment");
+    assert!(!deployments.is_empty(), "Deployments in deploy/k8s");
+    for deployment in deployments {
+        let name = deployment["metadata"]["name"].as_str().unwrap_or("?");
+        for container in deployment["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .expect("containers")
+        {
+            let from = container["envFrom"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{name}: no envFrom"));
+            assert!(
+                from.iter().any(|f| f["configMapRef"]["name"] == "burrow-telemetry"
+                    && f["configMapRef"]["optional"] == true),
+                "{name}: the OTEL_* variables come from the optional ConfigMap burrow-telemetry: {from:?}"
+            );
+        }
+    }
+}
