@@ -142,11 +142,20 @@ impl fmt::Display for Reason {
                 rate,
                 cooling_down,
             } => {
-                write!(
-                    f,
-                    "{} ready, draining in {drain_secs:.0} s at {rate:.0}/s",
-                    thousands(*ready)
-                )?;
+                if *rate < MIN_RATE {
+                    // Nothing measurable was acked: the drain time is a floor, not an estimate.
+                    write!(
+                        f,
+                        "{} ready, draining in {drain_secs:.0} s or more (under {MIN_RATE:.0}/s acked)",
+                        thousands(*ready)
+                    )?;
+                } else {
+                    write!(
+                        f,
+                        "{} ready, draining in {drain_secs:.0} s at {rate:.0}/s",
+                        thousands(*ready)
+                    )?;
+                }
                 if *cooling_down {
                     write!(f, " (scale-up cooling down)")?;
                 }
@@ -334,6 +343,15 @@ mod tests {
             "31 s is 3.1× the target, capped at double"
         );
         assert_eq!(d.to_string(), "2→4: 5,100 ready, draining in 31 s at 164/s");
+
+        // Nothing acked yet (a worker just started, or its handlers wait on a slow call): the
+        // drain time assumes 1/s and says so, rather than "at 0/s".
+        let mut p = Policy::new(1, 8, settings());
+        let d = p.decide(1, obs(41, 0, 0.0), Instant::now());
+        assert_eq!(
+            d.to_string(),
+            "1→2: 41 ready, draining in 41 s or more (under 1/s acked)"
+        );
 
         let mut p = Policy::new(1, 8, settings());
         let d = p.decide(4, obs(600, 0, 50.0), Instant::now());
