@@ -236,12 +236,11 @@ async fn calibrate(
         if run.rate <= 0.0 {
             break;
         }
-        let next =
-            ((connections as f64 * target / run.rate).ceil() as usize).clamp(2, MAX_CONNECTIONS);
         if (run.rate - target).abs() <= CALIBRATION_TOLERANCE * target {
             break;
         }
-        connections = next;
+        connections =
+            ((connections as f64 * target / run.rate).ceil() as usize).clamp(2, MAX_CONNECTIONS);
     }
     Ok((
         connections,

@@ -142,19 +142,16 @@ impl fmt::Display for Reason {
                 rate,
                 cooling_down,
             } => {
+                write!(
+                    f,
+                    "{} ready, draining in {drain_secs:.0} s",
+                    thousands(*ready)
+                )?;
                 if *rate < MIN_RATE {
                     // Nothing measurable was acked: the drain time is a floor, not an estimate.
-                    write!(
-                        f,
-                        "{} ready, draining in {drain_secs:.0} s or more (under {MIN_RATE:.0}/s acked)",
-                        thousands(*ready)
-                    )?;
+                    write!(f, " or more (under {MIN_RATE:.0}/s acked)")?;
                 } else {
-                    write!(
-                        f,
-                        "{} ready, draining in {drain_secs:.0} s at {rate:.0}/s",
-                        thousands(*ready)
-                    )?;
+                    write!(f, " at {rate:.0}/s")?;
                 }
                 if *cooling_down {
                     write!(f, " (scale-up cooling down)")?;

@@ -39,6 +39,22 @@ fn as_rabbitmq(program: &str) -> Command {
     cmd
 }
 
+/// SIGKILLs process `pid` and waits until it is gone; false when `kill` failed (no such
+/// process: it was gone already).
+fn sigkill(pid: &str) -> bool {
+    let sent = Command::new("kill")
+        .args(["-KILL", pid])
+        .status()
+        .expect("kill")
+        .success();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "beam {pid} survived SIGKILL");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sent
+}
+
 fn chown_to_rabbitmq(path: &Path) {
     let ok = Command::new("chown")
         .args(["-R", "rabbitmq:rabbitmq"])
@@ -222,18 +238,8 @@ impl Node {
             self.log_tail(40)
         );
         // The stop may have got part of the way: the beam may be gone already.
-        if let Some(pid) = std::fs::read_to_string(self.pid_file())
-            .ok()
-            .and_then(|p| p.trim().parse::<u32>().ok())
-        {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            let gone = Instant::now() + Duration::from_secs(30);
-            while Path::new(&format!("/proc/{pid}")).exists() {
-                assert!(Instant::now() < gone, "beam {pid} survived SIGKILL");
-                std::thread::sleep(Duration::from_millis(50));
-            }
+        if let Ok(pid) = std::fs::read_to_string(self.pid_file()) {
+            sigkill(pid.trim());
         }
     }
 
@@ -256,17 +262,7 @@ impl Node {
     pub fn kill(&self) {
         let pid = std::fs::read_to_string(self.pid_file()).expect("pid file");
         let pid = pid.trim();
-        let ok = Command::new("kill")
-            .args(["-KILL", pid])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill -KILL {pid}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Path::new(&format!("/proc/{pid}")).exists() {
-            assert!(Instant::now() < deadline, "beam {pid} survived SIGKILL");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        assert!(sigkill(pid), "kill -KILL {pid}");
     }
 
     /// Graceful stop, then start again.
