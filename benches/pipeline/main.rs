@@ -76,7 +76,7 @@ struct Cli {
 /// Checks of the benchmark's own arithmetic that need no broker. With `harness = false` there
 /// is no test runner: `main` runs them when `cargo test` runs this target, and a failing one
 /// panics, which fails `cargo test`.
-const CHECKS: [(&str, fn()); 8] = [
+const CHECKS: [(&str, fn()); 9] = [
     (
         "latency::percentiles_are_nearest_rank",
         latency::checks::percentiles_are_nearest_rank,
@@ -88,6 +88,10 @@ const CHECKS: [(&str, fn()); 8] = [
     (
         "memory::status_lines_are_read_in_mib",
         memory::checks::status_lines_are_read_in_mib,
+    ),
+    (
+        "memory::machine_cpu_is_read_in_seconds",
+        memory::checks::machine_cpu_is_read_in_seconds,
     ),
     (
         "orders_api::wrk_output_is_read",
@@ -785,15 +789,19 @@ fn targets(m: &Measured) -> Vec<String> {
                 100.0 * share
             )
         };
+        // How busy the machine was then: the service shares it with the broker and `wrk`.
+        let busy = api.half_cores.map_or_else(String::new, |c| {
+            format!("; {:.2} of {:.0} cores busy", c.busy, c.all)
+        });
         if let Some(p99) = api.half_p99_ms {
             out.push(format!(
-                "{} orders-api p99 of POST /orders at half the CLI's rate < 25 ms: {p99:.1} ms{at}",
+                "{} orders-api p99 of POST /orders at half the CLI's rate < 25 ms: {p99:.1} ms{at}{busy}",
                 verdict(p99 < 25.0 && at.is_empty())
             ));
         }
         if let Some(lag) = api.half_lag_secs {
             out.push(format!(
-                "{} orders-api relay lag at half the CLI's rate < 1 s: {lag:.2} s{at}",
+                "{} orders-api relay lag at half the CLI's rate < 1 s: {lag:.2} s{at}{busy}",
                 verdict(lag < 1.0 && at.is_empty())
             ));
         }

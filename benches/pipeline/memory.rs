@@ -42,6 +42,112 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// User plus system CPU time used so far by every process whose command name is `comm` (as
+/// `/proc/PID/comm` has it, e.g. `beam.smp` for the broker), in seconds.
+pub fn cpu_seconds_of(comm: &str) -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .filter_map(cpu_seconds)
+        .sum()
+}
+
+/// [`cpu_seconds`] summed over `pids` (a process gone counts 0).
+fn cpu_seconds_sum(pids: &[u32]) -> f64 {
+    pids.iter().filter_map(|p| cpu_seconds(*p)).sum()
+}
+
+/// The whole machine's CPU time so far, in seconds summed over its cores: `(busy, all)`, where
+/// busy is all but idle and I/O wait (the `cpu` line of `/proc/stat`).
+pub fn machine_cpu_seconds() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_machine(stat.lines().next()?)
+}
+
+fn parse_machine(line: &str) -> Option<(f64, f64)> {
+    let mut words = line.split_whitespace();
+    if words.next()? != "cpu" {
+        return None;
+    }
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let ticks: Vec<f64> = words
+        .take(8)
+        .map(|w| w.parse().ok())
+        .collect::<Option<_>>()?;
+    let all: f64 = ticks.iter().sum();
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    Some(((all - idle) / 100.0, all / 100.0))
+}
+
+/// How the machine's cores were used over a span: sampled at its start by [`CpuShare::start`]
+/// and read by [`CpuShare::cores`].
+#[derive(Debug, Clone, Copy)]
+pub struct CpuShare {
+    machine: Option<(f64, f64)>,
+    tested: f64,
+    broker: f64,
+}
+
+/// Cores busy on average over a span, in all and by whom.
+#[derive(Debug, Clone, Copy)]
+pub struct Cores {
+    /// Cores of the machine busy (not idle, not waiting for I/O).
+    pub busy: f64,
+    /// Cores the machine has, as `/proc/stat` counted them over the span.
+    pub all: f64,
+    /// The processes under test.
+    pub tested: f64,
+    /// Every `beam.smp` process (the broker).
+    pub broker: f64,
+}
+
+impl CpuShare {
+    /// Samples the machine, the processes under test (`tested`) and the broker now.
+    pub fn start(tested: &[u32]) -> Self {
+        Self {
+            machine: machine_cpu_seconds(),
+            tested: cpu_seconds_sum(tested),
+            broker: cpu_seconds_of("beam.smp"),
+        }
+    }
+
+    /// The cores used since [`CpuShare::start`] (the same `tested` processes), `None` where
+    /// `/proc/stat` could not be read.
+    pub fn cores(&self, tested: &[u32]) -> Option<Cores> {
+        let (busy0, all0) = self.machine?;
+        let (busy1, all1) = machine_cpu_seconds()?;
+        // Wall time of the span: the machine's CPU time over its cores.
+        let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+        let wall = ((all1 - all0) / cores).max(1e-9);
+        Some(Cores {
+            busy: (busy1 - busy0) / wall,
+            all: cores,
+            tested: (cpu_seconds_sum(tested) - self.tested) / wall,
+            broker: (cpu_seconds_of("beam.smp") - self.broker) / wall,
+        })
+    }
+}
+
+impl std::fmt::Display for Cores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.2} of {:.0} cores busy: {:.2} under test, broker {:.2}, load generator and the rest {:.2}",
+            self.busy,
+            self.all,
+            self.tested,
+            self.broker,
+            (self.busy - self.tested - self.broker).max(0.0)
+        )
+    }
+}
+
 /// Checks that need no broker, run by `cargo test` (see [`crate::CHECKS`]).
 pub mod checks {
     use super::*;
@@ -56,5 +162,14 @@ pub mod checks {
             })
         );
         assert!(rss(std::process::id()).is_some_and(|r| r.peak_mib >= r.now_mib));
+    }
+
+    pub fn machine_cpu_is_read_in_seconds() {
+        // user nice system idle iowait irq softirq steal guest guest_nice
+        let line = "cpu  300 0 100 550 50 0 0 0 0 0";
+        assert_eq!(parse_machine(line), Some((4.0, 10.0)));
+        assert_eq!(parse_machine("cpu0 1 2 3 4 5 6 7 8"), None);
+        assert!(machine_cpu_seconds().is_some_and(|(busy, all)| busy <= all));
+        assert!(cpu_seconds_of("no-such-command") == 0.0);
     }
 }

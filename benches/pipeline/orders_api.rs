@@ -27,6 +27,8 @@ pub struct OrdersApiResult {
     pub half_lag_secs: Option<f64>,
     /// The rate the half-rate run reached, as a share of half the CLI's rate.
     pub half_share: Option<f64>,
+    /// How the machine's cores were used during the half-rate run.
+    pub half_cores: Option<crate::memory::Cores>,
 }
 
 /// The Lua script: a unique key per request (`<run>-<thread>-<n>`), an optional fixed pause
@@ -178,25 +180,29 @@ pub async fn run(
                 worst
             })
         };
+        let cpu = crate::memory::CpuShare::start(&[service.0.id()]);
         let half = tokio::task::spawn_blocking({
             let script = script.clone();
             let base = base.clone();
             move || wrk(&script, &base, 2, connections, seconds, "half", 10)
         })
         .await??;
+        let cores = cpu.cores(&[service.0.id()]);
         let lag = sampler.await.unwrap_or(f64::NAN);
         result.half_p99_ms = half.p99_ms;
         result.half_lag_secs = Some(lag);
         result.half_share = Some(half.rate / target);
+        result.half_cores = cores;
         let mut row = Row::new("orders-api half", (half.rate * seconds as f64) as u64);
         row.publish_rate = Some(half.rate);
         row.note = format!(
-            "target {target:.0}/s (half the CLI's): {:.0} req/s ({:.1}%) over {connections} connections (calibration: {calibration}), p50 {:.1} ms, p99 {:.1} ms, {} non-2xx; relay lag (oldest unpublished) at most {lag:.2} s",
+            "target {target:.0}/s (half the CLI's): {:.0} req/s ({:.1}%) over {connections} connections (calibration: {calibration}), p50 {:.1} ms, p99 {:.1} ms, {} non-2xx; relay lag (oldest unpublished) at most {lag:.2} s; {}",
             half.rate,
             100.0 * half.rate / target,
             half.p50_ms.unwrap_or(f64::NAN),
             half.p99_ms.unwrap_or(f64::NAN),
-            half.errors
+            half.errors,
+            cores.map_or_else(|| "cores not read".to_owned(), |c| c.to_string())
         );
         result.rows.push(row);
     }

@@ -316,6 +316,8 @@ async fn measure(
         spec.window,
         None,
     );
+    let pids: Vec<u32> = fleet.workers.iter().map(|(_, w)| w.pid()).collect();
+    let cpu_share = crate::memory::CpuShare::start(&pids);
     let started = Instant::now();
     let started_us = wall_us();
     let (mut orders, mut events_confirmed, mut failed) = (0u64, 0u64, 0u64);
@@ -354,6 +356,7 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let mut e2e_secs = finished.duration_since(started).as_secs_f64();
+    let cores = cpu_share.cores(&pids);
 
     let mut peak: Option<f64> = None;
     let mut others = Vec::new();
@@ -433,6 +436,9 @@ async fn measure(
         .map(|(s, secs)| format!("{} {:.0}", s.name(), 1e6 * secs / orders.max(1) as f64))
         .collect();
     notes.push(format!("CPU us/order: {}", cpu.join(", ")));
+    if let Some(c) = cores {
+        notes.push(format!("from the first publish to the end: {c}"));
+    }
     if !others.is_empty() {
         notes.push(format!("peak MiB {}", others.join(", ")));
     }
