@@ -437,13 +437,42 @@ async fn connect_to(
     let attempt =
         lapin::Connection::connect_with_config(&target, props, tls_config(settings)?, runtime);
     match tokio::time::timeout(Duration::from_millis(settings.connect_timeout_ms), attempt).await {
-        Ok(Ok(conn)) => Ok(conn),
+        Ok(Ok(conn)) => {
+            watch_blocked(&conn);
+            Ok(conn)
+        }
         Ok(Err(e)) => Err(BrokerError::from_lapin(url, &e)),
         Err(_) => Err(BrokerError::Unreachable {
             url: url.redacted(),
             reason: "timed out".into(),
         }),
     }
+}
+
+/// Logs when the broker blocks or unblocks publishing on `conn` (memory or disk alarm), once
+/// each time: one task per connection, which ends with the connection. (lapin's event listeners
+/// share one queue, each event going to one of them, so there must be one per connection: a
+/// listener per channel piled up with every channel opened, and the unblock could reach
+/// another listener than the block.)
+fn watch_blocked(conn: &lapin::Connection) {
+    use futures::StreamExt;
+    let mut events = conn.events_listener();
+    tokio::spawn(async move {
+        let mut blocked = false;
+        while let Some(event) = events.next().await {
+            match event {
+                lapin::Event::ConnectionBlocked(reason) if !blocked => {
+                    blocked = true;
+                    tracing::warn!(%reason, "broker blocked publishing (resource alarm); waiting for it to clear");
+                }
+                lapin::Event::ConnectionUnblocked if blocked => {
+                    blocked = false;
+                    info!("broker unblocked publishing; resuming");
+                }
+                _ => {}
+            }
+        }
+    });
 }
 
 /// How long closing a channel or a connection waits for the broker's `close-ok`: a node that

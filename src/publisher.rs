@@ -5,8 +5,6 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
@@ -157,12 +155,15 @@ pub const NACK_RESENDS: u32 = 3;
 /// - returned (unroutable) → reported at once: re-sending cannot route it.
 ///
 /// While the broker blocks the connection (memory or disk alarm) publishes wait; one log line says
-/// so and another when it clears (see [`watch_blocked`]).
+/// so and another when it clears (logged for every connection: see [`crate::broker::connect`]).
 pub struct BulkPublisher {
     pool: crate::broker::Pool,
     window: usize,
     rate: Option<f64>,
     confirm_timeout: Duration,
+    /// With [`BulkPublisher::keep_channel`]: the channel a run ended on, healthy and with nothing
+    /// in flight, for the next run.
+    kept: Option<std::sync::Mutex<Option<Channel>>>,
 }
 
 struct Tracked {
@@ -238,6 +239,24 @@ impl BulkPublisher {
             window: window.max(1),
             rate: rate.filter(|r| *r > 0.0),
             confirm_timeout: Duration::from_secs(30),
+            kept: None,
+        }
+    }
+
+    /// Keeps the channel from one run to the next, for a caller that runs again and again (the
+    /// outbox relay: a run per burst of orders). Otherwise every run opens a channel, puts it in
+    /// confirm mode and closes it: three round trips and a channel process in the broker per
+    /// run. [`BulkPublisher::close`] closes it.
+    #[must_use]
+    pub fn keep_channel(mut self) -> Self {
+        self.kept = Some(std::sync::Mutex::new(None));
+        self
+    }
+
+    /// Closes the channel kept by [`BulkPublisher::keep_channel`], if any.
+    pub async fn close(&self) {
+        if let Some(ch) = self.kept.as_ref().and_then(|k| lock(k).take()) {
+            crate::broker::close_channel(&ch, "done").await;
         }
     }
 
@@ -280,14 +299,13 @@ impl BulkPublisher {
         let mut input = std::pin::pin!(messages);
         let mut retry: VecDeque<Tracked> = VecDeque::new();
         let mut inflight: VecDeque<InFlight> = VecDeque::with_capacity(self.window);
-        let mut channel: Option<Channel> = None;
+        let mut channel: Option<Channel> = self.kept.as_ref().and_then(|k| lock(k).take());
         let mut report = BulkReport::default();
         let mut pacer = self.rate.map(|r| {
             let mut i = tokio::time::interval(Duration::from_secs_f64(1.0 / r));
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             i
         });
-        let blocked = Arc::new(AtomicBool::new(false));
         // Pauses between channel replacements that follow failures (not the first connect).
         let mut failures = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let mut pause = false;
@@ -341,7 +359,7 @@ impl BulkPublisher {
                         );
                         tokio::time::sleep(delay).await;
                     }
-                    channel = Some(self.reconnect(&mut report, &blocked).await?);
+                    channel = Some(self.reconnect(&mut report).await?);
                 }
                 let ch = channel.as_ref().expect("channel set above");
                 let sent =
@@ -417,24 +435,21 @@ impl BulkPublisher {
             }
         }
         if let Some(ch) = channel {
-            crate::broker::close_channel(&ch, "done").await;
+            match &self.kept {
+                Some(kept) if ch.status().connected() => *lock(kept) = Some(ch),
+                _ => crate::broker::close_channel(&ch, "done").await,
+            }
         }
         Ok(report)
     }
 
-    async fn reconnect(
-        &self,
-        report: &mut BulkReport,
-        blocked: &Arc<AtomicBool>,
-    ) -> Result<Channel, BrokerError> {
+    async fn reconnect(&self, report: &mut BulkReport) -> Result<Channel, BrokerError> {
         let mut backoff = Backoff::default();
         loop {
-            let attempt = async {
-                let (ch, conn) = crate::broker::confirm_channel(&self.pool).await?;
-                watch_blocked(&conn, blocked.clone());
-                Ok::<_, BrokerError>(ch)
-            };
-            match attempt.await {
+            match crate::broker::confirm_channel(&self.pool)
+                .await
+                .map(|(ch, _)| ch)
+            {
                 Ok(ch) => {
                     report.connections += 1;
                     if report.connections > 1 {
@@ -453,30 +468,14 @@ impl BulkPublisher {
     }
 }
 
+fn lock(kept: &std::sync::Mutex<Option<Channel>>) -> std::sync::MutexGuard<'_, Option<Channel>> {
+    kept.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Stops using a channel that failed (its outstanding confirms still settle; it is closed before
 /// the next one opens) and asks for a pause before the next one.
 fn mark_broken(channel: &mut Option<Channel>, retired: &mut Vec<Channel>, pause: &mut bool) {
     retired.extend(channel.take());
     *pause = true;
-}
-
-/// Logs when the broker blocks or unblocks publishing on `conn` (memory or disk alarm), once per
-/// connection.
-pub fn watch_blocked(conn: &Connection, blocked: Arc<AtomicBool>) {
-    let mut events = conn.events_listener();
-    tokio::spawn(async move {
-        while let Some(event) = events.next().await {
-            match event {
-                lapin::Event::ConnectionBlocked(reason)
-                    if !blocked.swap(true, Ordering::SeqCst) =>
-                {
-                    warn!(%reason, "broker blocked publishing (resource alarm); waiting for it to clear");
-                }
-                lapin::Event::ConnectionUnblocked if blocked.swap(false, Ordering::SeqCst) => {
-                    info!("broker unblocked publishing; resuming");
-                }
-                _ => {}
-            }
-        }
-    });
 }

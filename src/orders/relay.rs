@@ -81,12 +81,22 @@ impl Relay {
     /// awaited and recorded). A round cut short leaves its rows unpublished: the next relay
     /// sends them again, with the same message ids.
     pub async fn run(self, shutdown: CancellationToken) {
+        // One channel for every round while it lasts: a round ends whenever the outbox is
+        // empty, which at a steady trickle of orders is every few orders.
+        let publisher = BulkPublisher::new(self.pool.clone(), self.config.window, None)
+            .confirm_timeout(self.config.confirm_timeout)
+            .keep_channel();
+        self.relay(&publisher, &shutdown).await;
+        publisher.close().await;
+    }
+
+    async fn relay(&self, publisher: &BulkPublisher, shutdown: &CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             if shutdown.is_cancelled() {
                 return;
             }
-            let round = self.round(&shutdown);
+            let round = self.round(publisher, shutdown);
             tokio::pin!(round);
             let outcome = tokio::select! {
                 outcome = &mut round => outcome,
@@ -134,10 +144,12 @@ impl Relay {
     /// the rows before it are in hand, so the window stays full while the store answers, and
     /// the rows confirmed so far are marked before each read. A round ends when the outbox is
     /// empty or `shutdown` begins: no new rows are read, and the ones in flight are confirmed.
-    async fn round(&self, shutdown: &CancellationToken) -> anyhow::Result<Round> {
+    async fn round(
+        &self,
+        publisher: &BulkPublisher,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Round> {
         let ledger = Arc::new(Mutex::new(Ledger::default()));
-        let publisher = BulkPublisher::new(self.pool.clone(), self.config.window, None)
-            .confirm_timeout(self.config.confirm_timeout);
         let rows = self.rows(ledger.clone(), shutdown.clone());
         let report = publisher
             .run_stream(rows, |msg, fate| {

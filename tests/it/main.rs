@@ -20,6 +20,7 @@ mod orders;
 mod pg_outage;
 mod pipeline;
 mod postgres;
+mod publisher;
 mod recommendations;
 mod security;
 mod services;
