@@ -243,10 +243,11 @@ impl BulkPublisher {
         }
     }
 
-    /// Keeps the channel from one run to the next, for a caller that runs again and again (the
-    /// outbox relay: a run per burst of orders). Otherwise every run opens a channel, puts it in
-    /// confirm mode and closes it: three round trips and a channel process in the broker per
-    /// run. [`BulkPublisher::close`] closes it.
+    /// Keeps the channel from one run to the next, for a caller that runs again and again, one
+    /// run at a time (the outbox relay: a run per burst of orders; of two runs at once, the one
+    /// ending last would keep its channel and the other's would stay open unused). Otherwise
+    /// every run opens a channel, puts it in confirm mode and closes it: three round trips and a
+    /// channel process in the broker per run. [`BulkPublisher::close`] closes it.
     #[must_use]
     pub fn keep_channel(mut self) -> Self {
         self.kept = Some(std::sync::Mutex::new(None));
