@@ -63,15 +63,25 @@ fn cpu_seconds_sum(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|p| cpu_seconds(*p)).sum()
 }
 
-/// The whole machine's CPU time so far, in seconds summed over its cores: `(busy, all)`, where
-/// busy is all but idle and I/O wait (the `cpu` line of `/proc/stat`).
-pub fn machine_cpu_seconds() -> Option<(f64, f64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    parse_machine(stat.lines().next()?)
+/// The whole machine's CPU time so far (the `cpu` line of `/proc/stat`, in seconds summed over
+/// its cores) and how many cores it counts (its `cpuN` lines).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MachineCpu {
+    /// All but idle and I/O wait.
+    pub busy: f64,
+    /// Every state.
+    pub all: f64,
+    /// Cores.
+    pub cores: usize,
 }
 
-fn parse_machine(line: &str) -> Option<(f64, f64)> {
-    let mut words = line.split_whitespace();
+/// Reads [`MachineCpu`] now, `None` off Linux.
+pub fn machine_cpu() -> Option<MachineCpu> {
+    parse_machine(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn parse_machine(stat: &str) -> Option<MachineCpu> {
+    let mut words = stat.lines().next()?.split_whitespace();
     if words.next()? != "cpu" {
         return None;
     }
@@ -82,14 +92,26 @@ fn parse_machine(line: &str) -> Option<(f64, f64)> {
         .collect::<Option<_>>()?;
     let all: f64 = ticks.iter().sum();
     let idle = ticks.get(3)? + ticks.get(4)?;
-    Some(((all - idle) / 100.0, all / 100.0))
+    let cores = stat
+        .lines()
+        .filter(|l| {
+            l.strip_prefix("cpu")
+                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .count();
+    Some(MachineCpu {
+        busy: (all - idle) / 100.0,
+        all: all / 100.0,
+        cores: cores.max(1),
+    })
 }
 
 /// How the machine's cores were used over a span: sampled at its start by [`CpuShare::start`]
 /// and read by [`CpuShare::cores`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CpuShare {
-    machine: Option<(f64, f64)>,
+    machine: Option<MachineCpu>,
+    tested_pids: Vec<u32>,
     tested: f64,
     broker: f64,
 }
@@ -99,7 +121,7 @@ pub struct CpuShare {
 pub struct Cores {
     /// Cores of the machine busy (not idle, not waiting for I/O).
     pub busy: f64,
-    /// Cores the machine has, as `/proc/stat` counted them over the span.
+    /// Cores the machine has, as `/proc/stat` counts them.
     pub all: f64,
     /// The processes under test.
     pub tested: f64,
@@ -111,24 +133,24 @@ impl CpuShare {
     /// Samples the machine, the processes under test (`tested`) and the broker now.
     pub fn start(tested: &[u32]) -> Self {
         Self {
-            machine: machine_cpu_seconds(),
+            machine: machine_cpu(),
+            tested_pids: tested.to_vec(),
             tested: cpu_seconds_sum(tested),
             broker: cpu_seconds_of("beam.smp"),
         }
     }
 
-    /// The cores used since [`CpuShare::start`] (the same `tested` processes), `None` where
-    /// `/proc/stat` could not be read.
-    pub fn cores(&self, tested: &[u32]) -> Option<Cores> {
-        let (busy0, all0) = self.machine?;
-        let (busy1, all1) = machine_cpu_seconds()?;
+    /// The cores used since [`CpuShare::start`], `None` where `/proc/stat` could not be read.
+    pub fn cores(&self) -> Option<Cores> {
+        let before = self.machine?;
+        let now = machine_cpu()?;
+        let cores = now.cores as f64;
         // Wall time of the span: the machine's CPU time over its cores.
-        let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
-        let wall = ((all1 - all0) / cores).max(1e-9);
+        let wall = ((now.all - before.all) / cores).max(1e-9);
         Some(Cores {
-            busy: (busy1 - busy0) / wall,
+            busy: (now.busy - before.busy) / wall,
             all: cores,
-            tested: (cpu_seconds_sum(tested) - self.tested) / wall,
+            tested: (cpu_seconds_sum(&self.tested_pids) - self.tested) / wall,
             broker: (cpu_seconds_of("beam.smp") - self.broker) / wall,
         })
     }
@@ -166,10 +188,17 @@ pub mod checks {
 
     pub fn machine_cpu_is_read_in_seconds() {
         // user nice system idle iowait irq softirq steal guest guest_nice
-        let line = "cpu  300 0 100 550 50 0 0 0 0 0";
-        assert_eq!(parse_machine(line), Some((4.0, 10.0)));
+        let stat = "cpu  300 0 100 550 50 0 0 0 0 0\ncpu0 150 0 50 275 25 0 0 0 0 0\ncpu1 150 0 50 275 25 0 0 0 0 0\nintr 1\n";
+        assert_eq!(
+            parse_machine(stat),
+            Some(MachineCpu {
+                busy: 4.0,
+                all: 10.0,
+                cores: 2
+            })
+        );
         assert_eq!(parse_machine("cpu0 1 2 3 4 5 6 7 8"), None);
-        assert!(machine_cpu_seconds().is_some_and(|(busy, all)| busy <= all));
+        assert!(machine_cpu().is_some_and(|m| m.busy <= m.all && m.cores >= 1));
         assert!(cpu_seconds_of("no-such-command") == 0.0);
     }
 }

@@ -207,7 +207,7 @@ pub async fn run(
             move || wrk(&script, &base, connections, seconds, "half", rate)
         })
         .await??;
-        let cores = cpu.cores(&[service.0.id()]);
+        let cores = cpu.cores();
         let lag = sampler.await.unwrap_or(f64::NAN);
         result.half_p99_ms = half.p99_ms;
         result.half_lag_secs = Some(lag);

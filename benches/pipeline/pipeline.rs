@@ -356,7 +356,7 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let mut e2e_secs = finished.duration_since(started).as_secs_f64();
-    let cores = cpu_share.cores(&pids);
+    let cores = cpu_share.cores();
 
     let mut peak: Option<f64> = None;
     let mut others = Vec::new();
